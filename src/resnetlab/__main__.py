@@ -1,0 +1,7 @@
+"""`python -m resnetlab` runs the command-line interface."""
+
+import sys
+
+from resnetlab.cli import main
+
+sys.exit(main())

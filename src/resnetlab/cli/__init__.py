@@ -1,0 +1,79 @@
+"""Command-line interface: argument parsing and printing only; each command calls one function.
+
+Each subcommand lives in its own module with ``register(subparsers)``; add new ones to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from resnetlab.cli import evaluate, finetune, lr_find, models, predict, train
+from resnetlab.errors import ResnetlabError
+
+COMMANDS = (train, finetune, lr_find, evaluate, predict, models)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `resnetlab` argument parser, and its subcommand parsers by name."""
+    parser = argparse.ArgumentParser(
+        prog="resnetlab",
+        description="Build, train, evaluate and understand residual networks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    for subparser in sub.choices.values():
+        subparser.add_argument(
+            "--config",
+            metavar="FILE.yaml",
+            help="YAML file setting any flag of this command; flags given override it",
+        )
+    return parser, sub.choices
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config`` become defaults that explicit flags override."""
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    if not args.config:
+        return args
+    path = Path(args.config)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ResnetlabError(f"--config: cannot read '{path}': {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ResnetlabError(
+            f"--config '{path}': not valid YAML ({exc.__class__.__name__})"
+        ) from None
+    if not isinstance(values, dict):
+        raise ResnetlabError(f"--config '{path}': expected a mapping of flag names to values")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    if isinstance(values.get("model_options"), dict):
+        values["model_options"] = list(values["model_options"].items())
+    unknown = sorted(set(values) - set(vars(args)) - {"command", "func", "config"})
+    if unknown:
+        raise ResnetlabError(
+            f"--config '{path}': unknown key(s) for `{args.command}`: {', '.join(unknown)}"
+        )
+    subparsers[args.command].set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `resnetlab` console script; returns the exit status."""
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+        args.func(args)
+    except ResnetlabError as exc:
+        print(f"resnetlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resnetlab: interrupted", file=sys.stderr)
+        return 130
+    return 0

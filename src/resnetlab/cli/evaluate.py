@@ -1,0 +1,67 @@
+"""`resnetlab eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from resnetlab.cli.common import add_runtime_flags
+from resnetlab.cli.train import add_weights_flags
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint",
+        description="Top-1, top-5, per-class accuracy and confusion matrix.",
+    )
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint from `train` or `finetune`")
+    add_weights_flags(p)
+    p.add_argument(
+        "--input-size",
+        "--image-size",
+        dest="image_size",
+        type=int,
+        help="with --weights: resize images to this square size (default: the data's)",
+    )
+    p.add_argument(
+        "--data",
+        help="data source (default: the one the checkpoint was trained on; "
+        "required with --weights)",
+    )
+    p.add_argument("--split", default="test", help="test, val, train or all (default: test)")
+    p.add_argument(
+        "--model",
+        help="fail unless the checkpoint holds this model; with --weights: their architecture "
+        "(default: inferred from them)",
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the subcommand with parsed ``args``."""
+    from resnetlab.commands.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
+    report = evaluate(cfg)
+    if args.json:
+        print(json.dumps(report))
+        return
+    if "loaded" in report:
+        print(report["loaded"])
+    print(
+        f"{report['model']} on {report['samples']} {cfg.split} samples: "
+        f"accuracy {report['accuracy']:.2f}%"
+        + (f", top-5 {report['top5']:.2f}%" if "top5" in report else "")
+    )
+    width = max(len(c) for c in report["classes"])
+    for name, acc in report["per_class"].items():
+        print(f"  {name:<{width}}  {'-' if acc is None else f'{acc:6.2f}%'}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for row in report["confusion"]:
+        print("  " + " ".join(f"{v:5d}" for v in row))

@@ -1,0 +1,30 @@
+"""`resnetlab predict`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser("predict", help="top-k classes for image files or CSV rows")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or CSV files")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the subcommand with parsed ``args``."""
+    from resnetlab.commands.predict import predict_inputs
+
+    results = predict_inputs(args.checkpoint, args.inputs, topk=args.topk, device=args.device)
+    if args.json:
+        print(json.dumps(results))
+        return
+    for item in results:
+        ranked = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in item["top"])
+        print(f"{item['input']}: {ranked}")

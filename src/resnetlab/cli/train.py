@@ -1,0 +1,129 @@
+"""`resnetlab train`, and the training flags that `finetune` and `lr-find` share."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from resnetlab.cli.common import add_runtime_flags, parse_option
+from resnetlab.engine.config import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+
+Config = TypeVar("Config", bound=TrainConfig)
+
+
+def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> None:
+    """A flag per ``TrainConfig`` field but ``--model`` (each command says what its default
+    means), defaulting to ``d``'s values (``d`` None: flags not given stay None, and
+    ``config_from_args`` leaves those fields at their class default)."""
+
+    def default(name: str) -> Any:
+        return None if d is None else getattr(d, name)
+
+    p.add_argument(
+        "--data",
+        default=default("data"),
+        help="built-in name (digits, mnist5k, tabular-synthetic), a CSV file or an image folder",
+    )
+    p.add_argument("--target", help="CSV: the label column")
+    p.add_argument(
+        "--model-option",
+        dest="model_options",
+        action="append",
+        type=parse_option,
+        metavar="KEY=VALUE",
+        help="model option, e.g. shortcut=B (repeatable)",
+    )
+    p.add_argument("--epochs", type=int, default=default("epochs"))
+    p.add_argument("--batch-size", type=int, default=default("batch_size"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=default("optimizer"))
+    p.add_argument("--lr", type=float, default=default("lr"), help="peak learning rate")
+    p.add_argument("--momentum", type=float, default=default("momentum"))
+    p.add_argument("--nesterov", action="store_true", default=default("nesterov"))
+    p.add_argument("--weight-decay", type=float, default=default("weight_decay"))
+    p.add_argument(
+        "--decay-norm-and-bias",
+        action="store_true",
+        default=default("decay_norm_and_bias"),
+        help="also apply weight decay to norm weights and biases",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=default("schedule"),
+        help="step = lr/10 at 50%% and 75%% of training (the paper's)",
+    )
+    p.add_argument("--warmup-epochs", type=float, default=default("warmup_epochs"))
+    p.add_argument("--label-smoothing", type=float, default=default("label_smoothing"))
+    p.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default=default("loss"),
+        help="ce = cross-entropy; bce = one-logit binary cross-entropy (2 classes)",
+    )
+    p.add_argument("--seed", type=int, default=default("seed"))
+    p.add_argument("--val-fraction", type=float, default=default("val_fraction"))
+    p.add_argument("--test-fraction", type=float, default=default("test_fraction"))
+    p.add_argument(
+        "--image-size",
+        "--input-size",
+        dest="image_size",
+        type=int,
+        help="resize images to this square size (default: the weights' own, else the data's)",
+    )
+    p.add_argument("--out", help="run folder (default: runs/<date>-<model>-<data>)")
+    p.add_argument("--limit-steps", type=int, help="stop after N optimiser steps (smoke tests)")
+    p.add_argument("--quiet", action="store_true", default=default("quiet"), help="no progress bar")
+    add_runtime_flags(p)
+
+
+def add_weights_flags(p: argparse.ArgumentParser) -> None:
+    """``--weights`` and the normalisation of weights that carry none (``--mean``/``--std``)."""
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="start from these weights: a resnetlab checkpoint, a torchvision/timm state dict "
+        "or a CIFAR training script's checkpoint (.pth, .pt, .th, .safetensors)",
+    )
+    for flag, example in (("--mean", "0.485 0.456 0.406"), ("--std", "0.229 0.224 0.225")):
+        p.add_argument(
+            flag,
+            type=float,
+            nargs="+",
+            metavar="X",
+            help=f"per-channel normalisation the weights were trained with, e.g. {example} for "
+            "ImageNet (default: a resnetlab checkpoint's own, else the data's statistics)",
+        )
+
+
+def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:
+    """``cls`` built from the flags of its fields; flags left None take the class default."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    values["model_options"] = dict(args.model_options or [])
+    return cls(**{name: value for name, value in values.items() if value is not None})
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "train",
+        help="train a model on a dataset",
+        description="Train a residual network; writes a run folder.",
+    )
+    p.add_argument(
+        "--model",
+        help="model name (default: resnet20; with --weights: the weights' own architecture)",
+    )
+    add_training_flags(p, TrainConfig())
+    add_weights_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the subcommand with parsed ``args``."""
+    from resnetlab.commands.train import AUTO_MODEL, train
+
+    cfg = config_from_args(TrainConfig, args)
+    if args.model is None and args.weights:
+        cfg.model = AUTO_MODEL
+    train(cfg, weights=args.weights, mean=args.mean, std=args.std)

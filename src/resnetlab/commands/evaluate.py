@@ -1,0 +1,114 @@
+"""`resnetlab eval`: score a checkpoint on a data split; needs nothing but the checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from resnetlab.commands.train import AUTO_MODEL, load_for_weights
+from resnetlab.data import load_data
+from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.checkpoint import model_from_checkpoint
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.loop import Normalizer, evaluate_model
+from resnetlab.engine.precision import resolve_device, resolve_precision
+from resnetlab.engine.weights import LoadReport
+from resnetlab.errors import ResnetlabError
+
+SPLITS = ("test", "val", "train", "all")
+
+
+@dataclass
+class EvalConfig:
+    """Flags of `resnetlab eval`: a ``checkpoint`` from `train`/`finetune`, or ``weights`` from
+    anywhere (then ``data`` is required, and ``mean``/``std``/``image_size`` say how the weights
+    expect their inputs if the file does not)."""
+
+    checkpoint: str | None = None
+    weights: str | None = None
+    data: str | None = None
+    split: str = "test"
+    model: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    image_size: int | None = None
+    batch_size: int = 256
+    precision: str = "auto"
+    device: str = "auto"
+    workers: int = 0
+
+
+def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
+    """Load ``source`` (default: the training data) split exactly as the checkpoint's run did."""
+    data = header["data"]
+    image_size = header["input_shape"][-1] if header["data_kind"] == "image" else None
+    bundle = load_data(
+        source or data["source"],
+        target=data["target"],
+        val_fraction=data["val_fraction"],
+        test_fraction=data["test_fraction"],
+        seed=data["seed"],
+        image_size=image_size,
+        in_chans=header["in_chans"],
+    )
+    if bundle.classes != header["classes"]:
+        missing = sorted(set(header["classes"]) ^ set(bundle.classes))
+        detail = f"differing: {', '.join(missing)}" if missing else "same names, other order"
+        raise ResnetlabError(f"--data {source}: classes do not match the checkpoint's ({detail})")
+    return bundle
+
+
+def pick_split(bundle: DataBundle, split: str) -> Dataset:
+    """One split of ``bundle`` (``all`` joins every split), or a clear error if it is absent."""
+    if split not in SPLITS:
+        raise ResnetlabError(f"--split must be one of {', '.join(SPLITS)} (got {split!r})")
+    parts = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
+    if split == "all":
+        return ConcatDataset([d for d in parts.values() if d is not None])
+    if parts[split] is None:
+        raise ResnetlabError(f"--split {split}: the data has no {split} split")
+    return parts[split]
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Top-1, top-5 (10+ classes), per-class accuracy and confusion matrix on one split."""
+    if (cfg.checkpoint is None) == (cfg.weights is None):
+        raise ResnetlabError("eval needs either --checkpoint or --weights (one of them)")
+    if cfg.checkpoint is not None:
+        model, header = model_from_checkpoint(cfg.checkpoint, expect_model=cfg.model)
+        bundle = replace(
+            load_data_like(header, cfg.data), mean=header["mean"], std=header["std"]
+        )
+        source = {"checkpoint": str(cfg.checkpoint), "model": header["model"]}
+    else:
+        model, bundle, report = _load_weights(cfg)
+        source = {"weights": cfg.weights, "model": report.model, "loaded": report.summary()}
+    dataset = pick_split(bundle, cfg.split)
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
+    model = precision.prepare(model)
+    normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
+    result = evaluate_model(
+        model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers
+    )
+    result.update(source, split=cfg.split)
+    return result
+
+
+def _load_weights(cfg: EvalConfig) -> tuple[nn.Module, DataBundle, LoadReport]:
+    """Model and data for weights from anywhere; their classifier must fit the data's classes."""
+    if cfg.data is None:
+        raise ResnetlabError("eval --weights needs --data (the data to score the weights on)")
+    as_training = TrainConfig(
+        model=cfg.model or AUTO_MODEL, data=cfg.data, image_size=cfg.image_size
+    )
+    _, bundle, model, report = load_for_weights(as_training, cfg.weights, cfg.mean, cfg.std)
+    if report.reinitialised:
+        reason = report.reasons[report.reinitialised[0]]
+        raise ResnetlabError(
+            f"--weights {cfg.weights}: the classifier does not fit --data {cfg.data} "
+            f"({reason}); fine-tune it first (resnetlab finetune)"
+        )
+    return model, bundle, report

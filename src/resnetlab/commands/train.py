@@ -1,0 +1,228 @@
+"""`resnetlab train`: preprocess -> build -> train -> validate -> test, in one run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from resnetlab.data import load_data
+from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.optim import build_optimizer, build_scheduler
+from resnetlab.engine.precision import Precision
+from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.state_dicts import weights_header
+from resnetlab.engine.trainer import Trainer
+from resnetlab.engine.weights import (
+    LoadReport,
+    check_preprocessing_flags,
+    load_pretrained,
+    source_preprocessing,
+)
+from resnetlab.errors import ResnetlabError
+from resnetlab.models import create_model, get_model_spec
+
+AUTO_MODEL = "auto"  # --model auto: the architecture of the --weights file
+Config = TypeVar("Config", bound=TrainConfig)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    test_report: dict[str, Any] | None = None
+
+
+def data_header(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
+    """What `eval`, `predict` and `finetune` need to know about the data a model was trained on."""
+    return {
+        "classes": bundle.classes,
+        "input_shape": list(bundle.input_shape),
+        "data_kind": bundle.kind,
+        "mean": bundle.mean,
+        "std": bundle.std,
+        "feature_names": bundle.feature_names,
+        "data": {
+            "source": cfg.data,
+            "target": cfg.target,
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+            "seed": cfg.seed,
+            "image_size": cfg.image_size,
+        },
+    }
+
+
+def num_outputs(cfg: TrainConfig, bundle: DataBundle) -> int:
+    """Classifier outputs: one logit for binary cross-entropy, else one per class."""
+    if cfg.loss == "bce" and bundle.num_classes != 2:
+        raise ResnetlabError(
+            f"--loss bce needs 2 classes; --data {cfg.data} has {bundle.num_classes}"
+        )
+    return 1 if cfg.loss == "bce" else bundle.num_classes
+
+
+def _check_data_kind(model: str, cfg: TrainConfig, bundle: DataBundle) -> None:
+    spec = get_model_spec(model)
+    if spec.data_kind != bundle.kind:
+        raise ResnetlabError(
+            f"--model {model} takes {spec.data_kind} data, "
+            f"but --data {cfg.data} is {bundle.kind} data"
+        )
+
+
+def build_for_data(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
+    """The model named in ``cfg``, sized for ``bundle`` (classes, input channels)."""
+    _check_data_kind(cfg.model, cfg, bundle)
+    return create_model(
+        cfg.model,
+        num_classes=num_outputs(cfg, bundle),
+        in_chans=bundle.input_shape[0],
+        **cfg.model_options,
+    )
+
+
+def load_for_weights(
+    cfg: Config,
+    weights: str,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
+    """Data and model for a run that starts from ``weights``, and ``cfg`` naming that model.
+
+    The data is sized and normalised as the weights expect (``source_preprocessing``: the
+    flags, else their resnetlab header, else the data's own statistics). The model is
+    ``cfg.model`` (``auto``: the weights' header or inferred from their keys) with a seeded new
+    head for the data's classes and a stem adapted to its channels, as the report says.
+    """
+    preprocessing = source_preprocessing(weights, mean, std, cfg.image_size)
+    bundle = load_bundle(replace(cfg, image_size=preprocessing.input_size))
+    stats = preprocessing.normalisation(bundle.input_shape[0])
+    if stats is not None:
+        bundle = replace(bundle, mean=stats[0], std=stats[1])
+    torch.manual_seed(cfg.seed)
+    model, report = load_pretrained(
+        weights,
+        model_name=None if cfg.model == AUTO_MODEL else cfg.model,
+        num_classes=num_outputs(cfg, bundle),
+        in_chans=bundle.input_shape[0],
+        **cfg.model_options,
+    )
+    _check_data_kind(report.model, cfg, bundle)
+    resolved = replace(
+        cfg,
+        model=report.model,
+        model_options=report.model_options,
+        image_size=preprocessing.input_size,
+    )
+    return resolved, bundle, model, report
+
+
+def checkpoint_header(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
+    """What every checkpoint of a run records: the architecture, the data and the recipe."""
+    return {
+        "model": cfg.model,
+        "model_options": cfg.model_options,
+        "num_classes": num_outputs(cfg, bundle),
+        "in_chans": bundle.input_shape[0],
+        "loss": cfg.loss,
+        **data_header(cfg, bundle),
+        "recipe": cfg.to_dict(),
+    }
+
+
+def describe_run(
+    cfg: TrainConfig, model: nn.Module, bundle: DataBundle, precision: Precision
+) -> str:
+    """One line saying what is about to be trained, on what, and how."""
+    sizes = " / ".join(
+        f"{len(split)} {name}"
+        for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+        if split is not None
+    )
+    params = sum(p.numel() for p in model.parameters())
+    memory = ", channels-last" if precision.channels_last else ""
+    return (
+        f"{cfg.model} ({params:,} params) on {bundle.name}: {sizes}, {bundle.num_classes} classes, "
+        f"input {'x'.join(map(str, bundle.input_shape))} | {precision.device.type} "
+        f"{precision.name}{memory} | {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}"
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    weights: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data``; write checkpoints, metrics and figures to the run.
+
+    With ``weights`` the model starts from that file (see ``load_for_weights``; ``mean``/``std``
+    normalise the data as the weights expect), and the checkpoints record its name and sha256.
+    """
+    cfg.validate()
+    if weights is None and (cfg.model == AUTO_MODEL or mean or std):
+        raise ResnetlabError(
+            f"--model {AUTO_MODEL}, --mean and --std describe --weights, which is not given"
+        )
+    if cfg.model != AUTO_MODEL:
+        get_model_spec(cfg.model)
+    if weights is not None:
+        check_preprocessing_flags(mean, std, cfg.image_size)
+        weights_header(weights)  # a missing or damaged file fails before the run starts
+    name = Path(weights).stem if cfg.model == AUTO_MODEL else cfg.model
+    run = RunDir(cfg.out or default_run_dir(name, cfg.data), quiet=cfg.quiet)
+    try:
+        return _train(cfg, run, weights, mean, std)
+    finally:
+        run.close()
+
+
+def _train(
+    cfg: TrainConfig,
+    run: RunDir,
+    weights: str | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> TrainResult:
+    if weights is None:
+        bundle = load_bundle(cfg)
+        torch.manual_seed(cfg.seed)
+        model = build_for_data(cfg, bundle)
+        source: dict[str, Any] = {}
+    else:
+        cfg, bundle, model, report = load_for_weights(cfg, weights, mean, std)
+        run.print(report.summary())
+        source = {"weights": report.provenance()}
+    header = {**checkpoint_header(cfg, bundle), **source}
+    trainer = Trainer(model, bundle, cfg, run, header)
+    flags = {"weights": weights, "mean": mean, "std": std}
+    run.write_config({**cfg.to_dict(), **{k: v for k, v in flags.items() if v is not None}})
+    run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
+    run.print(f"run folder: {run.path}")
+    optimizer = build_optimizer(trainer.model, cfg)
+    total_steps = trainer.total_steps(cfg.epochs)
+    scheduler = build_scheduler(optimizer, cfg, total_steps, trainer.steps_per_epoch)
+    trainer.fit(optimizer, scheduler, cfg.epochs)
+    report = trainer.finish(f"{cfg.model} on {bundle.name}")
+    return TrainResult(run.path, trainer.history, trainer.best_epoch, report)
+
+
+def load_bundle(cfg: TrainConfig) -> DataBundle:
+    """The data named by ``cfg.data``, split as ``cfg`` asks."""
+    return load_data(
+        cfg.data,
+        target=cfg.target,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+    )

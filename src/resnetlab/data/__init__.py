@@ -1,0 +1,92 @@
+"""Data sources: built-in sets, CSV tables and image folders, all loaded by ``load_data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resnetlab.data.builtin import (
+    BUILTIN_DATASETS,
+    BUILTIN_KINDS,
+    load_builtin,
+    make_case_study_data,
+)
+from resnetlab.data.bundle import DataBundle
+from resnetlab.data.folder import load_image_folder, scan_image_folder
+from resnetlab.data.splits import check_fractions, split_indices
+from resnetlab.data.tabular import load_csv, read_csv_table
+from resnetlab.errors import ResnetlabError
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "DataBundle",
+    "load_data",
+    "make_case_study_data",
+    "read_csv_table",
+    "scan_image_folder",
+    "split_indices",
+]
+
+
+def load_data(
+    source: str,
+    *,
+    target: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    image_size: int | None = None,
+    in_chans: int | None = None,
+) -> DataBundle:
+    """Load ``source``: a built-in name, a ``.csv`` file (``target`` names the label column)
+    or an image folder. Data without its own split is split by ``val_fraction``/
+    ``test_fraction``, seeded and stratified.
+
+    For images, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the input shape;
+    for tables, ``in_chans`` (if given) is the number of features a model expects.
+    """
+    check_fractions(val_fraction, test_fraction)
+    kind = _source_kind(source)
+    is_csv = source not in BUILTIN_KINDS and kind == "tabular"
+    if target is not None and not is_csv:
+        raise ResnetlabError(f"--target applies to CSV files only, not to {source!r}")
+    if kind == "image":
+        _check_image_options(image_size, in_chans)
+    elif image_size is not None:
+        raise ResnetlabError(f"--image-size: {source!r} is tabular data, not images")
+    splits = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    if source in BUILTIN_KINDS:
+        bundle = load_builtin(source, image_size=image_size, in_chans=in_chans, **splits)
+    elif is_csv:
+        bundle = load_csv(source, target, **splits)
+    else:
+        bundle = load_image_folder(source, image_size=image_size, in_chans=in_chans, **splits)
+    if kind == "tabular" and in_chans not in (None, bundle.input_shape[0]):
+        raise ResnetlabError(
+            f"--in-chans {in_chans}: {source!r} has {bundle.input_shape[0]} feature columns"
+        )
+    return bundle
+
+
+def _source_kind(source: str) -> str:
+    """``image`` or ``tabular``; an error for a path that is missing or of no known kind."""
+    if source in BUILTIN_KINDS:
+        return BUILTIN_KINDS[source]
+    path = Path(source)
+    if path.is_dir():
+        return "image"
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "tabular"
+    if not path.exists():
+        raise ResnetlabError(
+            f"--data: no such file or directory: {source!r} "
+            f"(built-in data sets: {', '.join(BUILTIN_DATASETS)})"
+        )
+    raise ResnetlabError(f"--data: {source!r} is neither an image folder nor a .csv file")
+
+
+def _check_image_options(image_size: int | None, in_chans: int | None) -> None:
+    """Raise an error naming the flag unless ``image_size`` > 0 and ``in_chans`` is 1 or 3."""
+    if image_size is not None and image_size < 1:
+        raise ResnetlabError(f"--image-size must be a positive integer, got {image_size}")
+    if in_chans not in (None, 1, 3):
+        raise ResnetlabError(f"--in-chans must be 1 or 3 for images, got {in_chans}")

@@ -1,0 +1,90 @@
+"""The description of a dataset that every source hands to the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from resnetlab.data.splits import split_indices, split_subsets
+from resnetlab.data.stats import dataset_mean_std, tensor_mean_std
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits plus what a model and a checkpoint need to know about them.
+
+    Each split yields ``(x, y)``: ``x`` a float32 tensor of ``input_shape`` (images in [0, 1],
+    not yet normalised) and ``y`` an int class index. ``mean``/``std`` were computed on the
+    training split, per channel for images and sequences and per feature for tables; the
+    engine normalises batches with them and stores them in the checkpoint.
+    """
+
+    name: str
+    kind: str  # "image", "sequence" or "tabular"
+    classes: list[str]
+    input_shape: tuple[int, ...]
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    mean: list[float]
+    std: list[float]
+    feature_names: list[str] = field(default_factory=list)  # tabular only: column order
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+
+class MappedDataset(Dataset):
+    """``(transform(x), y)`` for each ``(x, y)`` of ``base``, computed when an item is read."""
+
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.base[index]
+        return self.transform(x), y
+
+
+def bundle_from_tensors(
+    name: str,
+    kind: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    feature_names: list[str] | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> DataBundle:
+    """Split in-memory samples ``x`` (float32) and labels ``y`` (int64) into a DataBundle.
+
+    The splits are seeded and stratified (``split_indices``); mean/std come from the training
+    split only. ``transform`` (e.g. a resize) is applied per item when read, and the
+    statistics are then taken from transformed training items.
+    """
+    split = split_indices(
+        y.numpy(), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        class_names=classes,
+    )
+    dataset: Dataset = TensorDataset(x, y)
+    if transform is not None:
+        dataset = MappedDataset(dataset, transform)
+    train, val, test = split_subsets(dataset, split)
+    if transform is None:
+        mean, std = tensor_mean_std(x[split.train])
+    else:
+        mean, std = dataset_mean_std(train, seed=seed)
+    return DataBundle(
+        name, kind, classes, tuple(train[0][0].shape), train, val, test, mean, std,
+        feature_names or [],
+    )

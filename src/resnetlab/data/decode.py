@@ -1,0 +1,170 @@
+"""Decode one image file of any common format and colour mode into a uint8 tensor.
+
+Conventions (the same for every source that decodes images):
+
+- The format is read from the file's content, never from its extension: a PNG named ``.jpg``
+  decodes, a text file named ``.jpg`` is a bad file.
+- Only the first frame of an animated GIF or WebP is used.
+- The EXIF orientation tag is applied, so a phone photo stands the way it was shot.
+- Transparent images (RGBA, LA, palette with transparency) are composited on black, which is
+  what their pixels mean when the alpha is multiplied in; 16-bit greyscale is scaled to 8 bits
+  (``v / 257``), CMYK is converted by Pillow's formula.
+- ``size`` gives a ``size x size`` image: the largest centred square is cut out and resized with
+  an antialiased bilinear filter: "rescale the shorter side, then crop out the central patch",
+  as Krizhevsky et al. 2012 (sec. 2) prepared ImageNet. Nothing is stretched, and the result
+  is deterministic.
+- Truncated files are errors: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never set, so a file
+  that was cut short while copying is reported instead of being padded with grey.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from resnetlab.errors import ResnetlabError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+_MODES = {1: "L", 3: "RGB"}
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` has one of the image extensions (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+class BadImage(Exception):
+    """A file that cannot be decoded; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def _check_channels(channels: int) -> str:
+    if channels not in _MODES:
+        raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+    return _MODES[channels]
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """Convert ``img`` to ``L`` or ``RGB``: 16-bit scaled down, transparency on black."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        img = Image.fromarray(((wide + 128) // 257).astype(np.uint8), "L")
+    if img.mode in _TRANSPARENT_MODES or (img.mode == "P" and "transparency" in img.info):
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, img.convert("RGBA"))
+    return img if img.mode == mode else img.convert(mode)
+
+
+def _square(img: Image.Image, size: int) -> Image.Image:
+    """The largest centred square of ``img``, resized to ``size x size`` (bilinear, antialiased)."""
+    width, height = img.size
+    if width == height == size:
+        return img
+    side = min(width, height)
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+
+
+def _read_error(path: Path, exc: Exception) -> BadImage:
+    """Turn whatever Pillow or the OS raised into a ``BadImage`` with a short reason."""
+    if isinstance(exc, UnidentifiedImageError):
+        return BadImage(path, "not an image (unrecognised content)")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return BadImage(path, f"cannot read file ({exc.strerror})")
+    if "truncated" in str(exc).lower():
+        return BadImage(path, "truncated (the file ends inside the image data)")
+    return BadImage(path, f"cannot decode ({exc})")
+
+
+def decode_array(path: str | os.PathLike[str], channels: int = 3, size: int | None = None
+                 ) -> np.ndarray:
+    """Decode ``path`` into a uint8 numpy array (C, H, W); raise ``BadImage`` if it is unreadable.
+
+    ``channels`` is 1 or 3 (``ValueError`` otherwise); ``size`` gives a square image (see the
+    module docstring), ``None`` keeps the original size.
+    """
+    mode = _check_channels(channels)
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImage(path, "empty file (0 bytes)")
+        with Image.open(path) as img:
+            if size is not None:
+                img.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if enough
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            img = _to_mode(img, mode)
+            if size is not None:
+                img = _square(img, size)
+            pixels = np.array(img)  # a writable copy that outlives the file
+    except BadImage:
+        raise
+    except Exception as exc:  # Pillow raises many types on malformed data; all mean "bad file"
+        raise _read_error(path, exc) from exc
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def decode_image(path: str | os.PathLike[str], channels: int = 3, size: int | None = None
+                 ) -> torch.Tensor:
+    """Decode ``path`` into a uint8 tensor (C, H, W); raise ``BadImage`` if it is unreadable."""
+    return torch.from_numpy(np.ascontiguousarray(decode_array(path, channels, size)))
+
+
+def try_decode(path: str | os.PathLike[str], channels: int = 3, size: int | None = None
+               ) -> tuple[torch.Tensor | None, str | None]:
+    """``(image, None)`` for a good file, ``(None, reason)`` for a bad one; never raises."""
+    try:
+        return decode_image(path, channels, size), None
+    except BadImage as bad:
+        return None, bad.reason
+
+
+def _warn_bad_file(path: str | os.PathLike[str], reason: str, stream: TextIO) -> None:
+    print(f"resnetlab: warning: skipped {path}: {reason}", file=stream)
+
+
+@dataclass
+class BadFileReport:
+    """The files that could not be decoded, each with its reason."""
+
+    entries: list[tuple[Path, str]] = field(default_factory=list)
+
+    def add(self, path: str | os.PathLike[str], reason: str, *, warn: bool = False) -> None:
+        """Record one bad file; with ``warn``, also print its warning line now."""
+        self.entries.append((Path(path), reason))
+        if warn:
+            _warn_bad_file(path, reason, sys.stderr)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def warn_each(self, stream: TextIO | None = None) -> None:
+        """Print one warning line per bad file (to stderr by default), naming it and the reason."""
+        for path, reason in self.entries:
+            _warn_bad_file(path, reason, stream or sys.stderr)
+
+    def summary(self) -> str:
+        """One line with the number of bad files (``no bad image files`` when there are none)."""
+        if not self.entries:
+            return "no bad image files"
+        noun = "file" if len(self.entries) == 1 else "files"
+        return f"skipped {len(self.entries)} bad image {noun}"
+
+    def raise_if_strict(self) -> None:
+        """Raise ``ResnetlabError`` listing every bad file (``--strict``), if there is any."""
+        if self.entries:
+            listing = "; ".join(f"{path} ({reason})" for path, reason in self.entries)
+            raise ResnetlabError(f"{len(self.entries)} bad image file(s) (--strict): {listing}")

@@ -1,0 +1,50 @@
+"""Normalisation statistics, always computed on the training split only."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+STD_FLOOR = 1e-6  # keeps constant features and blank channels from dividing by zero
+MAX_STATS_ITEMS = 2000  # images decoded one by one: a seeded sample of this many is plenty
+
+
+def tensor_mean_std(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Mean and std of a batch ``(N, C, ...)`` per channel (dim 1), over all other dims.
+
+    For images that is per channel over all pixels; for tables ``(N, F)`` per feature.
+    The std is the population std, floored at ``STD_FLOOR``.
+    """
+    x = x.double()
+    dims = [d for d in range(x.dim()) if d != 1]
+    mean = x.mean(dim=dims)
+    std = x.std(dim=dims, correction=0).clamp_min(STD_FLOOR)
+    return mean.tolist(), std.tolist()
+
+
+def dataset_mean_std(
+    dataset: Dataset, *, max_items: int | None = MAX_STATS_ITEMS, seed: int = 0
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a dataset of ``(x, y)`` with ``x`` of shape ``(C, ...)``.
+
+    Reads every item, or a seeded sample of ``max_items`` of them; agrees with
+    ``tensor_mean_std`` on the stacked items it read.
+    """
+    n = len(dataset)
+    if max_items is not None and n > max_items:
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=max_items, replace=False))
+    else:
+        indices = np.arange(n)
+    sums, square_sums, count = [], [], 0
+    for index in indices.tolist():
+        x = dataset[index][0].double().flatten(1)
+        sums.append(x.sum(1))
+        square_sums.append(x.square().sum(1))
+        count += x.shape[1]
+    if not sums:
+        raise ValueError("cannot compute statistics of an empty dataset")
+    mean = torch.stack(sums).sum(0) / count
+    variance = torch.stack(square_sums).sum(0) / count - mean.square()
+    std = variance.clamp_min(0).sqrt().clamp_min(STD_FLOOR)
+    return mean.tolist(), std.tolist()

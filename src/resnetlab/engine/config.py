@@ -1,0 +1,71 @@
+"""The training configuration: one dataclass whose fields map one to one onto CLI flags."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from resnetlab.errors import ResnetlabError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+LOSSES = ("ce", "bce")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults follow the article's recipe
+    (SGD, lr 0.1, momentum 0.9, weight decay 5e-4) with a one-cycle schedule."""
+
+    model: str = "resnet20"
+    data: str = "mnist5k"
+    target: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False
+    schedule: str = "onecycle"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    loss: str = "ce"
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    image_size: int | None = None
+    workers: int = 0
+    out: str | None = None
+    limit_steps: int | None = None
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise ResnetlabError naming the flag of the first invalid value."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.lr > 0, f"--lr must be positive (got {self.lr})"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
+            (self.limit_steps is None or self.limit_steps >= 1, "--limit-steps must be >= 1"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ResnetlabError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, as written to config.yaml and the checkpoint header."""
+        return asdict(self)

@@ -1,0 +1,216 @@
+"""Fine-tuning: which parameters train in which phase, the BatchNorm policy, discriminative lrs.
+
+Strategies (``--strategy``), each a list of phases run by one ``Trainer.fit`` call apiece:
+
+- ``linear-probe``: only the classifier trains; the backbone is frozen, its BatchNorm layers in
+  eval mode, so the features are exactly the pretrained ones.
+- ``full``: everything trains, the backbone at ``lr * backbone_lr_mult`` and each earlier stage
+  at a further ``stage_decay`` times less (discriminative fine-tuning, Howard & Ruder 2018,
+  sec. 3.2).
+- ``gradual``: fastai's ``fine_tune``: ``head_epochs`` (default 1) with only the classifier
+  training at ``lr``, then everything at half that lr, the backbone discriminatively as in
+  ``full`` (gradual unfreezing, Howard & Ruder 2018, sec. 3.3, in two steps).
+- ``lp-ft``: a linear probe for ``head_epochs`` (default half the epochs), then every layer at one
+  small lr, ``lr * backbone_lr_mult`` (Kumar et al. 2022, "Fine-tuning can distort pretrained
+  features": a head that already fits keeps the early gradients from distorting the features).
+
+BatchNorm policy (``--bn``) for the phases in which the backbone trains: ``train`` (batch
+statistics, running averages updated), ``freeze-stats`` (running averages used and kept, affine
+terms train) or ``frozen`` (BatchNorm2d replaced by torchvision's ``FrozenBatchNorm2d``: neither
+changes). In head-only phases the backbone's BatchNorm layers always stay in eval mode.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.optim import build_scheduler, parameter_groups
+from resnetlab.engine.state_dicts import HEAD_PREFIX
+from resnetlab.engine.trainer import Trainer
+from resnetlab.errors import ResnetlabError
+
+STRATEGIES = ("lp-ft", "gradual", "full", "linear-probe")
+BN_POLICIES = ("train", "freeze-stats", "frozen")
+
+# Residual stages: 'layerN.' (image and 1-D ResNets) or 'blocks.N.' (the tabular ResNet).
+_STAGE_KEY = re.compile(r"^(?:layer(\d+)|blocks\.(\d+))\.")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ``Trainer.fit`` call: its epochs, and the lrs of the classifier and the backbone
+    (``backbone_lr`` None: the backbone is frozen)."""
+
+    name: str  # "head" (only the classifier trains) or "all"
+    epochs: int
+    head_lr: float
+    backbone_lr: float | None
+
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether the backbone's parameters train in this phase."""
+        return self.backbone_lr is not None
+
+
+def plan_phases(
+    strategy: str,
+    epochs: int,
+    lr: float,
+    backbone_lr_mult: float,
+    head_epochs: int | None = None,
+) -> list[Phase]:
+    """The phases of ``strategy`` over ``epochs`` epochs in all (see the module docstring)."""
+    if strategy == "linear-probe":
+        return [Phase("head", epochs, lr, None)]
+    if strategy == "full":
+        return [Phase("all", epochs, lr, lr * backbone_lr_mult)]
+    if strategy not in STRATEGIES:
+        choices = ", ".join(STRATEGIES)
+        raise ResnetlabError(f"--strategy must be one of {choices} (got {strategy!r})")
+    if head_epochs is None:
+        head_epochs = 1 if strategy == "gradual" else max(1, epochs // 2)
+    if not 1 <= head_epochs < epochs:
+        raise ResnetlabError(
+            f"--strategy {strategy}: --head-epochs ({head_epochs}) must be at least 1 and "
+            f"below --epochs ({epochs}), to leave epochs for the whole network"
+        )
+    if strategy == "gradual":
+        tuned = Phase("all", epochs - head_epochs, lr / 2, lr / 2 * backbone_lr_mult)
+    else:
+        tuned = Phase("all", epochs - head_epochs, lr * backbone_lr_mult, lr * backbone_lr_mult)
+    return [Phase("head", head_epochs, lr, None), tuned]
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``model`` (in place) by a ``FrozenBatchNorm2d`` holding
+    the same statistics and affine terms: a fixed per-channel affine map, with no parameters."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(model, name, frozen.to(child.weight.device))
+        else:
+            freeze_batchnorm(child)
+    return model
+
+
+def parameter_stages(model: nn.Module) -> tuple[list[nn.Parameter], list[list[nn.Parameter]]]:
+    """``(classifier parameters, backbone parameters by stage)``: stage 0 is the stem, stage k
+    the k-th residual stage; anything after the last stage (e.g. a final norm) joins it."""
+    head: list[nn.Parameter] = []
+    stages: list[list[nn.Parameter]] = [[]]
+    for name, param in model.named_parameters():
+        if name.startswith(HEAD_PREFIX):
+            head.append(param)
+            continue
+        match = _STAGE_KEY.match(name)
+        if match:
+            stage = int(match[1]) if match[1] is not None else int(match[2]) + 1
+            stages.extend([] for _ in range(stage + 1 - len(stages)))
+            stages[stage].append(param)
+        else:
+            stages[-1].append(param)
+    return head, stages
+
+
+def phase_param_groups(
+    model: nn.Module, phase: Phase, stage_decay: float, cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """Optimiser groups of the parameters that train in ``phase``: the classifier at
+    ``phase.head_lr``; backbone stage s of S at ``phase.backbone_lr * stage_decay ** (S - s)``.
+    Norm weights and biases skip weight decay unless ``cfg.decay_norm_and_bias``."""
+    head, stages = parameter_stages(model)
+    named = [("head", head, phase.head_lr)]
+    if phase.backbone_lr is not None:
+        last = len(stages) - 1
+        named += [
+            (f"stage{s}", params, phase.backbone_lr * stage_decay ** (last - s))
+            for s, params in enumerate(stages)
+        ]
+    groups = []
+    for name, params, lr in named:
+        trainable = nn.ParameterList(p for p in params if p.requires_grad)  # the same tensors
+        for group in parameter_groups(trainable, cfg.weight_decay, cfg.decay_norm_and_bias):
+            if group["params"]:
+                groups.append({**group, "lr": lr, "name": name})
+    return groups
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over ``groups``, each with its own lr."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def _stay_in_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: run ``module`` in eval mode whatever ``model.train()`` set."""
+    module.training = False
+
+
+@contextmanager
+def phase_mode(model: nn.Module, phase: Phase, bn_policy: str) -> Iterator[None]:
+    """Within the block, only ``phase``'s parameters require gradients, and the BatchNorm
+    layers whose statistics must stay fixed run in eval mode even under ``model.train()``.
+    On exit the model's ``requires_grad`` flags are as they were."""
+    head, _ = parameter_stages(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # BatchNorm1d has no frozen twin in torchvision: under 'frozen' it is pinned and not trained.
+    fixed_norms = not phase.trains_backbone or bn_policy != "train"
+    fixed_affine = {id(p) for m in norms for p in m.parameters()} if bn_policy == "frozen" else ()
+    trains = {id(p) for p in head}
+    if phase.trains_backbone:
+        trains |= {id(p) for p in model.parameters() if id(p) not in fixed_affine}
+    before = [(p, p.requires_grad) for p in model.parameters()]
+    for param in model.parameters():
+        param.requires_grad_(id(param) in trains)
+    hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms if fixed_norms]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for param, flag in before:
+            param.requires_grad_(flag)
+
+
+def describe_phase(
+    index: int, count: int, first_epoch: int, phase: Phase, groups: list[dict[str, Any]]
+) -> str:
+    """One line: the phase's epochs, how many parameters train, and the peak lr of each group
+    (one 'backbone' lr where every stage has the same)."""
+    trained = sum(p.numel() for g in groups for p in g["params"])
+    lrs: dict[str, float] = {g["name"]: g["lr"] for g in groups}
+    stages = {name: lr for name, lr in lrs.items() if name != "head"}
+    if len(set(stages.values())) == 1:
+        lrs = {"head": lrs["head"], "backbone": next(iter(stages.values()))}
+    last_epoch = first_epoch + phase.epochs - 1
+    return (
+        f"phase {index}/{count} '{phase.name}', epochs {first_epoch}-{last_epoch}: "
+        f"{trained:,} parameters train, lr {', '.join(f'{k} {v:.3g}' for k, v in lrs.items())}"
+    )
+
+
+def fit_phases(
+    trainer: Trainer, phases: list[Phase], bn_policy: str, stage_decay: float
+) -> None:
+    """Run each phase as one ``trainer.fit`` with its own optimiser and lr schedule."""
+    for index, phase in enumerate(phases, start=1):
+        with phase_mode(trainer.model, phase, bn_policy):
+            groups = phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg)
+            first_epoch = len(trainer.history) + 1
+            trainer.run.print(describe_phase(index, len(phases), first_epoch, phase, groups))
+            optimizer = make_optimizer(groups, trainer.cfg)
+            total = trainer.total_steps(phase.epochs)
+            scheduler = build_scheduler(optimizer, trainer.cfg, total, trainer.steps_per_epoch)
+            trainer.fit(optimizer, scheduler, phase.epochs)

@@ -1,0 +1,42 @@
+"""Classification metrics from logits: top-1, top-5, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def confusion_matrix(
+    predicted: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """``cm[t, p]`` counts samples of true class ``t`` predicted as ``p``."""
+    flat = target.long() * num_classes + predicted.long()
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, k: int) -> float:
+    """Percentage of samples whose true class is among the ``k`` highest logits."""
+    topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return 100.0 * float((topk == target[:, None]).any(dim=1).float().mean())
+
+
+def classification_report(
+    logits: torch.Tensor, target: torch.Tensor, classes: list[str]
+) -> dict[str, Any]:
+    """Accuracy (%), top-5 for 10 classes or more, per-class accuracy and the confusion matrix."""
+    cm = confusion_matrix(logits.argmax(1), target, len(classes))
+    support = cm.sum(dim=1)
+    report: dict[str, Any] = {
+        "samples": len(target),
+        "accuracy": topk_accuracy(logits, target, 1),
+        "per_class": {
+            name: (100.0 * int(cm[i, i]) / int(support[i])) if support[i] else None
+            for i, name in enumerate(classes)
+        },
+        "confusion": cm.tolist(),
+        "classes": list(classes),
+    }
+    if len(classes) >= 10:
+        report["top5"] = topk_accuracy(logits, target, 5)
+    return report

@@ -1,0 +1,59 @@
+"""Figures of a run: learning curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss (train and val) and accuracy (train and val) per epoch, with the lr schedule."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    if any(h.get("val_acc") is not None for h in history):
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+        ax_acc.plot(epochs, [h["val_acc"] for h in history], "s-", label="validation")
+    ax_lr.plot(epochs, [h["lr"] for h in history], "o-", color="tab:gray")
+    for ax, label in (
+        (ax_loss, "loss"),
+        (ax_acc, "accuracy (%)"),
+        (ax_lr, "learning rate (end of epoch)"),
+    ):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_loss.set_yscale("log")
+    ax_loss.legend()
+    ax_acc.legend()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """The confusion matrix as a heat map, with counts in each cell."""
+    n = len(classes)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xticks(range(n), classes, rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        peak = max(max(row) for row in confusion) or 1
+        for t, row in enumerate(confusion):
+            for p, count in enumerate(row):
+                colour = "white" if count > peak / 2 else "black"
+                ax.text(p, t, str(count), ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,73 @@
+"""Device, numeric precision and memory format for a run."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from resnetlab.errors import ResnetlabError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; anything else must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ResnetlabError(f"--device: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ResnetlabError(f"--device {name}: no CUDA device is available here")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 runs natively: on CUDA by capability, on CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype (None for fp32) and memory format used for one run."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def name(self) -> str:
+        """``bf16``, ``fp16`` or ``fp32``."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context for forward passes (a no-op in fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move ``model`` to the device (and channels-last for 2-D convnets)."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Move an input batch to the device, in the model's memory format."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def resolve_precision(name: str, device: torch.device, data_kind: str) -> Precision:
+    """Resolve ``--precision``. ``auto`` uses bf16 autocast for convnets where the hardware
+    supports it, and fp32 for tabular models, whose tiny matrices gain nothing from bf16."""
+    is_image = data_kind == "image"
+    if name == "auto":
+        name = "bf16" if data_kind != "tabular" and bf16_supported(device) else "fp32"
+    if name == "bf16" and not bf16_supported(device):
+        raise ResnetlabError(f"--precision bf16: not supported on this {device.type} device")
+    return Precision(device, _DTYPES[name], channels_last=is_image)

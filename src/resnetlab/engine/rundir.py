@@ -1,0 +1,70 @@
+"""The run folder: config.yaml, metrics.jsonl, log.txt, and console output mirrored to the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resnetlab.errors import ResnetlabError
+
+
+def default_run_dir(model: str, data: str) -> Path:
+    """``runs/<date-time>-<model>-<data name>``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    data_name = Path(data).stem if os.sep in data or data.endswith(".csv") else data
+    return Path("runs") / f"{stamp}-{model}-{data_name}"
+
+
+class RunDir:
+    """One run's output folder. Created and checked for writability before any training."""
+
+    def __init__(self, path: str | Path, quiet: bool = False) -> None:
+        self.path = Path(path)
+        self.quiet = quiet
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ResnetlabError(f"--out: cannot write to '{self.path}': {reason}") from None
+        self._log = open(self.path / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
+
+    def file(self, name: str) -> Path:
+        """Path of a file inside the run folder."""
+        return self.path / name
+
+    def print(self, line: str) -> None:
+        """Print a line to the console and append it to log.txt."""
+        print(line, flush=True)
+        self._log.write(line + "\n")
+        self._log.flush()
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Write config.yaml; `resnetlab train --config` reads it back."""
+        self.file("config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl."""
+        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Write a JSON file in the run folder."""
+        self.file(name).write_text(json.dumps(data, indent=2) + "\n")
+
+    def close(self) -> None:
+        """Close log.txt."""
+        self._log.close()
+
+
+def progress_enabled(quiet: bool) -> bool:
+    """A progress bar is shown only on a terminal and without --quiet."""
+    return not quiet and sys.stderr.isatty()

@@ -1,0 +1,36 @@
+"""Shared fixtures: a trained tiny checkpoint reused by several CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.commands.train import TrainResult, train
+from resnetlab.engine.config import TrainConfig
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """resnet20 trained for a few epochs on scikit-learn's digits (about 20 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    cfg = TrainConfig(
+        model="resnet20",
+        data="digits",
+        epochs=6,
+        batch_size=64,
+        lr=0.1,
+        out=str(out),
+        quiet=True,
+        seed=0,
+    )
+    return train(cfg)
+
+
+@pytest.fixture()
+def run_dir(digits_run: TrainResult) -> Path:
+    """The digits run folder."""
+    return digits_run.run_dir

@@ -1,0 +1,349 @@
+"""Data sources: built-in sets, CSV tables, image folders, splits and training statistics."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from torch.utils.data import Subset
+
+from resnetlab.data import (
+    BUILTIN_DATASETS,
+    load_data,
+    make_case_study_data,
+    scan_image_folder,
+    split_indices,
+)
+from resnetlab.data.stats import dataset_mean_std, tensor_mean_std
+from resnetlab.data.tabular import read_csv_features
+from resnetlab.errors import ResnetlabError
+
+DIGITS = [str(d) for d in range(10)]
+
+
+def split_tensors(subset: Subset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples and labels of one split of an in-memory bundle."""
+    x, y = subset.dataset.tensors
+    return x[subset.indices], y[subset.indices]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "shape", "total", "classes"),
+    [
+        ("digits", "image", (1, 8, 8), 1797, DIGITS),
+        ("mnist5k", "image", (1, 28, 28), 5000, DIGITS),
+        ("tabular-synthetic", "tabular", (10,), 1000, ["0", "1"]),
+    ],
+)
+def test_builtin_sizes_shapes_ranges_and_classes(
+    name: str, kind: str, shape: tuple[int, ...], total: int, classes: list[str]
+) -> None:
+    bundle = load_data(name)
+    assert name in BUILTIN_DATASETS
+    assert (bundle.name, bundle.kind, bundle.input_shape, bundle.classes) == (
+        name, kind, shape, classes
+    )
+    assert bundle.val is not None and bundle.test is not None
+    sizes = [len(bundle.train), len(bundle.val), len(bundle.test)]
+    assert sum(sizes) == total
+    assert sizes[1] == sizes[2] == round(0.1 * total)
+    x, y = bundle.train[0]
+    assert x.dtype == torch.float32 and tuple(x.shape) == shape and 0 <= int(y) < len(classes)
+    everything = bundle.train.dataset.tensors[0]
+    assert everything.min() == 0.0 and everything.max() == 1.0
+    assert len(bundle.mean) == len(bundle.std) == shape[0]
+
+
+def test_builtin_image_resized_and_repeated_per_item() -> None:
+    plain = load_data("digits", seed=3)
+    bundle = load_data("digits", seed=3, image_size=16, in_chans=3)
+    assert bundle.input_shape == (3, 16, 16)
+    x, y = bundle.train[5]
+    assert tuple(x.shape) == (3, 16, 16) and torch.equal(x[0], x[2])
+    assert int(y) == int(plain.train[5][1])
+    assert x.min() >= 0 and x.max() <= 1
+    assert bundle.mean[0] == bundle.mean[2]
+    assert bundle.mean[0] == pytest.approx(plain.mean[0], abs=0.01)
+
+
+def test_tabular_synthetic_is_fixed_balanced_and_not_linear() -> None:
+    x, y = make_case_study_data()
+    x2, y2 = make_case_study_data()
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert x.shape == (1000, 10) and x.dtype == np.float32 and set(y.tolist()) == {0, 1}
+    assert np.allclose(x.min(axis=0), 0) and np.allclose(x.max(axis=0), 1)
+    assert 0.35 <= y.mean() <= 0.65
+    bundle = load_data("tabular-synthetic")
+    assert bundle.feature_names == [f"x{i}" for i in range(10)]
+    assert torch.equal(bundle.train.dataset.tensors[0], torch.from_numpy(x))
+    x_train, y_train = split_tensors(bundle.train)
+    x_test, y_test = split_tensors(bundle.test)
+    linear = LogisticRegression().fit(x_train.numpy(), y_train.numpy())
+    assert linear.score(x_test.numpy(), y_test.numpy()) < 0.85  # the rule has an interaction
+
+
+# --- splits -------------------------------------------------------------------------------
+
+
+def digit_labels() -> np.ndarray:
+    bundle = load_data("digits")
+    return bundle.train.dataset.tensors[1].numpy()
+
+
+def test_splits_are_stratified_disjoint_and_complete() -> None:
+    labels = digit_labels()
+    split = split_indices(labels, val_fraction=0.15, test_fraction=0.2, seed=0)
+    assert split.val is not None and split.test is not None
+    joined = np.concatenate([split.train, split.val, split.test])
+    assert len(joined) == len(labels) and set(joined.tolist()) == set(range(len(labels)))
+    assert (len(split.val), len(split.test)) == (round(0.15 * 1797), round(0.2 * 1797))
+    counts = np.bincount(labels)
+    for indices, fraction in ((split.train, 0.65), (split.val, 0.15), (split.test, 0.2)):
+        per_class = np.bincount(labels[indices], minlength=10)
+        assert np.all(np.abs(per_class - fraction * counts) <= 1), per_class
+
+
+def test_splits_are_seeded() -> None:
+    labels = digit_labels()
+    first = split_indices(labels, val_fraction=0.1, test_fraction=0.1, seed=7)
+    again = split_indices(labels, val_fraction=0.1, test_fraction=0.1, seed=7)
+    other = split_indices(labels, val_fraction=0.1, test_fraction=0.1, seed=8)
+    for a, b, c in zip(
+        (first.train, first.val, first.test), (again.train, again.val, again.test),
+        (other.train, other.val, other.test), strict=True,
+    ):
+        assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_zero_fraction_gives_no_split() -> None:
+    bundle = load_data("digits", val_fraction=0.0, test_fraction=0.25)
+    assert bundle.val is None and bundle.test is not None
+    assert (len(bundle.train), len(bundle.test)) == (1797 - 449, 449)
+
+
+@pytest.mark.parametrize(
+    ("val", "test", "message"),
+    [
+        (1.0, 0.1, "--val-fraction must be in [0, 1)"),
+        (0.1, -0.1, "--test-fraction must be in [0, 1)"),
+        (0.5, 0.5, "--val-fraction + --test-fraction must be below 1"),
+    ],
+)
+def test_bad_fractions_name_the_flag(val: float, test: float, message: str) -> None:
+    with pytest.raises(ResnetlabError, match=re.escape(message)):
+        load_data("digits", val_fraction=val, test_fraction=test)
+
+
+def test_class_too_small_to_stratify_splits_at_random_with_a_warning() -> None:
+    labels = np.array([0] * 20 + [1] * 20 + [2])
+    with pytest.warns(UserWarning, match="class 'rare' has only 1 sample"):
+        split = split_indices(
+            labels, val_fraction=0.2, test_fraction=0.2, seed=0, class_names=["a", "b", "rare"]
+        )
+    assert split.val is not None and split.test is not None
+    assert (len(split.train), len(split.val), len(split.test)) == (25, 8, 8)
+
+
+def test_too_few_samples_for_the_fractions() -> None:
+    with pytest.raises(ResnetlabError, match="2 samples are too few"):
+        split_indices([0, 1], val_fraction=0.3, test_fraction=0.3, seed=0)
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def test_mean_std_come_from_the_training_split_only() -> None:
+    bundle = load_data("tabular-synthetic", seed=1)
+    x_train, _ = split_tensors(bundle.train)
+    direct = x_train.double().numpy()
+    assert np.allclose(bundle.mean, direct.mean(axis=0), atol=1e-12)
+    assert np.allclose(bundle.std, direct.std(axis=0), atol=1e-12)
+    everything = bundle.train.dataset.tensors[0].double().numpy()
+    assert not np.allclose(bundle.mean, everything.mean(axis=0), atol=1e-6)
+
+    digits = load_data("digits", seed=1)
+    pixels, _ = split_tensors(digits.train)
+    assert digits.mean == pytest.approx([pixels.double().mean().item()], abs=1e-12)
+    assert digits.std == pytest.approx([pixels.double().std(correction=0).item()], abs=1e-12)
+
+
+def test_dataset_statistics_agree_with_tensor_statistics_and_floor_the_std() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(50, 3, 4, 5)
+    x[:, 2] = 0.5  # a constant channel
+    dataset = torch.utils.data.TensorDataset(x, torch.zeros(50, dtype=torch.long))
+    mean, std = tensor_mean_std(x)
+    assert std[2] == 1e-6 and mean[2] == pytest.approx(0.5)
+    streamed_mean, streamed_std = dataset_mean_std(dataset, max_items=None)
+    assert streamed_mean == pytest.approx(mean, abs=1e-9)
+    assert streamed_std == pytest.approx(std, abs=1e-7)
+    sampled_mean, _ = dataset_mean_std(dataset, max_items=10, seed=4)
+    chosen = np.sort(np.random.default_rng(4).choice(50, size=10, replace=False))
+    assert sampled_mean == pytest.approx(tensor_mean_std(x[chosen])[0], abs=1e-9)
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_csv_with_string_target(tmp_path: Path) -> None:
+    rows = ["a,b,label,c"] + [
+        f"{i},{i * 0.5},{['dog', 'cat', 'ant'][i % 3]},{-i}" for i in range(30)
+    ]
+    source = write_csv(tmp_path / "pets.csv", "\n".join(rows) + "\n")
+    bundle = load_data(source, target="label", val_fraction=0.2, test_fraction=0.0, seed=0)
+    assert (bundle.name, bundle.kind, bundle.input_shape) == ("pets.csv", "tabular", (3,))
+    assert bundle.classes == ["ant", "cat", "dog"]
+    assert bundle.feature_names == ["a", "b", "c"]
+    assert bundle.test is None and (len(bundle.train), len(bundle.val)) == (24, 6)
+    x, y = bundle.train.dataset.tensors
+    assert torch.equal(x[4], torch.tensor([4.0, 2.0, -4.0]))
+    assert bundle.classes[int(y[4])] == "cat"
+    x_train, _ = split_tensors(bundle.train)
+    assert bundle.mean == pytest.approx(x_train.double().mean(0).tolist())
+
+
+def test_csv_integer_target_sorts_numerically(tmp_path: Path) -> None:
+    rows = ["x,y"] + [f"{i},{[10, 2, 1][i % 3]}" for i in range(12)]
+    source = write_csv(tmp_path / "n.csv", "\n".join(rows))
+    bundle = load_data(source, target="y", val_fraction=0.0, test_fraction=0.0)
+    assert bundle.classes == ["1", "2", "10"]
+    assert bundle.train.dataset.tensors[1][:3].tolist() == [2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "message"),
+    [
+        ("a,b,c\n1,2,3\n", "label", "--target: column 'label' not in data.csv (columns: a, b, c)"),
+        ("a,b,c\n1,2,3\n", None, "--target is required for CSV data (columns: a, b, c)"),
+        ("a,colour,t\n1,red,0\n", "t", "column 'colour' is not numeric (e.g. value 'red')"),
+        ("a,b,t\n1,,0\n2,3,1\n", "t", "column 'b' has a missing value on line 2"),
+        ("a,t\n1,0\n2\n", "t", "line 3 has 1 fields, the header has 2"),
+        ("", "t", "data.csv: the file is empty"),
+        ("a,t\n", "t", "data.csv: no data rows"),
+        ("a,t\n1,x\n2,x\n", "t", "column 't' has only one class ('x')"),
+    ],
+)
+def test_csv_errors_name_the_column_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, target: str | None, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "data.csv", text)
+    with pytest.raises(ResnetlabError, match=re.escape(message)):
+        load_data("data.csv", target=target)
+
+
+def test_read_csv_features_picks_columns_by_name(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "rows.csv", "b,label,a\n1,x,2\n3,,4\n")
+    assert read_csv_features(source, ["a", "b"]).tolist() == [[2.0, 1.0], [4.0, 3.0]]
+    with pytest.raises(ResnetlabError, match=re.escape("no column(s) c (the model takes a, c)")):
+        read_csv_features(source, ["a", "c"])
+
+
+def test_csv_feature_count_must_match_in_chans(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "d.csv", "a,b,t\n" + "1,2,0\n3,4,1\n" * 10)
+    assert load_data(source, target="t", in_chans=2).input_shape == (2,)
+    with pytest.raises(ResnetlabError, match=r"--in-chans 5: .* has 2 feature columns"):
+        load_data(source, target="t", in_chans=5)
+    with pytest.raises(ResnetlabError, match="--image-size"):
+        load_data(source, target="t", image_size=32)
+
+
+def test_missing_source_and_misplaced_flags() -> None:
+    missing = "--data: no such file or directory: 'nowhere/x.csv'"
+    with pytest.raises(ResnetlabError, match=re.escape(missing)):
+        load_data("nowhere/x.csv", target="t")
+    with pytest.raises(ResnetlabError, match="--target applies to CSV files only"):
+        load_data("digits", target="label")
+    with pytest.raises(ResnetlabError, match="--in-chans must be 1 or 3"):
+        load_data("digits", in_chans=2)
+
+
+# --- image folders ------------------------------------------------------------------------
+
+COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "ant": (0, 255, 0)}
+
+
+def make_images(folder: Path, colour: tuple[int, int, int], count: int, mode: str = "RGB",
+                size: tuple[int, int] = (6, 6)) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fill = colour if mode == "RGB" else colour[0]
+    for i in range(count):
+        Image.new(mode, size, fill).save(folder / f"img{i}.png")
+
+
+def test_class_layout_loads_sorted_classes_and_splits(tmp_path: Path) -> None:
+    for name, colour in COLOURS.items():
+        make_images(tmp_path / "pets" / name, colour, 10)
+    (tmp_path / "pets" / "cat" / "notes.txt").write_text("not an image")
+    bundle = load_data(str(tmp_path / "pets"), val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert bundle.name == "pets" and bundle.kind == "image"
+    assert bundle.classes == ["ant", "cat", "dog"] and bundle.input_shape == (3, 6, 6)
+    assert bundle.val is not None and bundle.test is not None
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (18, 6, 6)
+    for x, y in (bundle.train[i] for i in range(len(bundle.train))):
+        assert x.dtype == torch.float32 and x.shape == (3, 6, 6)
+        expected = torch.tensor(COLOURS[bundle.classes[y]], dtype=torch.float32) / 255
+        assert torch.equal(x[:, 0, 0], expected)
+    assert bundle.mean == pytest.approx([1 / 3] * 3) and bundle.std == pytest.approx(
+        [(2 / 9) ** 0.5] * 3
+    )
+
+
+def test_split_layout_with_greyscale_images(tmp_path: Path) -> None:
+    root = tmp_path / "gray"
+    for split, count in (("train", 8), ("test", 2)):
+        make_images(root / split / "b", (200, 0, 0), count, mode="L", size=(10, 8))
+        make_images(root / split / "a", (50, 0, 0), count, mode="L", size=(10, 8))
+    bundle = load_data(str(root), val_fraction=0.25, test_fraction=0.5, seed=0)
+    assert bundle.classes == ["a", "b"] and bundle.input_shape == (1, 8, 8)
+    assert bundle.val is not None and bundle.test is not None
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 4, 4)
+    x, y = bundle.test[0]
+    assert x.shape == (1, 8, 8) and x[0, 0, 0].item() == pytest.approx([50, 200][y] / 255)
+    resized = load_data(str(root), image_size=4, in_chans=3)
+    assert resized.input_shape == (3, 4, 4) and resized.train[0][0].shape == (3, 4, 4)
+
+
+def test_scan_image_folder_and_empty_class_warning(tmp_path: Path) -> None:
+    make_images(tmp_path / "z", (1, 2, 3), 2)
+    (tmp_path / "y").mkdir()
+    with pytest.warns(UserWarning, match=f"class folder {tmp_path / 'y'} has no images"):
+        classes, samples = scan_image_folder(tmp_path)
+    assert classes == ["y", "z"]
+    assert samples == [(tmp_path / "z" / "img0.png", 1), (tmp_path / "z" / "img1.png", 1)]
+
+
+def test_empty_folders_are_errors_naming_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(ResnetlabError, match=f"{tmp_path}: no class folders"):
+        load_data(str(tmp_path))
+    (tmp_path / "cat").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ResnetlabError, match=f"{tmp_path}: no images .*png"):
+            load_data(str(tmp_path))
+
+
+def test_train_and_test_with_different_classes(tmp_path: Path) -> None:
+    for split, names in (("train", ["ant", "cat"]), ("test", ["cat", "dog"])):
+        for name in names:
+            make_images(tmp_path / split / name, COLOURS[name], 2)
+    message = "differ between train/ and test/ (only in train: ant; only in test: dog)"
+    with pytest.raises(ResnetlabError, match=re.escape(message)):
+        load_data(str(tmp_path))
+
+
+def test_split_folders_without_train_are_an_error(tmp_path: Path) -> None:
+    make_images(tmp_path / "val" / "cat", COLOURS["cat"], 2)
+    with pytest.raises(ResnetlabError, match="has val/ but no train/ folder"):
+        load_data(str(tmp_path))

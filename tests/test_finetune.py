@@ -1,0 +1,342 @@
+"""Fine-tuning: phases and their gradients, BatchNorm policies, provenance, lr-find, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import TensorDataset
+from torchvision.ops import FrozenBatchNorm2d
+
+from resnetlab.cli import main
+from resnetlab.commands.finetune import FinetuneConfig, finetune
+from resnetlab.commands.lr_find import LrRange, _suggest, lr_find
+from resnetlab.commands.train import AUTO_MODEL, checkpoint_header, train
+from resnetlab.data import load_data
+from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.checkpoint import model_from_checkpoint, read_header, save_checkpoint
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.finetune import (
+    Phase,
+    fit_phases,
+    freeze_batchnorm,
+    parameter_stages,
+    phase_param_groups,
+    plan_phases,
+)
+from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.trainer import Trainer
+from resnetlab.models import create_model
+
+
+def _randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so that a kept or a changed buffer shows."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnetlab checkpoint of a seeded resnet20 for 'digits' (1x8x8, 10 classes)."""
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(create_model("resnet20", num_classes=10, in_chans=1))
+    cfg = TrainConfig(model="resnet20", data="digits")
+    path = tmp_path_factory.mktemp("source") / "digits-r20.safetensors"
+    save_checkpoint(path, model.state_dict(), checkpoint_header(cfg, load_data("digits")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An RGB image folder of 3 classes (red, green, blue tints), 12 images of 8x8 each."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 90, (8, 8, 3), dtype=np.uint8)
+            pixels[..., label] += 160
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_plan_phases() -> None:
+    assert plan_phases("linear-probe", 6, 1.0, 0.25) == [Phase("head", 6, 1.0, None)]
+    assert plan_phases("full", 6, 1.0, 0.25) == [Phase("all", 6, 1.0, 0.25)]
+    assert plan_phases("gradual", 6, 1.0, 0.25) == [
+        Phase("head", 1, 1.0, None),
+        Phase("all", 5, 0.5, 0.125),
+    ]
+    assert plan_phases("lp-ft", 6, 1.0, 0.25) == [
+        Phase("head", 3, 1.0, None),
+        Phase("all", 3, 0.25, 0.25),
+    ]
+    assert plan_phases("gradual", 6, 1.0, 0.25, head_epochs=4)[1].epochs == 2
+
+
+def test_stages_and_discriminative_lrs() -> None:
+    model = create_model("resnet20")
+    head, stages = parameter_stages(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in head] == ["fc.weight", "fc.bias"]
+    assert [names[id(p)] for p in stages[0]] == ["conv1.weight", "bn1.weight", "bn1.bias"]
+    for k in (1, 2, 3):
+        assert {names[id(p)].split(".")[0] for p in stages[k]} == {f"layer{k}"}
+
+    cfg = TrainConfig(weight_decay=0.01)
+    groups = phase_param_groups(model, Phase("all", 1, 1.0, 0.5), stage_decay=0.5, cfg=cfg)
+    lrs = {(g["name"], g["weight_decay"]): g["lr"] for g in groups}
+    assert lrs == {
+        **{("head", wd): 1.0 for wd in (0.01, 0.0)},
+        **{(f"stage{s}", wd): 0.5 * 0.5 ** (3 - s) for s in range(4) for wd in (0.01, 0.0)},
+    }
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(names)  # every parameter exactly once
+    assert all(p.ndim == 1 for g in groups if g["weight_decay"] == 0 for p in g["params"])
+
+
+def test_stages_of_tabular_and_preact_nets() -> None:
+    _, stages = parameter_stages(create_model("resnet_tabular"))
+    assert len(stages) == 3  # input layer, blocks.0, blocks.1 (+ the final norm)
+    preact = create_model("preact_resnet18")
+    _, stages = parameter_stages(preact)
+    assert stages[-1][-2:] == [preact.bn_final.weight, preact.bn_final.bias]
+
+
+def _tiny_bundle() -> DataBundle:
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 3, 8, 8), torch.arange(32) % 3
+    return DataBundle(
+        "tiny", "image", ["a", "b", "c"], (3, 8, 8), TensorDataset(x, y), None, None,
+        [0.5] * 3, [0.25] * 3,
+    )  # fmt: skip
+
+
+def _trainer(tmp_path: Path, cfg: TrainConfig, bn: str = "train") -> Trainer:
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(create_model("resnet20", num_classes=3))
+    if bn == "frozen":
+        freeze_batchnorm(model)
+    cfg = replace(cfg, batch_size=16, precision="fp32", quiet=True)
+    return Trainer(model, _tiny_bundle(), cfg, RunDir(tmp_path, quiet=True), header={})
+
+
+@pytest.mark.parametrize(
+    ("strategy", "head_only_epochs"),
+    [("linear-probe", 4), ("full", 0), ("gradual", 1), ("lp-ft", 2)],
+)
+def test_which_parameters_get_gradients_in_which_epoch(
+    strategy: str, head_only_epochs: int, tmp_path: Path
+) -> None:
+    cfg = FinetuneConfig(weights="w", data="d", strategy=strategy, epochs=4, lr=0.01)
+    trainer = _trainer(tmp_path, cfg)
+    seen: dict[int, set[str]] = defaultdict(set)
+    for name, param in trainer.model.named_parameters():
+        param.register_hook(lambda _, n=name: seen[len(trainer.history) + 1].add(n))
+    fit_phases(trainer, cfg.phases(), cfg.bn, cfg.stage_decay)
+    everything = {name for name, _ in trainer.model.named_parameters()}
+    expected = {
+        epoch: {"fc.weight", "fc.bias"} if epoch <= head_only_epochs else everything
+        for epoch in range(1, 5)
+    }
+    assert dict(seen) == expected
+    assert all(p.requires_grad for p in trainer.model.parameters())  # restored after
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "bn", "stats_kept", "affine_trains"),
+    [
+        ("full", "train", False, True),
+        ("full", "freeze-stats", True, True),
+        ("full", "frozen", True, False),
+        ("linear-probe", "train", True, False),
+    ],
+)
+def test_batchnorm_policies(
+    strategy: str, bn: str, stats_kept: bool, affine_trains: bool, tmp_path: Path
+) -> None:
+    cfg = FinetuneConfig(weights="w", data="d", strategy=strategy, bn=bn, epochs=1, lr=0.01)
+    trainer = _trainer(tmp_path, cfg, bn)
+    model = trainer.model
+    before, bn_weight = _buffers(model), model.layer2[0].bn1.weight.clone()
+    fit_phases(trainer, cfg.phases(), cfg.bn, cfg.stage_decay)
+    after = _buffers(model)
+    assert all(torch.equal(before[k], after[k]) for k in before) == stats_kept
+    assert (not torch.equal(model.layer2[0].bn1.weight, bn_weight)) == affine_trains
+    assert isinstance(model.bn1, FrozenBatchNorm2d) == (bn == "frozen")
+
+
+def test_frozen_batchnorm_computes_what_eval_batchnorm_does() -> None:
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(create_model("resnet20")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(freeze_batchnorm(model)(x), expected, atol=1e-5, rtol=0)
+
+
+def test_linear_probe_keeps_the_backbone_and_records_its_source(
+    source: Path, colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = FinetuneConfig(
+        weights=str(source), data=str(colours), strategy="linear-probe", epochs=2,
+        out=str(tmp_path / "lp"), quiet=True,
+    )  # fmt: skip
+    result = finetune(cfg)
+    out = capsys.readouterr().out
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert (
+        f"weights '{source}' (sha256 {digest[:8]}) -> resnet20: 113 matched, "
+        "1 adapted (conv1.weight: 1->3 channels), "
+        "2 re-initialised (fc.weight, fc.bias: 10->3 classes)"
+    ) in out
+    header = read_header(result.run_dir / "best.safetensors")
+    assert header["weights"] == {"file": source.name, "sha256": digest}
+    assert header["finetune"]["strategy"] == "linear-probe"
+    assert header["finetune"]["phases"] == [
+        {"name": "head", "epochs": 2, "head_lr": 1e-3, "backbone_lr": None}
+    ]
+    assert (header["num_classes"], header["in_chans"]) == (3, 3)
+    assert header["input_shape"] == [3, 8, 8]  # the source's input size, not the folder's
+    assert header["mean"] == [read_header(source)["mean"][0]] * 3
+
+    tuned, _ = model_from_checkpoint(result.run_dir / "best.safetensors")
+    original = read_header(source)
+    assert original is not None
+    kept = tuned.state_dict()
+    source_state = create_model("resnet20", num_classes=10, in_chans=1)
+    source_state.load_state_dict(load_state(source))
+    for key, tensor in source_state.state_dict().items():
+        if key == "conv1.weight":
+            torch.testing.assert_close(kept[key], tensor.expand(-1, 3, -1, -1) / 3)
+        elif not key.startswith("fc."):
+            assert torch.equal(kept[key], tensor), key
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_frozen_bn_checkpoint_evaluates(
+    source: Path, colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = FinetuneConfig(
+        weights=str(source), data=str(colours), strategy="gradual", bn="frozen", epochs=2,
+        out=str(tmp_path / "ft"), quiet=True,
+    )  # fmt: skip
+    result = finetune(cfg)
+    assert result.test_report is not None
+    capsys.readouterr()
+    checkpoint = str(result.run_dir / "best.safetensors")
+    assert main(["eval", "--checkpoint", checkpoint, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == pytest.approx(result.test_report["accuracy"])
+
+
+def test_train_and_eval_take_weights(
+    source: Path, colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tmp_path / "raw.pth"  # foreign: a bare state dict, no preprocessing metadata
+    torch.save({"model": load_state(source), "epoch": 3}, raw)
+    cfg = TrainConfig(
+        model=AUTO_MODEL, data=str(colours), epochs=1, out=str(tmp_path / "t"), quiet=True
+    )
+    result = train(cfg, weights=str(raw), mean=[0.5], std=[0.25])
+    assert "-> resnet20 (inferred): 113 matched" in capsys.readouterr().out
+    header = read_header(result.run_dir / "best.safetensors")
+    assert header["weights"]["file"] == "raw.pth"
+    assert (header["model"], header["model_options"]) == ("resnet20", {"shortcut": "A"})
+    assert (header["mean"], header["std"]) == ([0.5] * 3, [0.25] * 3)
+
+    assert main(["eval", "--weights", str(source), "--data", "digits", "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "-> resnet20: 116 matched" in out and "on 1797 all samples" in out
+    code = main(["eval", "--weights", str(source), "--data", str(colours)])
+    err = capsys.readouterr().err
+    assert code == 2 and "classifier does not fit" in err and "10->3 classes" in err
+
+
+def test_suggestion_is_the_steepest_descent() -> None:
+    lrs = list(np.logspace(-6, 0, 61))
+    smoothed = [2 - float(np.tanh(2 * (np.log10(lr) + 3))) for lr in lrs]
+    suggestion, min_over_10 = _suggest(lrs, smoothed)
+    assert suggestion == pytest.approx(1e-3)
+    assert min_over_10 == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("fine_tuning", [False, True])
+def test_lr_find_plots_and_suggests(
+    fine_tuning: bool, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = {"data": "digits", "batch_size": 32, "out": str(tmp_path / "lr"), "quiet": True}
+    cfg = (
+        FinetuneConfig(weights=str(source), strategy="full", **shared)
+        if fine_tuning
+        else TrainConfig(model="resnet20", **shared)
+    )
+    result = lr_find(cfg, LrRange(steps=30, end_lr=1.0))
+    assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(result.lrs) == len(result.losses) <= 30
+    assert 1e-7 <= result.suggestion <= 1.0 and np.isfinite(result.suggestion)
+    assert sorted(p.name for p in result.plot.parent.iterdir()) == [
+        "log.txt", "lr_find.json", "lr_find.png",
+    ]  # fmt: skip
+    assert f"suggested lr: {result.suggestion:.2g}" in capsys.readouterr().out
+
+
+def test_cli_finetune_and_lr_find(
+    source: Path, colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--weights", str(source), "--data", str(colours), "--quiet"]
+    assert main(["finetune", *argv, "--epochs", "2", "--out", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    assert "phase 1/2 'head', epochs 1-1" in out and "phase 2/2 'all', epochs 2-2" in out
+    assert "Accuracy of the network on the test images" in out
+    assert main(["lr-find", *argv, "--steps", "12", "--out", str(tmp_path / "l")]) == 0
+    assert "suggested lr: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["finetune", "--data", "digits"], "finetune needs --weights FILE"),
+        (["finetune", "--weights", "missing.pth", "--data", "digits"], "missing.pth"),
+        (["finetune", "--weights", "w", "--data", "digits", "--strategy", "x"], "--strategy"),
+        (["finetune", "--weights", "w", "--data", "digits", "--bn", "off"], "--bn must be"),
+        (
+            ["finetune", "--weights", "w", "--data", "d", "--strategy", "gradual",
+             "--head-epochs", "3", "--epochs", "3"],
+            "--head-epochs (3) must be at least 1 and below --epochs (3)",
+        ),  # fmt: skip
+        (["finetune", "--weights", "w", "--data", "d", "--stage-decay", "2"], "--stage-decay"),
+        (["finetune", "--weights", "w", "--data", "digits", "--mean", "0.5"], "--std"),
+        (["lr-find", "--strategy", "full"], "--strategy: fine-tuning flags"),
+        (["lr-find", "--steps", "3"], "--steps must be at least 10"),
+        (["train", "--mean", "0.5", "--std", "0.2"], "--mean and --std describe --weights"),
+        (["eval", "--data", "digits"], "either --checkpoint or --weights"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("resnetlab: error: "), err
+    assert needle in err
