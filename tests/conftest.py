@@ -13,6 +13,14 @@ from resnetlab.engine.config import TrainConfig
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _private_image_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image-folder caches go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("RESNETLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     """resnet20 trained for a few epochs on scikit-learn's digits (about 20 s on 2 cores)."""

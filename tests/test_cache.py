@@ -16,6 +16,7 @@ from resnetlab.data.cache import (
     cache_key,
     channel_stats,
     decode_all,
+    default_cache_dir,
     default_memory_budget,
     fits_in_memory,
     load_or_build,
@@ -181,10 +182,13 @@ def test_default_cache_dir_is_created_under_home(folder: tuple[Path, list[Path],
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RESNETLAB_CACHE_DIR", raising=False)
     root, files, labels = folder
-    result = load_or_build(root, files, labels, CLASSES, channels=3, size=4)
+    result = load_or_build(root, files, labels, CLASSES, 3, 4, cache_dir=default_cache_dir())
     assert result.cache_file is not None
     assert result.cache_file.parent == tmp_path / "home" / ".cache" / "resnetlab"
+    monkeypatch.setenv("RESNETLAB_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert default_cache_dir() == str(tmp_path / "elsewhere")
 
 
 def test_nothing_decodable_is_an_error(folder: tuple[Path, list[Path], list[int]],

@@ -292,9 +292,8 @@ def test_class_layout_loads_sorted_classes_and_splits(tmp_path: Path) -> None:
     assert bundle.val is not None and bundle.test is not None
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (18, 6, 6)
     for x, y in (bundle.train[i] for i in range(len(bundle.train))):
-        assert x.dtype == torch.float32 and x.shape == (3, 6, 6)
-        expected = torch.tensor(COLOURS[bundle.classes[y]], dtype=torch.float32) / 255
-        assert torch.equal(x[:, 0, 0], expected)
+        assert x.dtype == torch.uint8 and x.shape == (3, 6, 6)  # decoded once, cached
+        assert torch.equal(x[:, 0, 0], torch.tensor(COLOURS[bundle.classes[int(y)]]))
     assert bundle.mean == pytest.approx([1 / 3] * 3) and bundle.std == pytest.approx(
         [(2 / 9) ** 0.5] * 3
     )
@@ -310,7 +309,7 @@ def test_split_layout_with_greyscale_images(tmp_path: Path) -> None:
     assert bundle.val is not None and bundle.test is not None
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 4, 4)
     x, y = bundle.test[0]
-    assert x.shape == (1, 8, 8) and x[0, 0, 0].item() == pytest.approx([50, 200][y] / 255)
+    assert x.shape == (1, 8, 8) and x[0, 0, 0].item() == [50, 200][int(y)]
     resized = load_data(str(root), image_size=4, in_chans=3)
     assert resized.input_shape == (3, 4, 4) and resized.train[0][0].shape == (3, 4, 4)
 

@@ -9,10 +9,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from resnetlab.cli import evaluate, finetune, lr_find, models, predict, train
+from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.errors import ResnetlabError
 
 COMMANDS = (train, finetune, lr_find, evaluate, predict, models)
@@ -37,11 +39,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse ``argv``; values from ``--config`` become defaults that explicit flags override."""
+    """Parse ``argv``. Defaults are layered: the command's own, then ``--recipe``'s, then the
+    ``--config`` file's; flags given on the command line override them all."""
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
-    if not args.config:
+    values = _read_config(args) if args.config else {}
+    recipe = values.get("recipe") or getattr(args, "recipe", None)
+    if recipe:
+        values = {**recipe_defaults(recipe), **values}
+    if not values:
         return args
+    subparsers[args.command].set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def _read_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--config`` YAML file as flag defaults; unknown keys are errors."""
     path = Path(args.config)
     try:
         values = yaml.safe_load(path.read_text()) or {}
@@ -61,8 +74,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         raise ResnetlabError(
             f"--config '{path}': unknown key(s) for `{args.command}`: {', '.join(unknown)}"
         )
-    subparsers[args.command].set_defaults(**values)
-    return parser.parse_args(argv)
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from resnetlab.cli.common import add_runtime_flags
 from resnetlab.cli.train import add_weights_flags
+from resnetlab.engine.config import TTAS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: inferred from them)",
     )
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", choices=TTAS, help="test-time augmentation: flip = average with mirror")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_flags(p)
     p.set_defaults(func=run)

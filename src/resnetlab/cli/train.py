@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, TypeVar
 
 from resnetlab.cli.common import add_runtime_flags, parse_option
-from resnetlab.engine.config import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+from resnetlab.engine.config import (
+    AUTO_AUGMENTS,
+    LOSSES,
+    OPTIMIZERS,
+    PADDING_MODES,
+    SCHEDULES,
+    TTAS,
+    TrainConfig,
+)
+from resnetlab.engine.recipes import RECIPES
 
 Config = TypeVar("Config", bound=TrainConfig)
 
@@ -74,7 +84,87 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
     p.add_argument("--out", help="run folder (default: runs/<date>-<model>-<data>)")
     p.add_argument("--limit-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     p.add_argument("--quiet", action="store_true", default=default("quiet"), help="no progress bar")
+    add_image_flags(p, default)
     add_runtime_flags(p)
+
+
+def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
+    """Recipes, augmentation, test-time augmentation and image-folder reading."""
+    g = p.add_argument_group("images: recipes, augmentation and folders")
+    g.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default=default("recipe"),
+        help="paper = He et al. 2015 sec. 4.2; fast = best accuracy in a CPU budget "
+        "(flags given still override)",
+    )
+    g.add_argument(
+        "--crop-padding",
+        type=int,
+        default=default("crop_padding"),
+        help="random crop after padding by N pixels (batched, cached data)",
+    )
+    g.add_argument("--padding-mode", choices=PADDING_MODES, default=default("padding_mode"))
+    g.add_argument(
+        "--flip",
+        action="store_true",
+        default=default("flip"),
+        help="random horizontal flips (streaming: RandomResizedCrop + flip)",
+    )
+    g.add_argument(
+        "--flip-alternate",
+        action="store_true",
+        default=default("flip_alternate"),
+        help="flip each image in alternate epochs instead of at random",
+    )
+    g.add_argument(
+        "--cutout",
+        type=int,
+        default=default("cutout"),
+        metavar="N",
+        help="cutout square of N pixels",
+    )
+    g.add_argument(
+        "--auto-augment",
+        choices=AUTO_AUGMENTS,
+        default=default("auto_augment"),
+        help="streaming pipeline: TrivialAugmentWide or RandAugment",
+    )
+    g.add_argument(
+        "--random-erasing",
+        type=float,
+        default=default("random_erasing"),
+        metavar="P",
+        help="streaming pipeline: random erasing probability",
+    )
+    g.add_argument("--mixup", type=float, default=default("mixup"), metavar="ALPHA")
+    g.add_argument("--cutmix", type=float, default=default("cutmix"), metavar="ALPHA")
+    g.add_argument(
+        "--tta",
+        choices=TTAS,
+        default=default("tta"),
+        help="test-time augmentation for validation and the final test",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=default("cache_dir"),
+        help="decoded-image cache (default: $RESNETLAB_CACHE_DIR or ~/.cache/resnetlab)",
+    )
+    g.add_argument(
+        "--cache-mem",
+        type=float,
+        default=default("cache_mem"),
+        metavar="GIB",
+        help="largest decoded dataset kept in memory (default: 1/4 of RAM, <= 4)",
+    )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        default=default("strict"),
+        help="stop before training if any image file is bad",
+    )
+    g.add_argument("--val-dir", default=default("val_dir"), help="a separate validation folder")
+    g.add_argument("--test-dir", default=default("test_dir"), help="a separate test folder")
 
 
 def add_weights_flags(p: argparse.ArgumentParser) -> None:

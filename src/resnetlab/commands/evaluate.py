@@ -36,6 +36,7 @@ class EvalConfig:
     std: list[float] | None = None
     image_size: int | None = None
     batch_size: int = 256
+    tta: str | None = None
     precision: str = "auto"
     device: str = "auto"
     workers: int = 0
@@ -79,9 +80,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise ResnetlabError("eval needs either --checkpoint or --weights (one of them)")
     if cfg.checkpoint is not None:
         model, header = model_from_checkpoint(cfg.checkpoint, expect_model=cfg.model)
-        bundle = replace(
-            load_data_like(header, cfg.data), mean=header["mean"], std=header["std"]
-        )
+        bundle = replace(load_data_like(header, cfg.data), mean=header["mean"], std=header["std"])
         source = {"checkpoint": str(cfg.checkpoint), "model": header["model"]}
     else:
         model, bundle, report = _load_weights(cfg)
@@ -90,9 +89,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
     model = precision.prepare(model)
     normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
+    if cfg.tta is not None and bundle.kind != "image":
+        raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {bundle.kind} data")
     result = evaluate_model(
-        model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers
-    )
+        model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers,
+        tta=cfg.tta == "flip",
+    )  # fmt: skip
     result.update(source, split=cfg.split)
     return result
 

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from resnetlab.data import load_data
+from resnetlab.data import ImageOptions, load_data
 from resnetlab.data.bundle import DataBundle
+from resnetlab.data.cache import default_cache_dir
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.optim import build_optimizer, build_scheduler
 from resnetlab.engine.precision import Precision
@@ -208,6 +209,7 @@ def _train(
     run.write_config({**cfg.to_dict(), **{k: v for k, v in flags.items() if v is not None}})
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")
+    run.print(f"data pipeline: {bundle.pipeline}")
     optimizer = build_optimizer(trainer.model, cfg)
     total_steps = trainer.total_steps(cfg.epochs)
     scheduler = build_scheduler(optimizer, cfg, total_steps, trainer.steps_per_epoch)
@@ -225,4 +227,19 @@ def load_bundle(cfg: TrainConfig) -> DataBundle:
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         image_size=cfg.image_size,
+        image_options=image_options(cfg),
+    )
+
+
+def image_options(cfg: TrainConfig) -> ImageOptions:
+    """How to read an image folder for this run (cache, bad files, split folders, streaming)."""
+    return ImageOptions(
+        cache_dir=cfg.cache_dir or default_cache_dir(),
+        cache_mem_gb=cfg.cache_mem,
+        strict=cfg.strict,
+        val_dir=cfg.val_dir,
+        test_dir=cfg.test_dir,
+        augment=cfg.flip or cfg.flip_alternate,
+        auto_augment=cfg.auto_augment,
+        random_erasing=cfg.random_erasing,
     )

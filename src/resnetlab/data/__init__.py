@@ -11,7 +11,7 @@ from resnetlab.data.builtin import (
     make_case_study_data,
 )
 from resnetlab.data.bundle import DataBundle
-from resnetlab.data.folder import load_image_folder, scan_image_folder
+from resnetlab.data.folder import ImageOptions, load_image_folder, scan_image_folder
 from resnetlab.data.splits import check_fractions, split_indices
 from resnetlab.data.tabular import load_csv, read_csv_table
 from resnetlab.errors import ResnetlabError
@@ -19,6 +19,7 @@ from resnetlab.errors import ResnetlabError
 __all__ = [
     "BUILTIN_DATASETS",
     "DataBundle",
+    "ImageOptions",
     "load_data",
     "make_case_study_data",
     "read_csv_table",
@@ -36,6 +37,7 @@ def load_data(
     seed: int = 0,
     image_size: int | None = None,
     in_chans: int | None = None,
+    image_options: ImageOptions | None = None,
 ) -> DataBundle:
     """Load ``source``: a built-in name, a ``.csv`` file (``target`` names the label column)
     or an image folder. Data without its own split is split by ``val_fraction``/
@@ -43,6 +45,7 @@ def load_data(
 
     For images, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the input shape;
     for tables, ``in_chans`` (if given) is the number of features a model expects.
+    ``image_options`` sets caching, bad-file handling and extra split folders for image folders.
     """
     check_fractions(val_fraction, test_fraction)
     kind = _source_kind(source)
@@ -59,7 +62,10 @@ def load_data(
     elif is_csv:
         bundle = load_csv(source, target, **splits)
     else:
-        bundle = load_image_folder(source, image_size=image_size, in_chans=in_chans, **splits)
+        bundle = load_image_folder(
+            source, image_size=image_size, in_chans=in_chans,
+            options=image_options or ImageOptions(), **splits,
+        )  # fmt: skip
     if kind == "tabular" and in_chans not in (None, bundle.input_shape[0]):
         raise ResnetlabError(
             f"--in-chans {in_chans}: {source!r} has {bundle.input_shape[0]} feature columns"

@@ -16,8 +16,9 @@ from resnetlab.data.stats import dataset_mean_std, tensor_mean_std
 class DataBundle:
     """Train/val/test splits plus what a model and a checkpoint need to know about them.
 
-    Each split yields ``(x, y)``: ``x`` a float32 tensor of ``input_shape`` (images in [0, 1],
-    not yet normalised) and ``y`` an int class index. ``mean``/``std`` were computed on the
+    Each split yields ``(x, y)``: ``x`` a tensor of ``input_shape``, not yet normalised (images
+    as float32 in [0, 1] or, from the decode-once cache, uint8 in [0, 255]) and ``y`` an int
+    class index. ``mean``/``std`` were computed on the
     training split, per channel for images and sequences and per feature for tables; the
     engine normalises batches with them and stores them in the checkpoint.
     """
@@ -32,6 +33,7 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     feature_names: list[str] = field(default_factory=list)  # tabular only: column order
+    pipeline: str = "in-memory tensors"  # how samples are produced, printed at the start of a run
 
     @property
     def num_classes(self) -> int:

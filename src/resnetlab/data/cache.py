@@ -32,7 +32,7 @@ from resnetlab.data.decode import BadFileReport, BadImage, decode_array
 from resnetlab.errors import ResnetlabError
 
 CACHE_FORMAT = 1  # bump whenever decoding changes the pixels it produces
-DEFAULT_CACHE_DIR = "~/.cache/resnetlab"
+CACHE_DIR_VARIABLE = "RESNETLAB_CACHE_DIR"
 _CHUNK = 256  # files per thread-pool task: large enough to amortise the task overhead
 _warned: set[str] = set()
 
@@ -54,6 +54,11 @@ class CachedImages:
     bad: BadFileReport
     files: list[Path]
     cache_file: Path | None  # where the cache lives; None when it could not be written
+
+
+def default_cache_dir() -> str:
+    """``$RESNETLAB_CACHE_DIR``, else ``~/.cache/resnetlab``."""
+    return os.environ.get(CACHE_DIR_VARIABLE, "~/.cache/resnetlab")
 
 
 def default_workers() -> int:
@@ -208,7 +213,7 @@ def _build(entries: list[tuple[str, str]], root: Path, channels: int, size: int,
 
 def load_or_build(root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]],
                   labels: Sequence[int], classes: list[str], channels: int, size: int,
-                  cache_dir: str | os.PathLike[str] | None = DEFAULT_CACHE_DIR,
+                  cache_dir: str | os.PathLike[str] | None = None,
                   workers: int | None = None) -> CachedImages:
     """Load the decoded ``files`` from the cache, or decode them and write the cache.
 

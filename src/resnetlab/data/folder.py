@@ -1,45 +1,39 @@
-"""Image folders: ``DIR/<class>/*`` or ``DIR/{train,val,test}/<class>/*``, read lazily.
+"""Image folders: ``DIR/<class>/*`` or ``DIR/{train,val,test}/<class>/*``.
 
-Images are decoded one at a time when an item is read, following the conventions that
-``resnetlab.data.decode`` sets for every source of images: greyscale or RGB, the largest
-centred square resized to ``image_size``.
+Images follow the conventions that ``resnetlab.data.decode`` sets for every source of images:
+greyscale or RGB, the largest centred square resized to ``image_size``. Small datasets are
+decoded once into a cached uint8 tensor (``data.cache``); large ones stream (``data.streaming``).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset, TensorDataset
+from torchvision.transforms import v2
 
 from resnetlab.data.bundle import DataBundle
-from resnetlab.data.decode import IMAGE_EXTENSIONS, BadImage, decode_image, is_image_file
+from resnetlab.data.cache import (
+    channel_stats,
+    default_cache_dir,
+    fits_in_memory,
+    load_or_build,
+)
+from resnetlab.data.decode import IMAGE_EXTENSIONS, BadFileReport, is_image_file, try_decode
 from resnetlab.data.splits import split_indices, split_subsets
 from resnetlab.data.stats import dataset_mean_std
+from resnetlab.data.streaming import ImageFileDataset, eval_transforms, train_transforms
 from resnetlab.errors import ResnetlabError
 
 SPLIT_FOLDERS = ("train", "val", "test")
 Sample = tuple[Path, int]
-
-
-class ImageFileDataset(Dataset):
-    """``(image, label)`` pairs decoded from files when read; images float32 in [0, 1]."""
-
-    def __init__(self, samples: list[Sample], *, size: int, channels: int) -> None:
-        self.samples, self.size, self.channels = samples, size, channels
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        try:
-            image = decode_image(path, self.channels, self.size)
-        except BadImage as bad:
-            raise ResnetlabError(str(bad)) from None
-        return image.float().div_(255), label
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
@@ -55,7 +49,8 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
     samples: list[Sample] = []
     for label, folder in enumerate(class_dirs):
         images = sorted(
-            p for p in folder.rglob("*")
+            p
+            for p in folder.rglob("*")
             if p.is_file() and is_image_file(p) and not p.name.startswith(".")
         )
         if not images:
@@ -67,6 +62,22 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
     return [folder.name for folder in class_dirs], samples
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """How an image folder is read: where to cache, how much memory the cache may take, what
+    to do with bad files, extra split folders, and the streaming pipeline's train transforms."""
+
+    cache_dir: str | None = field(default_factory=default_cache_dir)  # None: no cache file
+    cache_mem_gb: float | None = None  # None: default_memory_budget()
+    strict: bool = False
+    val_dir: str | None = None
+    test_dir: str | None = None
+    augment: bool = False  # streaming train split: RandomResizedCrop + flip
+    auto_augment: str | None = None
+    random_erasing: float = 0.0
+    workers: int | None = None  # decoding threads
+
+
 def load_image_folder(
     root: str | Path,
     *,
@@ -75,14 +86,23 @@ def load_image_folder(
     seed: int,
     image_size: int | None = None,
     in_chans: int | None = None,
+    options: ImageOptions = ImageOptions(),
 ) -> DataBundle:
     """Load an image folder; val/test folders that are absent are split off the training one.
 
-    ``image_size`` defaults to the shorter side of the first training image and ``in_chans``
-    to 1 if that image is greyscale, else 3. Mean/std come from (a sample of) the training split.
+    Folders that fit the memory budget are decoded once into a cached uint8 tensor; larger ones
+    stream through DataLoader workers. Bad files are skipped with one warning line each and a
+    summary (``strict``: an error listing them all, before any training). ``image_size``
+    defaults to the shorter side of the first training image and ``in_chans`` to 1 if that
+    image is greyscale, else 3. Mean/std come from the training split.
     """
     root = Path(root)
     folders = split_folders(root)
+    for split, extra in (("val", options.val_dir), ("test", options.test_dir)):
+        if extra is not None:
+            if not Path(extra).is_dir():
+                raise ResnetlabError(f"--{split}-dir: no such folder: '{extra}'")
+            folders[split] = Path(extra)
     classes, train_samples = scan_image_folder(folders["train"])
     given: dict[str, list[Sample]] = {}
     for split in ("val", "test"):
@@ -90,23 +110,113 @@ def load_image_folder(
             split_classes, given[split] = scan_image_folder(folders[split])
             _check_same_classes(root, classes, split, split_classes)
     size, channels = _image_format(train_samples[0][0], image_size, in_chans)
-
-    def dataset(samples: list[Sample]) -> ImageFileDataset:
-        return ImageFileDataset(samples, size=size, channels=channels)
-
+    n_files = len(train_samples) + sum(map(len, given.values()))
+    budget = None if options.cache_mem_gb is None else int(options.cache_mem_gb * 2**30)
+    load = _cached if fits_in_memory(n_files, channels, size, budget) else _streaming
+    sets = {"train": (folders["train"], train_samples)}
+    sets.update({split: (folders[split], samples) for split, samples in given.items()})
+    datasets, bad, pipeline = load(sets, classes, size, channels, options)
+    if bad:
+        if options.strict:
+            bad.raise_if_strict()
+        bad.warn_each(sys.stderr)
+        print(f"resnetlab: warning: {bad.summary()}", file=sys.stderr)
     split = split_indices(
-        [label for _, label in train_samples],
+        datasets["train"].labels,
         val_fraction=0.0 if "val" in given else val_fraction,
         test_fraction=0.0 if "test" in given else test_fraction,
         seed=seed,
         class_names=classes,
     )
-    train, val, test = split_subsets(dataset(train_samples), split)
-    val = dataset(given["val"]) if "val" in given else val
-    test = dataset(given["test"]) if "test" in given else test
-    mean, std = dataset_mean_std(train, seed=seed)
+    train, val, test = split_subsets(datasets["train"], split)
+    if "eval" in datasets:  # streaming: held-out parts of train/ read without augmentation
+        _, val, test = split_subsets(datasets["eval"], split)
+    val = datasets.get("val", val)
+    test = datasets.get("test", test)
+    mean, std = _train_stats(datasets["train"], split.train, seed)
     name = root.resolve().name
-    return DataBundle(name, "image", classes, (channels, size, size), train, val, test, mean, std)
+    return DataBundle(
+        name, "image", classes, (channels, size, size), train, val, test, mean, std,
+        pipeline=pipeline,
+    )  # fmt: skip
+
+
+class LabelledImages(TensorDataset):
+    """Decoded uint8 images (N, C, H, W) with int64 labels, and ``labels`` for splitting."""
+
+    @property
+    def labels(self) -> list[int]:
+        """The label of every image, in order."""
+        return self.tensors[1].tolist()
+
+
+def _cached(
+    sets: dict[str, tuple[Path, list[Sample]]],
+    classes: list[str],
+    size: int,
+    channels: int,
+    options: ImageOptions,
+) -> tuple[dict[str, Dataset], BadFileReport, str]:
+    """Decode every split once (or load it from the cache) into uint8 tensors."""
+    datasets: dict[str, Dataset] = {}
+    bad = BadFileReport()
+    notes = []
+    for split, (folder, samples) in sets.items():
+        start = time.perf_counter()
+        cached = load_or_build(
+            folder, [path for path, _ in samples], [label for _, label in samples], classes,
+            channels, size, cache_dir=options.cache_dir, workers=options.workers,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        datasets[split] = LabelledImages(cached.images, cached.labels)
+        bad.entries.extend(cached.bad.entries)
+        rate = len(cached.labels) / max(seconds, 1e-9)
+        notes.append(f"{split} {len(cached.labels):,} images in {seconds:.1f} s ({rate:,.0f}/s)")
+    where = "no cache" if options.cache_dir is None else f"cache {options.cache_dir}"
+    return datasets, bad, f"cached uint8 tensors ({where}): {'; '.join(notes)}"
+
+
+def _streaming(
+    sets: dict[str, tuple[Path, list[Sample]]],
+    classes: list[str],
+    size: int,
+    channels: int,
+    options: ImageOptions,
+) -> tuple[dict[str, Dataset], BadFileReport, str]:
+    """Decode per item in DataLoader workers, with torchvision.transforms.v2 per image."""
+    bad = BadFileReport()
+    if options.strict:
+        for _, samples in sets.values():
+            for path, _ in samples:
+                image, reason = try_decode(path, channels)
+                if image is None:
+                    bad.add(path, reason or "unreadable")
+    train_tf = (
+        train_transforms(size, options.auto_augment, options.random_erasing)
+        if options.augment
+        else eval_transforms(size)
+    )
+
+    def dataset(samples: list[Sample], transform: v2.Transform) -> ImageFileDataset:
+        files, labels = zip(*samples, strict=True)
+        return ImageFileDataset(files, labels, transform=transform, channels=channels)
+
+    datasets: dict[str, Dataset] = {
+        split: dataset(samples, eval_transforms(size)) for split, (_, samples) in sets.items()
+    }
+    datasets["eval"] = datasets["train"]
+    datasets["train"] = dataset(sets["train"][1], train_tf)
+    augment = "RandomResizedCrop + flip" if options.augment else "no augmentation"
+    return datasets, bad, f"streaming from files ({augment}; eval: resize + centre crop)"
+
+
+def _train_stats(
+    dataset: Dataset, indices: Sequence[int], seed: int
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the training split (all of it when cached, else a sample)."""
+    if isinstance(dataset, LabelledImages):
+        return channel_stats(dataset.tensors[0][torch.as_tensor(indices)])
+    return dataset_mean_std(Subset(dataset, list(indices)), seed=seed)
 
 
 def split_folders(root: Path) -> dict[str, Path]:
@@ -117,7 +227,8 @@ def split_folders(root: Path) -> dict[str, Path]:
     if "train" not in present:
         raise ResnetlabError(f"{root}: has {'/ and '.join(present)}/ but no train/ folder")
     others = sorted(
-        p.name for p in root.iterdir()
+        p.name
+        for p in root.iterdir()
         if p.is_dir() and not p.name.startswith(".") and p.name not in SPLIT_FOLDERS
     )
     if others:

@@ -8,7 +8,6 @@ separately, to be applied to ``(images, labels)`` after the loader.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -47,10 +46,17 @@ def train_transforms(size: int, auto_augment: str | None = None, random_erasing:
     return v2.Compose(steps)
 
 
+def center_square(image: torch.Tensor) -> torch.Tensor:
+    """The largest centred square of ``image`` (..., H, W)."""
+    side = min(image.shape[-2:])
+    return v2.functional.center_crop(image, [side, side])
+
+
 def eval_transforms(size: int) -> v2.Compose:
-    """Resize the shorter side to ``size * 256 / 224``, centre-crop ``size``, scale to [0, 1]."""
-    return v2.Compose([v2.Resize(math.floor(size * 256 / 224), antialias=True),
-                       v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)])
+    """Centre crop to a square, resize to ``size``, scale to [0, 1]: the same crop and size
+    as ``decode.decode_image(path, channels, size)``, which `predict` uses."""
+    return v2.Compose([v2.Lambda(center_square), v2.Resize(size, antialias=True),
+                       v2.ToDtype(torch.float32, scale=True)])
 
 
 def mixup_cutmix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0

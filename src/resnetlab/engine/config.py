@@ -11,6 +11,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 LOSSES = ("ce", "bce")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PADDING_MODES = ("zeros", "reflect")
+AUTO_AUGMENTS = ("trivial", "randaugment")
+TTAS = ("flip",)
 
 
 @dataclass
@@ -44,6 +47,24 @@ class TrainConfig:
     out: str | None = None
     limit_steps: int | None = None
     quiet: bool = False
+    # image data: augmentation (batched on the device when cached, per image when streaming)
+    crop_padding: int = 0
+    padding_mode: str = "zeros"
+    flip: bool = False
+    flip_alternate: bool = False
+    cutout: int = 0
+    auto_augment: str | None = None
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    tta: str | None = None
+    # image folders: decode-once cache, bad files, separate split folders
+    cache_dir: str | None = None
+    cache_mem: float | None = None
+    strict: bool = False
+    val_dir: str | None = None
+    test_dir: str | None = None
+    recipe: str | None = None
 
     def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid value."""
@@ -61,6 +82,17 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.crop_padding >= 0, f"--crop-padding must be >= 0 (got {self.crop_padding})"),
+            (self.cutout >= 0, f"--cutout must be >= 0 (got {self.cutout})"),
+            (self.padding_mode in PADDING_MODES, "--padding-mode must be zeros or reflect"),
+            (
+                self.auto_augment in (None, *AUTO_AUGMENTS),
+                "--auto-augment must be trivial or randaugment",
+            ),
+            (0 <= self.random_erasing <= 1, "--random-erasing must be a probability in [0, 1]"),
+            (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix alphas must be >= 0"),
+            (self.tta in (None, *TTAS), "--tta must be flip"),
+            (self.cache_mem is None or self.cache_mem > 0, "--cache-mem must be positive (GiB)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -201,9 +201,7 @@ def describe_phase(
     )
 
 
-def fit_phases(
-    trainer: Trainer, phases: list[Phase], bn_policy: str, stage_decay: float
-) -> None:
+def fit_phases(trainer: Trainer, phases: list[Phase], bn_policy: str, stage_decay: float) -> None:
     """Run each phase as one ``trainer.fit`` with its own optimiser and lr schedule."""
     for index, phase in enumerate(phases, start=1):
         with phase_mode(trainer.model, phase, bn_policy):

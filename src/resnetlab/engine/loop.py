@@ -17,6 +17,8 @@ from resnetlab.engine.precision import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Transform = Callable[[torch.Tensor], torch.Tensor]
+Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TensorBatches:
@@ -51,6 +53,11 @@ def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
+def is_in_memory(dataset: Dataset) -> bool:
+    """Whether ``dataset`` is (a subset of) in-memory tensors, batched without a DataLoader."""
+    return _as_tensors(dataset) is not None
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0
 ) -> TensorBatches | DataLoader:
@@ -78,9 +85,11 @@ class Normalizer:
         self.std = torch.tensor(std, dtype=torch.float32).view(view)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` in float32; uint8 images are first scaled to [0, 1]."""
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.float() - self.mean) / self.std
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
 
 
 def class_logits(output: torch.Tensor) -> torch.Tensor:
@@ -127,13 +136,18 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: LossFn,
     precision: Precision,
-    normalize: Normalizer,
+    transform: Transform,
     *,
     scaler: torch.amp.GradScaler,
+    mix: Mix | None = None,
     max_steps: int | None = None,
     progress: str | None = None,
 ) -> EpochStats:
-    """One pass over ``loader`` (or ``max_steps`` optimiser steps, whichever ends first)."""
+    """One pass over ``loader`` (or ``max_steps`` optimiser steps, whichever ends first).
+
+    ``transform`` turns a raw batch on the device into model input (normalisation, and batch
+    augmentation); ``mix`` (MixUp/CutMix) then mixes images and turns labels into soft targets.
+    """
     model.train()
     total_loss = torch.zeros(())
     correct = samples = steps = 0
@@ -142,7 +156,11 @@ def train_one_epoch(
     for x, y in bar:
         if max_steps is not None and steps >= max_steps:
             break
-        x, y = normalize(precision.batch(x)), y.to(precision.device, non_blocking=True)
+        x, y = x.to(precision.device, non_blocking=True), y.to(precision.device, non_blocking=True)
+        x = transform(x)
+        if mix is not None:
+            x, y = mix(x, y)
+        x = precision.batch(x)
         with precision.autocast():
             output = model(x)
             loss = loss_fn(output, y)
@@ -152,7 +170,8 @@ def train_one_epoch(
         scaler.update()
         scheduler.step()
         total_loss += loss.detach().float().cpu() * len(y)
-        correct += int((class_logits(output.detach()).argmax(1) == y).sum())
+        hard = y.argmax(1) if y.ndim == 2 else y
+        correct += int((class_logits(output.detach()).argmax(1) == hard).sum())
         samples += len(y)
         steps += 1
     bar.close()
@@ -173,14 +192,20 @@ def predict(
     precision: Precision,
     normalize: Normalizer,
     loss_fn: LossFn | None = None,
+    tta: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Class logits (fp32, CPU) and targets for every sample, plus the mean loss if asked."""
+    """Class logits (fp32, CPU) and targets for every sample, plus the mean loss if asked.
+
+    With ``tta``, logits are averaged over the image and its horizontal mirror.
+    """
     model.eval()
     logits, targets, total_loss = [], [], 0.0
     for x, y in loader:
-        x = normalize(precision.batch(x))
+        x = precision.batch(normalize(x.to(precision.device, non_blocking=True)))
         with precision.autocast():
             output = model(x)
+            if tta:
+                output = (output + model(x.flip(-1))) / 2
         if loss_fn is not None:
             total_loss += float(loss_fn(output.float(), y.to(output.device))) * len(y)
         logits.append(class_logits(output.float()).cpu())
@@ -197,8 +222,9 @@ def evaluate_model(
     normalize: Normalizer,
     batch_size: int = 256,
     workers: int = 0,
+    tta: bool = False,
 ) -> dict:
     """Top-1/top-5, per-class accuracy and confusion matrix of ``model`` on ``dataset``."""
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
-    logits, targets, _ = predict(model, loader, precision, normalize)
+    logits, targets, _ = predict(model, loader, precision, normalize, tta=tta)
     return classification_report(logits, targets, classes)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
+from resnetlab.data.streaming import mixup_cutmix
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.loop import (
     Normalizer,
     evaluate_model,
+    is_in_memory,
     make_loader,
     make_loss,
     predict,
@@ -23,6 +27,7 @@ from resnetlab.engine.loop import (
 from resnetlab.engine.plots import plot_confusion, plot_curves
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.engine.rundir import RunDir, progress_enabled
+from resnetlab.errors import ResnetlabError
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -34,6 +39,18 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts.append(f"{record['samples_per_s']:.0f} samples/s")
     parts.append(str(timedelta(seconds=round(record["elapsed_s"]))))
     return ", ".join(parts)
+
+
+def batch_augment(cfg: TrainConfig, bundle: DataBundle) -> BatchAugment | None:
+    """Batched crop/flip/cutout for images held in memory, or None (nothing asked, or the
+    images stream through per-image transforms instead)."""
+    wanted = cfg.crop_padding or cfg.flip or cfg.flip_alternate or cfg.cutout
+    if not wanted or bundle.kind != "image" or not is_in_memory(bundle.train):
+        return None
+    return BatchAugment(
+        bundle.mean, bundle.std, crop_padding=cfg.crop_padding, padding_mode=cfg.padding_mode,
+        flip=cfg.flip, flip_alternate=cfg.flip_alternate, cutout=cfg.cutout, seed=cfg.seed,
+    )  # fmt: skip
 
 
 class Trainer:
@@ -52,6 +69,12 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
         self.model = self.precision.prepare(model)
         self.normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
+        self.augment = batch_augment(cfg, bundle)
+        self.mix = mixup_cutmix(bundle.num_classes, cfg.mixup, cfg.cutmix)
+        if self.mix is not None and cfg.loss == "bce":
+            raise ResnetlabError("--mixup/--cutmix need --loss ce (they make soft class targets)")
+        if cfg.tta is not None and bundle.kind != "image":
+            raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {bundle.kind} data")
         self.loss_fn = make_loss(cfg.loss, cfg.label_smoothing)
         self.train_loader = make_loader(
             bundle.train, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers
@@ -97,13 +120,17 @@ class Trainer:
             if self.out_of_steps:
                 return
             epoch = len(self.history) + 1
+            transform = self.normalize
+            if self.augment is not None:
+                transform = partial(self.augment, epoch=epoch)
             budget = (
                 None if self.cfg.limit_steps is None else self.cfg.limit_steps - self.steps_done
             )
             stats = train_one_epoch(
                 self.model, self.train_loader, optimizer, scheduler, self.loss_fn,
-                self.precision, self.normalize,
+                self.precision, transform,
                 scaler=self.scaler,
+                mix=self.mix,
                 max_steps=budget,
                 progress=f"epoch {epoch}/{self.cfg.epochs}" if show_bar else None,
             )  # fmt: skip
@@ -121,7 +148,12 @@ class Trainer:
             }
             if self.val_loader is not None:
                 logits, targets, record["val_loss"] = predict(
-                    self.model, self.val_loader, self.precision, self.normalize, self.loss_fn
+                    self.model,
+                    self.val_loader,
+                    self.precision,
+                    self.normalize,
+                    self.loss_fn,
+                    tta=self.cfg.tta == "flip",
                 )
                 record["val_acc"] = 100.0 * float((logits.argmax(1) == targets).float().mean())
             self._end_epoch(record)
@@ -152,6 +184,7 @@ class Trainer:
         report = evaluate_model(
             self.model, dataset, bundle.classes, self.precision, self.normalize,
             batch_size=2 * self.cfg.batch_size, workers=self.cfg.workers,
+            tta=self.cfg.tta == "flip",
         )  # fmt: skip
         report["split"] = split_name
         self.run.write_json("confusion.json", report)

@@ -258,8 +258,10 @@ def check_preprocessing_flags(
     positive std per mean, and ``--input-size`` is positive."""
     if (mean is None) != (std is None):
         raise ResnetlabError("--mean and --std go together: give both or neither")
-    if mean is not None and std is not None and (
-        len(mean) != len(std) or not all(s > 0 for s in std)
+    if (
+        mean is not None
+        and std is not None
+        and (len(mean) != len(std) or not all(s > 0 for s in std))
     ):
         raise ResnetlabError(
             f"--std must give one positive value per --mean value (got mean {mean}, std {std})"

@@ -1,4 +1,4 @@
-"""Helpers shared by the experiments: network names, output folders, tables."""
+"""Helpers shared by the experiments: network names, training on loaded data, tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from resnetlab.commands.train import TrainResult, build_for_data, data_header, describe_run
+from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.optim import build_optimizer, build_scheduler
+from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import get_model_spec
 
@@ -30,6 +40,48 @@ def describe_network(name: str, flag: str = "--networks") -> tuple[str, int]:
     return FAMILIES[spec.family], int(depth.group())
 
 
+def dataset_tensors(dataset: Dataset, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``(x, y)`` of ``dataset`` stacked into two tensors, read once."""
+    batches = list(DataLoader(dataset, batch_size=1024, num_workers=workers))
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def train_on_bundle(cfg: TrainConfig, bundle: DataBundle, title: str) -> TrainResult:
+    """Train ``cfg.model`` on data that is already loaded, as `resnetlab train` does: in run
+    folder ``cfg.out`` with config, log, metrics, checkpoints, curves and a final evaluation."""
+    cfg.validate()
+    run = RunDir(cfg.out, quiet=cfg.quiet)
+    try:
+        torch.manual_seed(cfg.seed)
+        model = build_for_data(cfg, bundle)
+        header = {
+            "model": cfg.model,
+            "model_options": cfg.model_options,
+            "num_classes": 1 if cfg.loss == "bce" else bundle.num_classes,
+            "in_chans": bundle.input_shape[0],
+            "loss": cfg.loss,
+            **data_header(cfg, bundle),
+            "recipe": cfg.to_dict(),
+        }
+        trainer = Trainer(model, bundle, cfg, run, header)
+        run.write_config(cfg.to_dict())
+        run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
+        optimizer = build_optimizer(trainer.model, cfg)
+        total_steps = trainer.total_steps(cfg.epochs)
+        scheduler = build_scheduler(optimizer, cfg, total_steps, trainer.steps_per_epoch)
+        trainer.fit(optimizer, scheduler, cfg.epochs)
+        report = trainer.finish(title)
+    finally:
+        run.close()
+    return TrainResult(run.path, trainer.history, trainer.best_epoch, report)
+
+
+def network_params(cfg: TrainConfig, bundle: DataBundle) -> int:
+    """Parameters of ``cfg.model`` sized for ``bundle``, counted on the "meta" device."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_for_data(cfg, bundle).parameters())
+
+
 def experiment_dir(out: str | None, name: str) -> Path:
     """``out``, or ``runs/<date-time>-<name>``."""
     if out:
@@ -37,7 +89,7 @@ def experiment_dir(out: str | None, name: str) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; numbers are expected to be formatted already."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -9,6 +9,7 @@ not overfitting), while the deeper residual network ends with the lower one.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,24 +19,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
-from resnetlab.commands.train import data_header, describe_run
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle, MappedDataset
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.optim import build_optimizer, build_scheduler
 from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
-from resnetlab.experiments.common import describe_network, duration, experiment_dir, networks_for
+from resnetlab.experiments.common import (
+    dataset_tensors,
+    describe_network,
+    duration,
+    experiment_dir,
+    network_params,
+    networks_for,
+    train_on_bundle,
+)
 from resnetlab.experiments.figures import plot_degradation
 from resnetlab.experiments.report import (
     degradation_table,
     recipe_line,
     write_degradation_report,
 )
-from resnetlab.models import create_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10" / "train"
@@ -167,9 +172,8 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
         family, depth = describe_network(name)
         by_family[family].append((depth, name))
     if any(len({depth for depth, _ in nets}) < 2 for nets in by_family.values()):
-        return Verdict(
-            None, "Degradation not checked: it needs two depths of both plain and residual networks."
-        )
+        needs = "two depths of both plain and residual networks"
+        return Verdict(None, f"Degradation not checked: it needs {needs}.")
 
     def compare(family: str) -> tuple[float, str]:
         (_, shallow), (_, deep) = min(by_family[family]), max(by_family[family])
@@ -212,6 +216,7 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
 
 
 def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:
+    start = time.perf_counter()
     bundle = load_in_memory(cfg)
     steps_per_epoch = math.ceil(len(bundle.train) / cfg.batch_size)
     epochs = cfg.epochs or math.ceil(cfg.iterations / steps_per_epoch)
@@ -226,7 +231,7 @@ def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:
         result.networks[name] = _train_network(name, cfg, bundle, epochs, log.path / name)
         histories = {n: r.history for n, r in result.networks.items()}
         result.verdict = degradation_verdict(histories)
-        result.elapsed_s = sum(r.history[-1]["elapsed_s"] for r in result.networks.values())
+        result.elapsed_s = time.perf_counter() - start
         plot_degradation(histories, log.file("degradation.png"), _figure_title(cfg, bundle))
         write_degradation_report(result, bundle)
     log.print(recipe_line(result))
@@ -259,7 +264,7 @@ def _subset(
     dataset: Dataset, size: int | None, seed: int, workers: int, flag: str
 ) -> TensorDataset:
     """A seeded, class-stratified subset of ``size`` samples (all if None), as tensors."""
-    x, y = map(torch.cat, zip(*DataLoader(dataset, batch_size=1024, num_workers=workers)))
+    x, y = dataset_tensors(dataset, workers)
     if size is None or size >= len(y):
         return TensorDataset(x, y)
     try:
@@ -275,7 +280,8 @@ def _subset(
 def _train_network(
     name: str, cfg: DegradationConfig, bundle: DataBundle, epochs: int, path: Path
 ) -> NetworkResult:
-    """Train ``name`` with the engine in its own run folder, seeded like every other network."""
+    """Train ``name`` with the engine in its own run folder, seeded like every other network;
+    weight decay on all parameters, as in the paper, and its step schedule."""
     train_cfg = TrainConfig(
         model=name, data=cfg.data, epochs=epochs, batch_size=cfg.batch_size,
         optimizer="sgd", lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -283,34 +289,8 @@ def _train_network(
         seed=cfg.seed, val_fraction=VAL_FRACTION, test_fraction=0.0, workers=cfg.workers,
         out=str(path), limit_steps=cfg.iterations, quiet=cfg.quiet,
     )  # fmt: skip
-    train_cfg.validate()
-    torch.manual_seed(cfg.seed)
-    model = create_model(name, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
-    run = RunDir(path, quiet=cfg.quiet)
-    try:
-        header = {
-            "model": name,
-            "model_options": {},
-            "num_classes": bundle.num_classes,
-            "in_chans": bundle.input_shape[0],
-            "loss": "ce",
-            **data_header(train_cfg, bundle),
-            "recipe": train_cfg.to_dict(),
-        }
-        trainer = Trainer(model, bundle, train_cfg, run, header)
-        run.write_config(train_cfg.to_dict())
-        run.print(describe_run(train_cfg, trainer.model, bundle, trainer.precision))
-        optimizer = build_optimizer(trainer.model, train_cfg)
-        total_steps = trainer.total_steps(epochs)
-        trainer.fit(
-            optimizer, build_scheduler(optimizer, train_cfg, total_steps, trainer.steps_per_epoch),
-            epochs,
-        )
-        trainer.finish(f"{name} on {bundle.name}")
-    finally:
-        run.close()
-    params = sum(p.numel() for p in model.parameters())
-    return NetworkResult(name, params, trainer.history, path)
+    trained = train_on_bundle(train_cfg, bundle, f"{name} on {bundle.name}")
+    return NetworkResult(name, network_params(train_cfg, bundle), trained.history, path)
 
 
 def _figure_title(cfg: DegradationConfig, bundle: DataBundle) -> str:

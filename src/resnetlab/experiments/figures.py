@@ -41,13 +41,13 @@ def plot_degradation(
                 ax.plot(steps, val, "-", lw=2.5, color=colour, label=label)
         ax.set_title(panel_title)
         ax.set_xlabel("iterations")
-        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         kinds = [
             Line2D([], [], color="gray", ls="--", lw=1, label="training"),
             Line2D([], [], color="gray", lw=2.5, label="validation"),
         ]
         ax.legend(handles=[*ax.get_legend_handles_labels()[0], *kinds], fontsize=8)
+    axes[0].set_ylim(bottom=0)  # after plotting: the axes are shared
     axes[0].set_ylabel("error (%)")
     fig.suptitle(title)
     fig.savefig(path, dpi=110)

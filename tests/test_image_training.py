@@ -1,0 +1,176 @@
+"""Image folders end to end: cache, bad files, --strict, split folders, recipes, TTA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.commands.train import train
+from resnetlab.data import ImageOptions, load_data
+from resnetlab.engine.config import TrainConfig
+
+
+def make_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
+    """Two learnable classes: horizontal vs vertical stripes, with noise."""
+    rng = np.random.default_rng(seed)
+    for name, axis in (("horizontal", 0), ("vertical", 1)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            stripes = (np.arange(size) // 2 % 2 * 180).astype(np.uint8)
+            image = np.repeat(
+                stripes[:, None] if axis == 0 else stripes[None, :], size, axis=1 - axis
+            )
+            noisy = np.clip(image + rng.integers(0, 60, image.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(np.stack([noisy] * 3, axis=-1)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def add_bad_files(root: Path) -> list[Path]:
+    bad = [
+        root / "horizontal" / "empty.jpg",
+        root / "vertical" / "truncated.png",
+        root / "vertical" / "notes.jpg",
+    ]
+    bad[0].write_bytes(b"")
+    good = (root / "vertical" / "000.png").read_bytes()
+    bad[1].write_bytes(good[: len(good) // 2])
+    bad[2].write_text("this is not an image")
+    return bad
+
+
+def test_cached_folder_reuses_and_rebuilds_its_cache(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "stripes", per_class=6)
+    options = ImageOptions(cache_dir=str(tmp_path / "cache"))
+    first = load_data(str(root), val_fraction=0.25, test_fraction=0.0, image_options=options)
+    assert first.pipeline.startswith("cached") and len(list((tmp_path / "cache").iterdir())) == 1
+    again = load_data(str(root), val_fraction=0.25, test_fraction=0.0, image_options=options)
+    assert len(list((tmp_path / "cache").iterdir())) == 1 and again.mean == first.mean
+    make_folder(tmp_path / "more", per_class=1)
+    (tmp_path / "more" / "vertical" / "000.png").rename(root / "vertical" / "new.png")
+    load_data(str(root), val_fraction=0.25, test_fraction=0.0, image_options=options)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_bad_files_are_skipped_with_one_warning_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_folder(tmp_path / "stripes", per_class=6)
+    bad = add_bad_files(root)
+    code = main(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--epochs",
+            "1",
+            "--limit-steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0
+    for path in bad:
+        assert sum(path.name in line for line in err.splitlines()) == 1, err
+    assert "skipped 3 bad image files" in err, err
+
+
+def test_strict_stops_before_training_listing_every_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_folder(tmp_path / "stripes", per_class=6)
+    bad = add_bad_files(root)
+    code = main(["train", "--data", str(root), "--strict", "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert code == 2 and "Epoch" not in captured.out
+    assert all(path.name in captured.err for path in bad)
+
+
+def test_separate_val_and_test_folders(tmp_path: Path) -> None:
+    make_folder(tmp_path / "train", per_class=6)
+    make_folder(tmp_path / "val", per_class=2, seed=1)
+    make_folder(tmp_path / "test", per_class=3, seed=2)
+    options = ImageOptions(
+        cache_dir=str(tmp_path / "cache"),
+        val_dir=str(tmp_path / "val"),
+        test_dir=str(tmp_path / "test"),
+    )
+    bundle = load_data(str(tmp_path / "train"), image_options=options)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 4, 6)
+
+
+def test_recipe_sets_defaults_and_flags_override(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "stripes", per_class=6)
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root),
+                "--recipe",
+                "paper",
+                "--epochs",
+                "1",
+                "--limit-steps",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["weight_decay"] == 1e-4 and config["schedule"] == "step"
+    assert config["crop_padding"] == 4 and config["flip"] is True
+    assert config["epochs"] == 1 and config["limit_steps"] == 1  # flags beat the recipe
+
+
+def test_a_tiny_folder_run_learns_with_batch_augmentation(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "stripes", per_class=40)
+    result = train(
+        TrainConfig(
+            model="resnet20",
+            data=str(root),
+            epochs=8,
+            batch_size=16,
+            lr=0.05,
+            crop_padding=2,
+            flip=True,
+            tta="flip",
+            val_fraction=0.2,
+            test_fraction=0.2,
+            cache_dir=str(tmp_path / "cache"),
+            out=str(tmp_path / "run"),
+            quiet=True,
+        )
+    )
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.test_report is not None and result.test_report["accuracy"] >= 90.0
+
+
+def test_tta_on_tabular_data_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train",
+            "--model",
+            "resnet_tabular",
+            "--data",
+            "tabular-synthetic",
+            "--tta",
+            "flip",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 2 and "--tta" in capsys.readouterr().err
