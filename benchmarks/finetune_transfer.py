@@ -2,9 +2,10 @@
 
 Pretrains on airplane, automobile, ship, truck, frog and horse; then, with only 100 training
 images per class of bird, cat, deer and dog, compares training from scratch (`train`'s
-defaults) with each fine-tuning strategy (`finetune`'s defaults) at the same epochs and batch
-size, on 1,000 other images per class. Class subsets are folders of symbolic links in a fresh
-work folder. Prints a Markdown table and writes JSON. Run from the repository root:
+defaults) with each fine-tuning strategy (`finetune`'s defaults) at the same epochs, batch size
+and augmentation (4-pixel padded random crops and flips, He et al. 2015, sec. 4.2), on 1,000
+other images per class. Class subsets are folders of symbolic links in a fresh work folder.
+Prints a Markdown table and writes JSON. Run from the repository root:
 
     .venv/bin/python benchmarks/finetune_transfer.py
 
@@ -28,6 +29,7 @@ from resnetlab.data.decode import is_image_file
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune import STRATEGIES
 
+AUGMENT = {"crop_padding": 4, "flip": True}
 PRETRAIN_CLASSES = ("airplane", "automobile", "ship", "truck", "frog", "horse")
 TRANSFER_CLASSES = ("bird", "cat", "deer", "dog")
 
@@ -67,6 +69,7 @@ def pretrain(args: argparse.Namespace, work: Path) -> str:
         seed=args.seed,
         out=str(work / "runs" / "pretrain"),
         quiet=True,
+        **AUGMENT,
     )
     start = time.perf_counter()
     result = train(cfg)
@@ -87,6 +90,7 @@ def compare(args: argparse.Namespace, work: Path, weights: str) -> list[dict[str
         "val_fraction": 0.0,  # every one of the few training images trains
         "seed": args.seed,
         "quiet": True,
+        **AUGMENT,
     }
     runs: dict[str, Callable[[], TrainResult]] = {
         "from scratch": lambda: train(
@@ -133,7 +137,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=30, help="of every transfer run")
+    parser.add_argument("--epochs", type=int, default=20, help="of every transfer run")
     parser.add_argument("--batch-size", type=int, default=64, help="of every transfer run")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--seed", type=int, default=0)

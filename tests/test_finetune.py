@@ -20,7 +20,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from resnetlab.cli import main
 from resnetlab.commands.finetune import FinetuneConfig, finetune
 from resnetlab.commands.lr_find import LrRange, _suggest, lr_find
-from resnetlab.commands.train import AUTO_MODEL, checkpoint_header, train
+from resnetlab.commands.train import checkpoint_header
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.checkpoint import model_from_checkpoint, read_header, save_checkpoint
@@ -35,6 +35,7 @@ from resnetlab.engine.finetune import (
 )
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.trainer import Trainer
+from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 
 
@@ -241,7 +242,7 @@ def test_linear_probe_keeps_the_backbone_and_records_its_source(
     assert header["weights"] == {"file": source.name, "sha256": digest}
     assert header["finetune"]["strategy"] == "linear-probe"
     assert header["finetune"]["phases"] == [
-        {"name": "head", "epochs": 2, "head_lr": 1e-3, "backbone_lr": None}
+        {"name": "head", "epochs": 2, "head_lr": cfg.lr, "backbone_lr": None}
     ]
     assert (header["num_classes"], header["in_chans"]) == (3, 3)
     assert header["input_shape"] == [3, 8, 8]  # the source's input size, not the folder's
@@ -277,24 +278,35 @@ def test_frozen_bn_checkpoint_evaluates(
     assert report["accuracy"] == pytest.approx(result.test_report["accuracy"])
 
 
+def test_checkpoint_that_contradicts_its_header(source: Path, tmp_path: Path) -> None:
+    state = load_file(str(source))
+    state["fc.weight"], state["fc.bias"] = torch.zeros(3, 64), torch.zeros(3)
+    save_checkpoint(tmp_path / "bad.safetensors", state, read_header(source))
+    with pytest.raises(ResnetlabError) as caught:
+        model_from_checkpoint(tmp_path / "bad.safetensors")
+    assert str(caught.value) == (
+        f"{tmp_path / 'bad.safetensors'}: weights do not fit the header's resnet20: "
+        "fc.weight (3->10 classes); fc.bias (3->10 classes)"
+    )
+
+
 def test_train_and_eval_take_weights(
     source: Path, colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = tmp_path / "raw.pth"  # foreign: a bare state dict, no preprocessing metadata
+    raw = tmp_path / "raw.pth"  # foreign: a wrapped state dict, no preprocessing metadata
     torch.save({"model": load_file(str(source)), "epoch": 3}, raw)
-    cfg = TrainConfig(
-        model=AUTO_MODEL, data=str(colours), epochs=1, out=str(tmp_path / "t"), quiet=True
-    )
-    result = train(cfg, weights=str(raw), mean=[0.5], std=[0.25])
+    out = tmp_path / "t"
+    flags = ["--data", str(colours), "--epochs", "1", "--out", str(out), "--quiet"]
+    assert main(["train", "--weights", str(raw), "--mean", "0.5", "--std", "0.25", *flags]) == 0
     assert "-> resnet20 (inferred): 113 matched" in capsys.readouterr().out
-    header = read_header(result.run_dir / "best.safetensors")
+    header = read_header(out / "best.safetensors")
     assert header["weights"]["file"] == "raw.pth"
     assert (header["model"], header["model_options"]) == ("resnet20", {"shortcut": "A"})
     assert (header["mean"], header["std"]) == ([0.5] * 3, [0.25] * 3)
 
     assert main(["eval", "--weights", str(source), "--data", "digits", "--split", "all"]) == 0
-    out = capsys.readouterr().out
-    assert "-> resnet20: 116 matched" in out and "on 1797 all samples" in out
+    text = capsys.readouterr().out
+    assert "-> resnet20: 116 matched" in text and "on 1797 all samples" in text
     code = main(["eval", "--weights", str(source), "--data", str(colours)])
     err = capsys.readouterr().err
     assert code == 2 and "classifier does not fit" in err and "10->3 classes" in err
@@ -340,6 +352,20 @@ def test_cli_finetune_and_lr_find(
     assert "Accuracy of the network on the test images" in out
     assert main(["lr-find", *argv, "--steps", "12", "--out", str(tmp_path / "l")]) == 0
     assert "suggested lr: " in capsys.readouterr().out
+
+
+def test_finetune_help_names_the_config_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    d = FinetuneConfig()
+    for needle in (
+        f"{d.strategy} (default)",
+        f"{d.bn} (default;",
+        f"(default: {d.backbone_lr_mult})",
+        f"{d.strategy} over {d.epochs} epochs, AdamW, lr {d.lr:g}, batch {d.batch_size}",
+    ):
+        assert needle in text, needle
 
 
 @pytest.mark.parametrize(

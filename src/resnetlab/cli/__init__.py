@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from resnetlab.cli import evaluate, finetune, lr_find, models, predict, train
+from resnetlab.cli import evaluate, experiment, finetune, lr_find, models, predict, train
 from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.errors import ResnetlabError
 
-COMMANDS = (train, finetune, lr_find, evaluate, predict, models)
+COMMANDS = (train, finetune, lr_find, evaluate, predict, models, experiment)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -77,8 +78,14 @@ def _read_config(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _warn_in_one_line(message: Warning | str, *_: object, **__: object) -> None:
+    """Print warnings as ``resnetlab: warning: ...``, one line each."""
+    print(f"resnetlab: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `resnetlab` console script; returns the exit status."""
+    warnings.showwarning = _warn_in_one_line
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
         args.func(args)

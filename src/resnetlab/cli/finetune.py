@@ -15,9 +15,10 @@ def add_finetune_flags(p: argparse.ArgumentParser) -> None:
     """``--strategy``, ``--bn``, ``--head-epochs``, ``--backbone-lr-mult``, ``--stage-decay``."""
     p.add_argument(
         "--strategy",
-        help="lp-ft (default): linear probe, then everything at a low lr (Kumar et al. 2022); "
-        "gradual: head only for --head-epochs, then everything (fastai's fine_tune); "
-        "full: everything, the backbone at a lower lr; linear-probe: the head only",
+        help="gradual (default): the head only for --head-epochs, then everything at half "
+        "the lr (fastai's fine_tune); lp-ft: linear probe, then everything at the backbone's "
+        "lr (Kumar et al. 2022); full: everything, the backbone at a lower lr; "
+        "linear-probe: the head only",
     )
     p.add_argument(
         "--bn",
@@ -33,7 +34,7 @@ def add_finetune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backbone-lr-mult",
         type=float,
-        help="the backbone's lr is this times the head's (default: 0.1)",
+        help="the backbone's lr is this times the head's (default: 0.5)",
     )
     p.add_argument(
         "--stage-decay",
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune pretrained weights on a dataset",
         description="Start from pretrained weights (any ResNet source), give them a head for "
         "the data's classes and train by strategy; writes a run folder. Defaults suit a "
-        "small dataset: lp-ft over 10 epochs, AdamW, lr 1e-3 (head), batch 64.",
+        "small dataset: gradual over 20 epochs, AdamW, lr 0.002, batch 64.",
     )
     p.add_argument(
         "--model",

@@ -11,11 +11,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list models with parameters and multiply-adds")
     p.add_argument("--family", help="only this family (imagenet, cifar, plain, preact, ...)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--compare-paper",
+        action="store_true",
+        help="params and multiply-adds next to the figures He et al. 2015 published",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
+    if args.compare_paper:
+        _compare_paper(args)
+        return
     from resnetlab.commands.models import model_table
 
     rows = model_table(args.family)
@@ -28,3 +36,14 @@ def run(args: argparse.Namespace) -> None:
             f"{r['name']:<20} {r['family']:<9} {r['params']:>12,} {r['macs_human']:>10}  "
             f"{'x'.join(map(str, r['input_shape']))}"
         )
+
+
+def _compare_paper(args: argparse.Namespace) -> None:
+    """Print (or, with --json, dump) our counts next to the paper's, with the differences."""
+    from resnetlab.experiments.paper import compare_with_paper, format_comparison
+
+    rows = compare_with_paper(args.family)
+    if args.json:
+        print(json.dumps([row.to_dict() for row in rows], indent=1))
+        return
+    print(format_comparison(rows))

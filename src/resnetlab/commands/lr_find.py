@@ -5,8 +5,9 @@ the loss is recorded (Smith 2017, "Cyclical learning rates for training neural n
 sec. 3.3), smoothed by a moving average over a tenth of the sweep; the sweep stops once the
 smoothed loss exceeds 4x its minimum. The suggestion is the lr where the smoothed loss falls
 fastest (steepest descent of loss against log lr); the lr at the loss minimum divided by 10,
-the other common rule, is printed too. The model and
-optimiser are a probe and are discarded: only the curve, its plot and the suggestion remain.
+the other common rule, is printed too. Batches are normalised but neither augmented nor mixed.
+The model and optimiser are a probe and are discarded: only the curve, its plot and the
+suggestion remain.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _sweep(
         lrs.append(lr_range.lr(step))
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lrs[-1] * ratio
-        x, y = trainer.normalize(precision.batch(x)), y.to(precision.device)
+        x, y = precision.batch(trainer.normalize(x.to(precision.device))), y.to(precision.device)
         with precision.autocast():
             loss = trainer.loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)

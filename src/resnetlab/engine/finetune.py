@@ -38,7 +38,7 @@ from resnetlab.engine.state_dicts import HEAD_PREFIX
 from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
 
-STRATEGIES = ("lp-ft", "gradual", "full", "linear-probe")
+STRATEGIES = ("gradual", "lp-ft", "full", "linear-probe")
 BN_POLICIES = ("train", "freeze-stats", "frozen")
 
 # Residual stages: 'layerN.' (image and 1-D ResNets) or 'blocks.N.' (the tabular ResNet).

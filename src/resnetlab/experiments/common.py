@@ -23,11 +23,6 @@ from resnetlab.models import get_model_spec
 FAMILIES = {"plain": "plain", "cifar": "residual"}  # registry family -> experiment family
 
 
-def networks_for(depths: Sequence[int]) -> tuple[str, ...]:
-    """``plain<d>`` and ``resnet<d>`` for each depth ``d``: the paper's pairs of twins."""
-    return tuple(f"{prefix}{d}" for prefix in ("plain", "resnet") for d in depths)
-
-
 def describe_network(name: str, flag: str = "--networks") -> tuple[str, int]:
     """``("plain" | "residual", depth)`` of a CIFAR network; an error naming ``flag`` else."""
     spec = get_model_spec(name)

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
 from resnetlab.data import load_data
-from resnetlab.data.bundle import DataBundle, MappedDataset
+from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.rundir import RunDir
 from resnetlab.errors import ResnetlabError
@@ -32,92 +31,11 @@ from resnetlab.experiments.common import (
     duration,
     experiment_dir,
     network_params,
-    networks_for,
     train_on_bundle,
 )
+from resnetlab.experiments.config import DEFAULT_DATA, PAPER, DegradationConfig
 from resnetlab.experiments.figures import plot_degradation
-from resnetlab.experiments.report import (
-    degradation_table,
-    recipe_line,
-    write_degradation_report,
-)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10" / "train"
-VAL_FRACTION = 0.1  # 5,000 of CIFAR-10's 50,000 training images: the paper's 45k/5k split
-
-
-@dataclass(frozen=True)
-class Preset:
-    """What a mode uses for the settings the user leaves unset."""
-
-    subset: int | None  # training images (None: all)
-    val_subset: int | None  # validation images (None: all)
-    epochs: int | None  # None: as many as ``iterations`` needs
-    iterations: int | None  # optimiser steps (None: ``epochs`` full passes)
-    augment: bool
-
-
-# The paper's schedule (sec. 4.2): lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k.
-FULL = Preset(subset=None, val_subset=None, epochs=None, iterations=64_000, augment=True)
-# About 470 iterations on 5,000 images without augmentation: 8 networks in under 20 minutes on
-# two CPU cores. Without augmentation a small subset is learnt in a few epochs, so the
-# training errors separate by how well each network can be optimised, which is the effect.
-FAST = Preset(subset=5_000, val_subset=1_000, epochs=12, iterations=None, augment=False)
-
-
-@dataclass
-class DegradationConfig:
-    """The networks, the data and the recipe. ``None`` settings take the mode's preset."""
-
-    data: str = str(DEFAULT_DATA)
-    networks: tuple[str, ...] = ()  # empty: plain<d> and resnet<d> for each of ``depths``
-    depths: tuple[int, ...] = (20, 32, 44, 56)
-    fast: bool = False
-    subset: int | None = None
-    val_subset: int | None = None
-    epochs: int | None = None
-    iterations: int | None = None
-    augment: bool | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    workers: int = 0
-    out: str | None = None
-    quiet: bool = False
-
-    def resolved(self) -> DegradationConfig:
-        """This config with the networks spelt out and unset settings taken from the preset."""
-        preset = FAST if self.fast else FULL
-        length_given = self.epochs is not None or self.iterations is not None
-        return replace(
-            self,
-            networks=tuple(self.networks) or networks_for(self.depths),
-            subset=preset.subset if self.subset is None else self.subset,
-            val_subset=preset.val_subset if self.val_subset is None else self.val_subset,
-            epochs=self.epochs if length_given else preset.epochs,
-            iterations=self.iterations if length_given else preset.iterations,
-            augment=preset.augment if self.augment is None else self.augment,
-        )
-
-    def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid setting."""
-        if not self.networks:
-            raise ResnetlabError("--networks/--depths: no networks to train")
-        for name in self.networks:
-            describe_network(name)
-        for flag, value in (
-            ("--subset", self.subset),
-            ("--val-subset", self.val_subset),
-            ("--epochs", self.epochs),
-            ("--iterations", self.iterations),
-        ):
-            if value is not None and value < 1:
-                raise ResnetlabError(f"{flag} must be at least 1 (got {value})")
+from resnetlab.experiments.report import degradation_table, write_degradation_report
 
 
 @dataclass
@@ -132,7 +50,7 @@ class NetworkResult:
     @property
     def train_error(self) -> float:
         """Training error (%) over the last epoch."""
-        return 100.0 - self.history[-1]["train_acc"]
+        return final_train_error(self.history)
 
     @property
     def val_error(self) -> float | None:
@@ -155,9 +73,16 @@ class DegradationResult:
 
     out: Path
     config: DegradationConfig
+    recipe: str
     networks: dict[str, NetworkResult]
     verdict: Verdict
     elapsed_s: float
+
+
+def final_train_error(history: Sequence[Mapping[str, Any]]) -> float:
+    """Training error (%) over the last epoch of ``history`` (running mean over its batches,
+    as the paper plots it)."""
+    return 100.0 - history[-1]["train_acc"]
 
 
 def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Verdict:
@@ -166,7 +91,7 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
     Reproduced when the deepest plain network ends with a higher training error than the
     shallowest one, and the deepest residual network with a lower one (He et al. 2015, Fig. 6).
     """
-    final = {name: 100.0 - h[-1]["train_acc"] for name, h in histories.items() if h}
+    final = {name: final_train_error(h) for name, h in histories.items() if h}
     by_family: dict[str, list[tuple[int, str]]] = {"plain": [], "residual": []}
     for name in final:
         family, depth = describe_network(name)
@@ -191,16 +116,6 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
     )
 
 
-def pad_crop_flip(image: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """The paper's augmentation (sec. 4.2): pad 4 pixels on each side, crop a random window of
-    the original size, and flip it horizontally with probability 1/2."""
-    _, height, width = image.shape
-    padded = F.pad(image, (pad, pad, pad, pad))
-    top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-    crop = padded[:, top : top + height, left : left + width]
-    return crop.flip(-1) if torch.rand(()) < 0.5 else crop
-
-
 def run_degradation(cfg: DegradationConfig) -> DegradationResult:
     """Train every network of ``cfg`` on the same data; write the figure, table and JSON.
 
@@ -208,6 +123,8 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
     """
     cfg = cfg.resolved()
     cfg.validate()
+    for name in cfg.networks:
+        describe_network(name)
     log = RunDir(experiment_dir(cfg.out, "degradation"), quiet=cfg.quiet)
     try:
         return _run(cfg, log)
@@ -226,7 +143,9 @@ def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:
         f"{epochs} epochs of {steps_per_epoch} iterations"
         + (f" (stop at {cfg.iterations})" if cfg.iterations else "")
     )
-    result = DegradationResult(log.path, cfg, {}, degradation_verdict({}), 0.0)
+    result = DegradationResult(
+        log.path, cfg, recipe_line(cfg, epochs * steps_per_epoch), {}, degradation_verdict({}), 0.0
+    )
     for name in cfg.networks:
         result.networks[name] = _train_network(name, cfg, bundle, epochs, log.path / name)
         histories = {n: r.history for n, r in result.networks.items()}
@@ -234,7 +153,7 @@ def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:
         result.elapsed_s = time.perf_counter() - start
         plot_degradation(histories, log.file("degradation.png"), _figure_title(cfg, bundle))
         write_degradation_report(result, bundle)
-    log.print(recipe_line(result))
+    log.print(result.recipe)
     for line in degradation_table(result).splitlines():
         log.print(line)
     log.print(result.verdict.line)
@@ -243,21 +162,25 @@ def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:
 
 
 def load_in_memory(cfg: DegradationConfig) -> DataBundle:
-    """Load ``cfg.data`` once, split 90/10, keep the subsets asked for, as in-memory tensors
-    (decoded once, then shared by every network); training images augmented if asked."""
+    """Load ``cfg.data`` once, split 90/10, and keep the subsets asked for as in-memory tensors
+    (decoded once, then shared by every network)."""
     if not Path(cfg.data).exists() and cfg.data == str(DEFAULT_DATA):
         raise ResnetlabError(
             f"--data: the CIFAR-10 training folder is not at '{DEFAULT_DATA}'; pass --data DIR, "
             "an image folder with one sub-folder per class"
         )
-    bundle = load_data(cfg.data, val_fraction=VAL_FRACTION, test_fraction=0.0, seed=cfg.seed)
+    bundle = load_data(
+        cfg.data,
+        val_fraction=PAPER["val_fraction"],
+        test_fraction=PAPER["test_fraction"],
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+    )
     if bundle.kind != "image" or bundle.val is None:
         raise ResnetlabError(f"--data {cfg.data}: the degradation experiment needs images")
     train = _subset(bundle.train, cfg.subset, cfg.seed, cfg.workers, "--subset")
     val = _subset(bundle.val, cfg.val_subset, cfg.seed, cfg.workers, "--val-subset")
-    return replace(
-        bundle, train=MappedDataset(train, pad_crop_flip) if cfg.augment else train, val=val
-    )
+    return replace(bundle, train=train, val=val)
 
 
 def _subset(
@@ -280,19 +203,42 @@ def _subset(
 def _train_network(
     name: str, cfg: DegradationConfig, bundle: DataBundle, epochs: int, path: Path
 ) -> NetworkResult:
-    """Train ``name`` with the engine in its own run folder, seeded like every other network;
-    weight decay on all parameters, as in the paper, and its step schedule."""
+    """Train ``name`` with the engine and the paper's recipe in its own run folder, seeded like
+    every other network."""
+    recipe = {
+        **PAPER,
+        "batch_size": cfg.batch_size,
+        "epochs": epochs,
+        "limit_steps": cfg.iterations,
+        "crop_padding": PAPER["crop_padding"] if cfg.augment else 0,
+        "flip": cfg.augment,
+        "warmup_epochs": cfg.warmup_epochs,
+    }
+    residual = describe_network(name)[0] == "residual"
     train_cfg = TrainConfig(
-        model=name, data=cfg.data, epochs=epochs, batch_size=cfg.batch_size,
-        optimizer="sgd", lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        decay_norm_and_bias=True, schedule="step", precision=cfg.precision, device=cfg.device,
-        seed=cfg.seed, val_fraction=VAL_FRACTION, test_fraction=0.0, workers=cfg.workers,
-        out=str(path), limit_steps=cfg.iterations, quiet=cfg.quiet,
+        model=name, data=cfg.data, **recipe, precision=cfg.precision, device=cfg.device,
+        model_options={"zero_init_residual": True} if residual and cfg.zero_init_residual else {},
+        seed=cfg.seed, image_size=cfg.image_size, workers=cfg.workers, out=str(path),
+        quiet=cfg.quiet, recipe="paper",
     )  # fmt: skip
     trained = train_on_bundle(train_cfg, bundle, f"{name} on {bundle.name}")
     return NetworkResult(name, network_params(train_cfg, bundle), trained.history, path)
 
 
+def recipe_line(cfg: DegradationConfig, steps: int) -> str:
+    """The recipe every network is trained with, in one line."""
+    iterations = min(steps, cfg.iterations or steps)
+    augment = "4-pixel padded crops and flips" if cfg.augment else "no augmentation"
+    warmup = f" after a {cfg.warmup_epochs:g}-epoch linear warmup" if cfg.warmup_epochs else ""
+    zero_init = "; ResNets' residual branches start at zero" if cfg.zero_init_residual else ""
+    return (
+        f"SGD lr {PAPER['lr']:g}, momentum {PAPER['momentum']:g}, weight decay "
+        f"{PAPER['weight_decay']:g} (all parameters), batch {cfg.batch_size}; lr / 10 at 50% "
+        f"and 75% of {iterations} iterations{warmup}; {augment}{zero_init}"
+    )
+
+
 def _figure_title(cfg: DegradationConfig, bundle: DataBundle) -> str:
+    side = "x".join(map(str, bundle.input_shape[1:]))
     augment = "augmented" if cfg.augment else "no augmentation"
-    return f"{bundle.name}: {len(bundle.train)} training images ({augment})"
+    return f"{bundle.name}: {len(bundle.train)} training images of {side} ({augment})"

@@ -30,47 +30,12 @@ from resnetlab.engine.optim import build_optimizer, build_scheduler
 from resnetlab.engine.precision import Precision, resolve_device, resolve_precision
 from resnetlab.engine.rundir import RunDir
 from resnetlab.errors import ResnetlabError
-from resnetlab.experiments.common import (
-    describe_network,
-    experiment_dir,
-    markdown_table,
-    networks_for,
-)
+from resnetlab.experiments.common import describe_network, experiment_dir, markdown_table
+from resnetlab.experiments.config import GradientConfig
 from resnetlab.experiments.figures import plot_gradients
 from resnetlab.models import create_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class GradientConfig:
-    """Which networks, on which data, trained how many steps with which recipe."""
-
-    data: str = "digits"
-    networks: tuple[str, ...] = ()  # empty: plain<d> and resnet<d> for each of ``depths``
-    depths: tuple[int, ...] = (56, 110)
-    steps: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
-
-    @property
-    def network_names(self) -> tuple[str, ...]:
-        """``networks``, or the plain and residual network of each of ``depths``."""
-        return tuple(self.networks) or networks_for(self.depths)
-
-    def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid setting."""
-        if not self.network_names:
-            raise ResnetlabError("--networks/--depths: no networks to measure")
-        for name in self.network_names:
-            describe_network(name)
-        if self.steps < 1:
-            raise ResnetlabError(f"--steps must be at least 1 (got {self.steps})")
 
 
 @dataclass
@@ -126,6 +91,8 @@ def run_gradients(cfg: GradientConfig) -> GradientResult:
     """Measure every network of ``cfg`` at init and after ``cfg.steps`` SGD steps; write
     ``gradients.png`` (log scale), ``gradients.md`` and ``gradients.json``."""
     cfg.validate()
+    for name in cfg.network_names:
+        describe_network(name)
     log = RunDir(experiment_dir(cfg.out, "gradients"))
     try:
         return _run(cfg, log)

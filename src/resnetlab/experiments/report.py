@@ -28,17 +28,6 @@ def degradation_table(result: DegradationResult) -> str:
     return markdown_table([*headers, "iterations", "time"], rows)
 
 
-def recipe_line(result: DegradationResult) -> str:
-    """The recipe every network was trained with, in one line."""
-    cfg = result.config
-    iterations = next(iter(result.networks.values())).history[-1]["step"]
-    augment = "pad-4 crop + flip augmentation" if cfg.augment else "no augmentation"
-    return (
-        f"SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}, "
-        f"batch {cfg.batch_size}; lr / 10 at 50% and 75% of {iterations} iterations; {augment}"
-    )
-
-
 def write_degradation_report(result: DegradationResult, bundle: DataBundle) -> None:
     """Write ``degradation.md`` and ``degradation.json`` into the experiment's folder."""
     mode = "fast" if result.config.fast else "full"
@@ -50,7 +39,7 @@ def write_degradation_report(result: DegradationResult, bundle: DataBundle) -> N
         f"# Degradation: plain against residual networks ({mode} mode)",
         "",
         f"- Data: {data}",
-        f"- Recipe: {recipe_line(result)}",
+        f"- Recipe: {result.recipe}",
         f"- Total time: {duration(result.elapsed_s)}",
         "",
         degradation_table(result),
@@ -85,7 +74,7 @@ def _as_json(result: DegradationResult, data: str) -> dict[str, Any]:
         "experiment": "degradation",
         "mode": "fast" if result.config.fast else "full",
         "data": data,
-        "recipe": recipe_line(result),
+        "recipe": result.recipe,
         "config": asdict(result.config),
         "networks": networks,
         "verdict": asdict(result.verdict),

@@ -1,0 +1,177 @@
+"""`resnetlab experiment {degradation,gradients,case-study}`: the evidence behind ResNets."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import fields
+from functools import partial
+from typing import Any
+
+from resnetlab.cli.common import add_runtime_flags
+from resnetlab.experiments.config import (
+    FAST,
+    FULL,
+    CaseStudyConfig,
+    DegradationConfig,
+    GradientConfig,
+)
+
+
+class _ExperimentParser(argparse.ArgumentParser):
+    """One experiment's parser, starting from the defaults set on ``resnetlab experiment``.
+
+    ``--config FILE.yaml`` turns the file into defaults of the ``experiment`` parser, and
+    argparse lets a nested parser's own defaults override its parent's; so the parent's are
+    copied in before parsing. ``--config`` may come before or after the experiment's name.
+    """
+
+    def __init__(self, *args: Any, parent: argparse.ArgumentParser, **kwargs: Any) -> None:
+        self.parent, self.dests = parent, []
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
+            help="YAML file setting any flag of this experiment; flags given override it",
+        )  # fmt: skip
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """Add an argument, remembering its destination."""
+        action = super().add_argument(*args, **kwargs)
+        self.dests.append(action.dest)
+        return action
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse, with the parent's defaults (from ``--config``) in place of this parser's."""
+        inherited = {dest: self.parent.get_default(dest) for dest in self.dests}
+        self.set_defaults(**{k: v for k, v in inherited.items() if v is not None})
+        return super().parse_known_args(args, namespace)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "experiment",
+        help="reproduce the evidence: degradation, gradients, case-study",
+        description="Experiments that show why residual connections matter (see docs/guide.md).",
+    )
+    experiments = p.add_subparsers(
+        dest="experiment", required=True, metavar="EXPERIMENT",
+        parser_class=partial(_ExperimentParser, parent=p),
+    )  # fmt: skip
+    _register_degradation(experiments)
+    _register_gradients(experiments)
+    _register_case_study(experiments)
+    p.set_defaults(func=run)
+
+
+def _add_networks(p: argparse.ArgumentParser, depths: tuple[int, ...]) -> None:
+    p.add_argument(
+        "--networks", nargs="+", default=(), metavar="NAME",
+        help="CIFAR networks to compare, e.g. plain20 resnet20 (default: from --depths)",
+    )  # fmt: skip
+    p.add_argument(
+        "--depths", nargs="+", type=int, default=depths, metavar="N",
+        help=f"train plain<N> and resnet<N> for each N (default: {' '.join(map(str, depths))})",
+    )  # fmt: skip
+
+
+def _register_degradation(experiments: argparse._SubParsersAction) -> None:
+    d = DegradationConfig()
+    p = experiments.add_parser(
+        "degradation",
+        help="plain vs residual networks of growing depth (He et al. 2015, Fig. 6)",
+        description="Train plain20..56 and resnet20..56 with the paper's recipe on one data set; "
+        "write degradation.png/.md/.json and say whether the degradation effect showed.",
+    )
+    p.add_argument("--data", default=d.data, help="image folder (default: %(default)s)")
+    p.add_argument(
+        "--fast", action="store_true",
+        help=f"{FAST.subset} training / {FAST.val_subset} validation images at "
+        f"{FAST.image_size}x{FAST.image_size}, {FAST.epochs} epochs: under 20 minutes on two "
+        "CPU cores",
+    )  # fmt: skip
+    _add_networks(p, d.depths)
+    p.add_argument("--subset", type=int, help="training images (stratified, seeded)")
+    p.add_argument("--val-subset", type=int, help="validation images (stratified, seeded)")
+    p.add_argument("--image-size", type=int, help="resize images to N x N")
+    p.add_argument("--batch-size", type=int, help=f"(default: {FULL.batch_size})")
+    p.add_argument("--epochs", type=int, help="epochs (default: as --iterations needs)")
+    p.add_argument(
+        "--iterations", type=int, help=f"stop after N steps (default: {FULL.iterations})"
+    )
+    p.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction,
+        help="4-pixel padded crops and flips (default: on, off with --fast)",
+    )  # fmt: skip
+    p.add_argument(
+        "--warmup-epochs", type=float, help=f"linear lr warmup (default: {FULL.warmup_epochs:g})"
+    )
+    p.add_argument(
+        "--zero-init-residual", action=argparse.BooleanOptionalAction,
+        help="start each residual branch at zero (default: off, on with --fast)",
+    )  # fmt: skip
+    _add_common(p, d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_runtime_flags(p)
+
+
+def _register_gradients(experiments: argparse._SubParsersAction) -> None:
+    d = GradientConfig()
+    p = experiments.add_parser(
+        "gradients",
+        help="gradient norm of every layer, at init and after training",
+        description="Measure ||dL/dW|| of every conv/linear layer of plain and residual "
+        "networks on one fixed batch; write gradients.png/.md/.json.",
+    )
+    p.add_argument("--data", default=d.data, help="image data (default: %(default)s)")
+    _add_networks(p, d.depths)
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="SGD steps before the second look (%(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="constant learning rate (%(default)s)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 ... (default: auto)")
+    _add_common(p, d.seed)
+
+
+def _register_case_study(experiments: argparse._SubParsersAction) -> None:
+    d = CaseStudyConfig()
+    p = experiments.add_parser(
+        "case-study",
+        help="the article's worked case (sec. 4.3 and 5.4), with baselines",
+        description="Train the article's two-block tabular ResNet with its recipe; compare "
+        "with the network without shortcuts, the NumPy scratch model and logistic regression.",
+    )
+    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds 0..N-1 (%(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--out", help="output folder (default: runs/<date-time>-case-study)")
+
+
+def _add_common(p: argparse.ArgumentParser, seed: int) -> None:
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--out", help="output folder (default: runs/<date-time>-<experiment>)")
+
+
+def _config(cls: type, args: argparse.Namespace) -> Any:
+    """``cls`` (a config dataclass) from the parsed flags of the same names; lists as tuples."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the experiment named in ``args``; each one prints its own report."""
+    if args.experiment == "degradation":
+        from resnetlab.experiments.degradation import run_degradation
+
+        run_degradation(_config(DegradationConfig, args))
+    elif args.experiment == "gradients":
+        from resnetlab.experiments.gradients import run_gradients
+
+        run_gradients(_config(GradientConfig, args))
+    else:
+        from resnetlab.experiments.case_study import run_case_study
+
+        run_case_study(_config(CaseStudyConfig, args))
