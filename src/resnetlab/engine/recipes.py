@@ -22,7 +22,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {
         "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True,
         "weight_decay": 5e-4, "decay_norm_and_bias": False, "batch_size": 256,
-        "schedule": "onecycle", "warmup_epochs": 0.0, "epochs": 30,
+        "schedule": "onecycle", "warmup_epochs": 0.0, "epochs": 24,
         "label_smoothing": 0.1, "crop_padding": 4, "padding_mode": "reflect", "flip": True,
         "flip_alternate": True, "cutout": 0, "tta": "flip", "precision": "auto",
         "val_fraction": 0.1, "test_fraction": 0.0,
