@@ -203,10 +203,26 @@ def _train(
         cfg, bundle, model, report = load_for_weights(cfg, weights, mean, std)
         run.print(report.summary())
         source = {"weights": report.provenance()}
-    header = {**checkpoint_header(cfg, bundle), **source}
-    trainer = Trainer(model, bundle, cfg, run, header)
     flags = {"weights": weights, "mean": mean, "std": std}
-    run.write_config({**cfg.to_dict(), **{k: v for k, v in flags.items() if v is not None}})
+    config = {**cfg.to_dict(), **{k: v for k, v in flags.items() if v is not None}}
+    header = {**checkpoint_header(cfg, bundle), **source}
+    return fit_in_run(cfg, run, bundle, model, header, config=config)
+
+
+def fit_in_run(
+    cfg: TrainConfig,
+    run: RunDir,
+    bundle: DataBundle,
+    model: nn.Module,
+    header: dict[str, Any],
+    *,
+    config: dict[str, Any] | None = None,
+    title: str | None = None,
+) -> TrainResult:
+    """Train a built ``model`` on loaded ``bundle`` in ``run``: config.yaml, the run's
+    description, ``cfg.epochs`` epochs with checkpoints, then the final evaluation."""
+    trainer = Trainer(model, bundle, cfg, run, header)
+    run.write_config(config or cfg.to_dict())
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")
     run.print(f"data pipeline: {bundle.pipeline}")
@@ -214,7 +230,7 @@ def _train(
     total_steps = trainer.total_steps(cfg.epochs)
     scheduler = build_scheduler(optimizer, cfg, total_steps, trainer.steps_per_epoch)
     trainer.fit(optimizer, scheduler, cfg.epochs)
-    report = trainer.finish(f"{cfg.model} on {bundle.name}")
+    report = trainer.finish(title or f"{cfg.model} on {bundle.name}")
     return TrainResult(run.path, trainer.history, trainer.best_epoch, report)
 
 

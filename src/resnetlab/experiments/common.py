@@ -11,12 +11,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.commands.train import TrainResult, build_for_data, data_header, describe_run
+from resnetlab.commands.train import (
+    TrainResult,
+    build_for_data,
+    checkpoint_header,
+    fit_in_run,
+)
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.optim import build_optimizer, build_scheduler
 from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import get_model_spec
 
@@ -49,26 +52,9 @@ def train_on_bundle(cfg: TrainConfig, bundle: DataBundle, title: str) -> TrainRe
     try:
         torch.manual_seed(cfg.seed)
         model = build_for_data(cfg, bundle)
-        header = {
-            "model": cfg.model,
-            "model_options": cfg.model_options,
-            "num_classes": 1 if cfg.loss == "bce" else bundle.num_classes,
-            "in_chans": bundle.input_shape[0],
-            "loss": cfg.loss,
-            **data_header(cfg, bundle),
-            "recipe": cfg.to_dict(),
-        }
-        trainer = Trainer(model, bundle, cfg, run, header)
-        run.write_config(cfg.to_dict())
-        run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
-        optimizer = build_optimizer(trainer.model, cfg)
-        total_steps = trainer.total_steps(cfg.epochs)
-        scheduler = build_scheduler(optimizer, cfg, total_steps, trainer.steps_per_epoch)
-        trainer.fit(optimizer, scheduler, cfg.epochs)
-        report = trainer.finish(title)
+        return fit_in_run(cfg, run, bundle, model, checkpoint_header(cfg, bundle), title=title)
     finally:
         run.close()
-    return TrainResult(run.path, trainer.history, trainer.best_epoch, report)
 
 
 def network_params(cfg: TrainConfig, bundle: DataBundle) -> int:
