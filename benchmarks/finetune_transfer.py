@@ -1,10 +1,10 @@
 """Transfer on CIFAR-10: pretrain resnet20 on six classes, fine-tune on the other four.
 
-Pretrains on airplane, automobile, ship, truck, frog and horse; then, with only 100 training
-images per class of bird, cat, deer and dog, compares training from scratch (`train`'s
-defaults) with each fine-tuning strategy (`finetune`'s defaults) at the same epochs, batch size
-and augmentation (4-pixel padded random crops and flips, He et al. 2015, sec. 4.2), on 1,000
-other images per class. Class subsets are folders of symbolic links in a fresh work folder.
+Pretrains on airplane, automobile, ship, truck, frog and horse with `--recipe fast`; then, with
+only 100 training images per class of bird, cat, deer and dog, compares training from scratch
+(`train`'s defaults) with each fine-tuning strategy (`finetune`'s defaults) at the same epochs,
+batch size and augmentation (4-pixel padded random crops and flips, He et al. 2015, sec. 4.2),
+on 1,000 other images per class. Class subsets are folders of symbolic links in a fresh work folder.
 Prints a Markdown table and writes JSON. Run from the repository root:
 
     .venv/bin/python benchmarks/finetune_transfer.py
@@ -28,6 +28,7 @@ from resnetlab.commands.train import TrainResult, train
 from resnetlab.data.decode import is_image_file
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune import STRATEGIES
+from resnetlab.engine.recipes import recipe_defaults
 
 AUGMENT = {"crop_padding": 4, "flip": True}
 PRETRAIN_CLASSES = ("airplane", "automobile", "ship", "truck", "frog", "horse")
@@ -56,21 +57,23 @@ def link_subset(
 
 
 def pretrain(args: argparse.Namespace, work: Path) -> str:
-    """Train resnet20 on the six pretraining classes; the path of its best checkpoint."""
+    """Train resnet20 on the six pretraining classes with the fast recipe (holding out 10% for
+    validation); the path of its best checkpoint."""
     data = work / "pretrain"
     link_subset(
         Path(args.data), data, PRETRAIN_CLASSES, {"train": (0, args.pretrain_per_class)}, args.seed
     )
-    cfg = TrainConfig(
-        model="resnet20",
-        data=str(data),
-        epochs=args.pretrain_epochs,
-        test_fraction=0.0,
-        seed=args.seed,
-        out=str(work / "runs" / "pretrain"),
-        quiet=True,
-        **AUGMENT,
-    )
+    settings = {
+        **recipe_defaults("fast"),
+        "recipe": "fast",
+        "model": "resnet20",
+        "data": str(data),
+        "epochs": args.pretrain_epochs,
+        "seed": args.seed,
+        "out": str(work / "runs" / "pretrain"),
+        "quiet": True,
+    }
+    cfg = TrainConfig(**settings)
     start = time.perf_counter()
     result = train(cfg)
     print(f"pretrained in {time.perf_counter() - start:.0f} s", flush=True)
@@ -134,7 +137,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/finetune_transfer.json")
     parser.add_argument("--pretrained", metavar="FILE", help="skip pretraining; use FILE")
     parser.add_argument("--pretrain-per-class", type=int, default=5000)
-    parser.add_argument("--pretrain-epochs", type=int, default=30)
+    parser.add_argument("--pretrain-epochs", type=int, default=15)
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=20, help="of every transfer run")

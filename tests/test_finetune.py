@@ -158,7 +158,7 @@ def _trainer(tmp_path: Path, cfg: TrainConfig, bn: str = "train") -> Trainer:
     if bn == "frozen":
         freeze_batchnorm(model)
     cfg = replace(cfg, batch_size=16, precision="fp32", quiet=True)
-    return Trainer(model, _tiny_bundle(), cfg, RunDir(tmp_path, quiet=True), header={})
+    return Trainer(model, _tiny_bundle(), cfg, RunDir(tmp_path), header={})
 
 
 @pytest.mark.parametrize(

@@ -48,13 +48,15 @@ def test_cached_folder_reuses_and_rebuilds_its_cache(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "stripes", per_class=6)
     options = ImageOptions(cache_dir=str(tmp_path / "cache"))
     first = load_data(str(root), val_fraction=0.25, test_fraction=0.0, image_options=options)
-    assert first.pipeline.startswith("cached") and len(list((tmp_path / "cache").iterdir())) == 1
+    cached = list((tmp_path / "cache").iterdir())
+    assert first.pipeline.startswith("cached") and len(cached) == 1
     again = load_data(str(root), val_fraction=0.25, test_fraction=0.0, image_options=options)
-    assert len(list((tmp_path / "cache").iterdir())) == 1 and again.mean == first.mean
+    assert list((tmp_path / "cache").iterdir()) == cached and again.mean == first.mean
     make_folder(tmp_path / "more", per_class=1)
     (tmp_path / "more" / "vertical" / "000.png").rename(root / "vertical" / "new.png")
     load_data(str(root), val_fraction=0.25, test_fraction=0.0, image_options=options)
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    rebuilt = list((tmp_path / "cache").iterdir())
+    assert len(rebuilt) == 1 and rebuilt != cached  # the stale cache was replaced
 
 
 def test_bad_files_are_skipped_with_one_warning_each(

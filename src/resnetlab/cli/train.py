@@ -143,7 +143,7 @@ def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -
         "--tta",
         choices=TTAS,
         default=default("tta"),
-        help="test-time augmentation for validation and the final test",
+        help="test-time augmentation for the final evaluation (per-epoch validation is plain)",
     )
     g.add_argument(
         "--cache-dir",

@@ -89,7 +89,7 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     source file's name and sha256, the strategy and its phases."""
     cfg.validate()
     name = f"finetune-{Path(cfg.weights).stem}"
-    run = RunDir(cfg.out or default_run_dir(name, cfg.data), quiet=cfg.quiet)
+    run = RunDir(cfg.out or default_run_dir(name, cfg.data))
     try:
         return _finetune(cfg, run)
     finally:

@@ -87,7 +87,7 @@ def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     cfg.validate()
     lr_range.validate()
     source = Path(cfg.weights).stem if isinstance(cfg, FinetuneConfig) else cfg.model
-    run = RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data), quiet=cfg.quiet)
+    run = RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data))
     try:
         return _lr_find(cfg, lr_range, run)
     finally:

@@ -180,7 +180,7 @@ def train(
         check_preprocessing_flags(mean, std, cfg.image_size)
         weights_header(weights)  # a missing or damaged file fails before the run starts
     name = Path(weights).stem if cfg.model == AUTO_MODEL else cfg.model
-    run = RunDir(cfg.out or default_run_dir(name, cfg.data), quiet=cfg.quiet)
+    run = RunDir(cfg.out or default_run_dir(name, cfg.data))
     try:
         return _train(cfg, run, weights, mean, std)
     finally:

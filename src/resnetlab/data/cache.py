@@ -4,7 +4,9 @@ The cache is a safetensors file named after a key over every file's relative pat
 modification time (plus channels, size and a format version), so adding, removing or touching
 any file builds a new one. A cache file is written to a temporary name in the cache folder and
 renamed into place, so a reader never sees half a file and two runs at once cannot corrupt it.
-Old cache files are not deleted: ``rm ~/.cache/resnetlab/images-*`` frees the space.
+The name also carries a hash of the folder's absolute path, channels and size, so a rebuild
+deletes the caches of that folder's earlier contents; ``rm ~/.cache/resnetlab/images-*`` frees
+the rest.
 
 Decoding uses a thread pool: Pillow releases the GIL while it decodes, and on two cores threads
 were as fast as a forked process pool for 32x32 JPEGs (about 1.0 s per 5,000 images either way,
@@ -163,6 +165,21 @@ def _warn_once(message: str) -> None:
         print(f"resnetlab: warning: {message}", file=sys.stderr)
 
 
+def _cache_path(cache_dir: str | os.PathLike[str], root: Path, channels: int, size: int,
+                key: str) -> Path:
+    """``images-<hash of folder, channels, size>-<key>.safetensors`` in the cache folder."""
+    source = hashlib.sha256(f"{os.path.abspath(root)}\0{channels}\0{size}".encode()).hexdigest()
+    return Path(cache_dir).expanduser() / f"images-{source[:12]}-{key[:24]}.safetensors"
+
+
+def _delete_older(cache_file: Path) -> None:
+    """Delete the other caches of the same folder, channels and size: earlier contents."""
+    source = cache_file.name.rsplit("-", 1)[0]
+    for old in cache_file.parent.glob(f"{source}-*.safetensors"):
+        if old != cache_file:
+            old.unlink(missing_ok=True)
+
+
 def _read_cache(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """The tensors and metadata stored under ``key``, or None when missing, stale or corrupt."""
     try:
@@ -225,14 +242,16 @@ def load_or_build(root: str | os.PathLike[str], files: Sequence[str | os.PathLik
     order = sorted(range(len(files)), key=relative.__getitem__)
     entries = [(relative[i], os.fspath(files[i])) for i in order]
     key = _digest(entries, channels, size)
-    cache_file = None if cache_dir is None else (
-        Path(cache_dir).expanduser() / f"images-{key[:32]}.safetensors")
+    cache_file = None if cache_dir is None else _cache_path(cache_dir, root, channels, size, key)
     stored = None if cache_file is None else _read_cache(cache_file, key)
     if stored is None:
         tensors, metadata = _build(entries, root, channels, size, workers)
         metadata["key"] = key
-        if cache_file is not None and not _write_cache(cache_file, tensors, metadata):
-            cache_file = None
+        if cache_file is not None:
+            if _write_cache(cache_file, tensors, metadata):
+                _delete_older(cache_file)
+            else:
+                cache_file = None
     else:
         tensors, metadata = stored
     kept = tensors["kept"].tolist()

@@ -17,12 +17,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.0, "crop_padding": 4, "padding_mode": "zeros", "flip": True,
         "flip_alternate": False, "cutout": 0, "val_fraction": 0.1, "test_fraction": 0.0,
     },
-    # The best accuracy in a fixed CPU budget: one-cycle lr with Nesterov momentum, label
-    # smoothing, reflect-padded crops with alternating flips, bf16 and flip TTA.
+    # The best accuracy in a fixed CPU budget (20 minutes of resnet20 on 2 cores): one-cycle
+    # lr with Nesterov momentum, label smoothing, reflect-padded crops with alternating flips,
+    # bf16 and flip TTA. Batch 128 costs no throughput on a CPU and gives twice the steps.
     "fast": {
         "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True,
-        "weight_decay": 5e-4, "decay_norm_and_bias": False, "batch_size": 256,
-        "schedule": "onecycle", "warmup_epochs": 0.0, "epochs": 24,
+        "weight_decay": 5e-4, "decay_norm_and_bias": False, "batch_size": 128,
+        "schedule": "onecycle", "warmup_epochs": 3.0, "epochs": 22,
         "label_smoothing": 0.1, "crop_padding": 4, "padding_mode": "reflect", "flip": True,
         "flip_alternate": True, "cutout": 0, "tta": "flip", "precision": "auto",
         "val_fraction": 0.1, "test_fraction": 0.0,

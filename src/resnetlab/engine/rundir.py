@@ -24,9 +24,8 @@ def default_run_dir(model: str, data: str) -> Path:
 class RunDir:
     """One run's output folder. Created and checked for writability before any training."""
 
-    def __init__(self, path: str | Path, quiet: bool = False) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.quiet = quiet
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"

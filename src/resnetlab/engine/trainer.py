@@ -24,6 +24,7 @@ from resnetlab.engine.loop import (
     predict,
     train_one_epoch,
 )
+from resnetlab.engine.metrics import topk_accuracy
 from resnetlab.engine.plots import plot_confusion, plot_curves
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.engine.rundir import RunDir, progress_enabled
@@ -153,9 +154,8 @@ class Trainer:
                     self.precision,
                     self.normalize,
                     self.loss_fn,
-                    tta=self.cfg.tta == "flip",
                 )
-                record["val_acc"] = 100.0 * float((logits.argmax(1) == targets).float().mean())
+                record["val_acc"] = topk_accuracy(logits, targets, 1)
             self._end_epoch(record)
 
     def _end_epoch(self, record: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ def train_on_bundle(cfg: TrainConfig, bundle: DataBundle, title: str) -> TrainRe
     """Train ``cfg.model`` on data that is already loaded, as `resnetlab train` does: in run
     folder ``cfg.out`` with config, log, metrics, checkpoints, curves and a final evaluation."""
     cfg.validate()
-    run = RunDir(cfg.out, quiet=cfg.quiet)
+    run = RunDir(cfg.out)
     try:
         torch.manual_seed(cfg.seed)
         model = build_for_data(cfg, bundle)

@@ -125,7 +125,7 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
     cfg.validate()
     for name in cfg.networks:
         describe_network(name)
-    log = RunDir(experiment_dir(cfg.out, "degradation"), quiet=cfg.quiet)
+    log = RunDir(experiment_dir(cfg.out, "degradation"))
     try:
         return _run(cfg, log)
     finally:
