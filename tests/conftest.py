@@ -21,6 +21,13 @@ def _private_image_cache(
     monkeypatch.setenv("RESNETLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _run_in_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder, so default ``runs/...`` folders never land in the
+    checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     """resnet20 trained for a few epochs on scikit-learn's digits (about 20 s on 2 cores)."""

@@ -235,9 +235,8 @@ def test_csv_integer_target_sorts_numerically(tmp_path: Path) -> None:
     ],
 )
 def test_csv_errors_name_the_column_or_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, target: str | None, message: str
+    tmp_path: Path, text: str, target: str | None, message: str
 ) -> None:
-    monkeypatch.chdir(tmp_path)
     write_csv(tmp_path / "data.csv", text)
     with pytest.raises(ResnetlabError, match=re.escape(message)):
         load_data("data.csv", target=target)

@@ -169,6 +169,7 @@ def test_degradation_errors_name_the_flag(
         "--out", str(tmp_path / "x"),
     )  # fmt: skip
     assert code == 2 and "--subset 2: no stratified subset" in err
+    assert "error: --subset 2: no stratified subset" in (tmp_path / "x" / "log.txt").read_text()
 
 
 # --- gradients ------------------------------------------------------------------------------

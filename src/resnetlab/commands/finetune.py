@@ -89,11 +89,8 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     source file's name and sha256, the strategy and its phases."""
     cfg.validate()
     name = f"finetune-{Path(cfg.weights).stem}"
-    run = RunDir(cfg.out or default_run_dir(name, cfg.data))
-    try:
+    with RunDir(cfg.out or default_run_dir(name, cfg.data)) as run:
         return _finetune(cfg, run)
-    finally:
-        run.close()
 
 
 def _finetune(cfg: FinetuneConfig, run: RunDir) -> TrainResult:

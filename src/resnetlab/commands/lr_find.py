@@ -87,11 +87,8 @@ def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     cfg.validate()
     lr_range.validate()
     source = Path(cfg.weights).stem if isinstance(cfg, FinetuneConfig) else cfg.model
-    run = RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data))
-    try:
+    with RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data)) as run:
         return _lr_find(cfg, lr_range, run)
-    finally:
-        run.close()
 
 
 def _lr_find(cfg: TrainConfig, lr_range: LrRange, run: RunDir) -> LrFindResult:

@@ -180,11 +180,8 @@ def train(
         check_preprocessing_flags(mean, std, cfg.image_size)
         weights_header(weights)  # a missing or damaged file fails before the run starts
     name = Path(weights).stem if cfg.model == AUTO_MODEL else cfg.model
-    run = RunDir(cfg.out or default_run_dir(name, cfg.data))
-    try:
+    with RunDir(cfg.out or default_run_dir(name, cfg.data)) as run:
         return _train(cfg, run, weights, mean, std)
-    finally:
-        run.close()
 
 
 def _train(

@@ -7,6 +7,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import yaml
@@ -22,7 +23,11 @@ def default_run_dir(model: str, data: str) -> Path:
 
 
 class RunDir:
-    """One run's output folder. Created and checked for writability before any training."""
+    """One run's output folder. Created and checked for writability before any training.
+
+    Use it as a context manager: on leaving, log.txt is closed, and an error that ended the
+    run is written to it, so a folder left by a failed run says why it failed.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -59,8 +64,18 @@ class RunDir:
         """Write a JSON file in the run folder."""
         self.file(name).write_text(json.dumps(data, indent=2) + "\n")
 
-    def close(self) -> None:
-        """Close log.txt."""
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            reason = str(exc) if isinstance(exc, ResnetlabError) else repr(exc)
+            self._log.write(f"error: {reason}\n")
         self._log.close()
 
 

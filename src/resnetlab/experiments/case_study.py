@@ -66,15 +66,14 @@ def run_case_study(cfg: CaseStudyConfig) -> CaseStudyResult:
     """Print the article's log for seed 0, then the comparison over ``cfg.seeds`` seeds and a
     plain statement against the article's 92.5%; write ``case_study.md`` and ``.json``."""
     cfg.validate()
-    log = RunDir(experiment_dir(cfg.out, "case-study"))
     threads = torch.get_num_threads()
     # Matrices of 32 x 40: extra threads only wait on each other (7x slower on a busy CPU).
     torch.set_num_threads(1)
     try:
-        return _run(cfg, log)
+        with RunDir(experiment_dir(cfg.out, "case-study")) as log:
+            return _run(cfg, log)
     finally:
         torch.set_num_threads(threads)
-        log.close()
 
 
 def _run(cfg: CaseStudyConfig, log: RunDir) -> CaseStudyResult:

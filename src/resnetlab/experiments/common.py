@@ -48,13 +48,10 @@ def train_on_bundle(cfg: TrainConfig, bundle: DataBundle, title: str) -> TrainRe
     """Train ``cfg.model`` on data that is already loaded, as `resnetlab train` does: in run
     folder ``cfg.out`` with config, log, metrics, checkpoints, curves and a final evaluation."""
     cfg.validate()
-    run = RunDir(cfg.out)
-    try:
+    with RunDir(cfg.out) as run:
         torch.manual_seed(cfg.seed)
         model = build_for_data(cfg, bundle)
         return fit_in_run(cfg, run, bundle, model, checkpoint_header(cfg, bundle), title=title)
-    finally:
-        run.close()
 
 
 def network_params(cfg: TrainConfig, bundle: DataBundle) -> int:

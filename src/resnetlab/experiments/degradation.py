@@ -125,11 +125,8 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
     cfg.validate()
     for name in cfg.networks:
         describe_network(name)
-    log = RunDir(experiment_dir(cfg.out, "degradation"))
-    try:
+    with RunDir(experiment_dir(cfg.out, "degradation")) as log:
         return _run(cfg, log)
-    finally:
-        log.close()
 
 
 def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:

@@ -93,11 +93,8 @@ def run_gradients(cfg: GradientConfig) -> GradientResult:
     cfg.validate()
     for name in cfg.network_names:
         describe_network(name)
-    log = RunDir(experiment_dir(cfg.out, "gradients"))
-    try:
+    with RunDir(experiment_dir(cfg.out, "gradients")) as log:
         return _run(cfg, log)
-    finally:
-        log.close()
 
 
 def _run(cfg: GradientConfig, log: RunDir) -> GradientResult:
