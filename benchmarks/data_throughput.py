@@ -49,8 +49,9 @@ def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, flo
     return result, time.perf_counter() - start
 
 
-def streaming_images_per_s(files: list[Path], labels: list[int], size: int, workers: int,
-                           batch: int) -> float:
+def streaming_images_per_s(
+    files: list[Path], labels: list[int], size: int, workers: int, batch: int
+) -> float:
     """Images/s of a DataLoader decoding ``files`` with the training transforms (after batch 1)."""
     dataset = ImageFileDataset(files, labels, transform=train_transforms(size))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
@@ -67,15 +68,16 @@ def data_wait_fraction(data: CachedImages, batch: int, steps: int) -> dict[str, 
     """Seconds of data preparation (index, augment, to device) and of whole resnet20 steps."""
     torch.manual_seed(0)
     precision = Precision(torch.device("cpu"), torch.bfloat16, channels_last=True)
-    model = precision.prepare(create_model("resnet20", num_classes=len(data.classes),
-                                           in_chans=data.images.shape[1]))
+    model = precision.prepare(
+        create_model("resnet20", num_classes=len(data.classes), in_chans=data.images.shape[1])
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     aug = BatchAugment(data.mean, data.std, cutout=8, seed=0)
     order = torch.randperm(data.images.shape[0])
     data_s = step_s = 0.0
     for step in range(steps + 2):
         start = time.perf_counter()
-        idx = order[step * batch:(step + 1) * batch]
+        idx = order[step * batch : (step + 1) * batch]
         x = precision.batch(aug(data.images[idx], epoch=0, indices=idx))
         y = data.labels[idx]
         ready = time.perf_counter()
@@ -97,8 +99,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--stream-images", type=int, default=3200,
-                        help="files read by each streaming-loader measurement")
+    parser.add_argument(
+        "--stream-images",
+        type=int,
+        default=3200,
+        help="files read by each streaming-loader measurement",
+    )
     parser.add_argument("--out", default="benchmarks/results/data_throughput.json")
     args = parser.parse_args()
 
@@ -109,36 +115,62 @@ def main() -> None:
         data, decode_s = timed(load_or_build, *build)
         _, load_s = timed(load_or_build, *build)
     subset = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))
-    stream_files = [files[i] for i in subset[:args.stream_images]]
-    stream_labels = [labels[i] for i in subset[:args.stream_images]]
-    streaming = {w: streaming_images_per_s(stream_files, stream_labels, args.size, w, args.batch)
-                 for w in (0, 2)}
+    stream_files = [files[i] for i in subset[: args.stream_images]]
+    stream_labels = [labels[i] for i in subset[: args.stream_images]]
+    streaming = {
+        w: streaming_images_per_s(stream_files, stream_labels, args.size, w, args.batch)
+        for w in (0, 2)
+    }
     wait = data_wait_fraction(data, args.batch, args.steps)
 
-    rows = [("files", f"{len(files)} in {len(classes)} classes ({len(data.bad)} bad)"),
-            ("scan", f"{scan_s:.2f} s"),
-            ("first decode", f"{decode_s:.1f} s ({len(files) / decode_s:,.0f} images/s, "
-                             f"{args.workers} threads)"),
-            ("cache load", f"{load_s:.2f} s"),
-            *((f"streaming, {w} workers", f"{v:,.0f} images/s") for w, v in streaming.items()),
-            ("resnet20 step (bf16, CL)", f"{1000 * wait['step_s'] / args.steps:.0f} ms"),
-            ("waiting for data", f"{100 * wait['data_fraction']:.1f} % of the step")]
+    rows = [
+        ("files", f"{len(files)} in {len(classes)} classes ({len(data.bad)} bad)"),
+        ("scan", f"{scan_s:.2f} s"),
+        (
+            "first decode",
+            f"{decode_s:.1f} s ({len(files) / decode_s:,.0f} images/s, {args.workers} threads)",
+        ),
+        ("cache load", f"{load_s:.2f} s"),
+        *((f"streaming, {w} workers", f"{v:,.0f} images/s") for w, v in streaming.items()),
+        ("resnet20 step (bf16, CL)", f"{1000 * wait['step_s'] / args.steps:.0f} ms"),
+        ("waiting for data", f"{100 * wait['data_fraction']:.1f} % of the step"),
+    ]
     for name, value in rows:
         print(f"{name:<26} {value}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "data": str(root), "files": len(files), "classes": len(classes), "bad": len(data.bad),
-        "size": args.size, "decode_threads": args.workers, "scan_s": scan_s,
-        "first_decode_s": decode_s, "first_decode_images_per_s": len(files) / decode_s,
-        "cache_load_s": load_s, "mean": data.mean, "std": data.std,
-        "streaming_images_per_s": {f"workers_{w}": v for w, v in streaming.items()},
-        "train_step": {"model": "resnet20", "batch": args.batch, "steps": args.steps,
-                       "precision": "bf16 autocast, channels-last",
-                       "bf16_native": bf16_supported(torch.device("cpu")), **wait},
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "data": str(root),
+                "files": len(files),
+                "classes": len(classes),
+                "bad": len(data.bad),
+                "size": args.size,
+                "decode_threads": args.workers,
+                "scan_s": scan_s,
+                "first_decode_s": decode_s,
+                "first_decode_images_per_s": len(files) / decode_s,
+                "cache_load_s": load_s,
+                "mean": data.mean,
+                "std": data.std,
+                "streaming_images_per_s": {f"workers_{w}": v for w, v in streaming.items()},
+                "train_step": {
+                    "model": "resnet20",
+                    "batch": args.batch,
+                    "steps": args.steps,
+                    "precision": "bf16 autocast, channels-last",
+                    "bf16_native": bf16_supported(torch.device("cpu")),
+                    **wait,
+                },
+                "cpu": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

@@ -32,8 +32,10 @@ def test_normalize_batch() -> None:
     out = normalize_batch(x, [0.5, 0.0, 1.0], [0.25, 1.0, 0.5])
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert out[:, :, 0, 0].tolist() == [[2.0, 1.0, 0.0]] * 2
-    assert torch.equal(normalize_batch(x.float() / 255, [0.5] * 3, [0.25] * 3),
-                       normalize_batch(x, [0.5] * 3, [0.25] * 3))
+    assert torch.equal(
+        normalize_batch(x.float() / 255, [0.5] * 3, [0.25] * 3),
+        normalize_batch(x, [0.5] * 3, [0.25] * 3),
+    )
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
@@ -41,12 +43,17 @@ def test_crop_is_a_shifted_window_of_the_padded_image(padding_mode: str) -> None
     x = random_images()
     out = BatchAugment(**IDENTITY, padding_mode=padding_mode, flip=False)(x)
     assert out.shape == x.shape and out.dtype == torch.float32
-    padded = F.pad(x.float() / 255, (4,) * 4, mode="constant" if padding_mode == "zeros"
-                   else "reflect")
+    padded = F.pad(
+        x.float() / 255, (4,) * 4, mode="constant" if padding_mode == "zeros" else "reflect"
+    )
     shifts = set()
     for image, source in zip(out, padded, strict=True):
-        matches = [(dy, dx) for dy in range(9) for dx in range(9)
-                   if torch.equal(image, source[:, dy:dy + 8, dx:dx + 8])]
+        matches = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(image, source[:, dy : dy + 8, dx : dx + 8])
+        ]
         assert len(matches) == 1
         shifts.add(matches[0])
     assert len(shifts) > 8  # the shifts vary from image to image
@@ -126,8 +133,11 @@ def test_bad_options_are_rejected() -> None:
 def test_streaming_transforms_shapes_and_ranges() -> None:
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)
-    for transform in [train_transforms(16), train_transforms(16, "trivial", 1.0),
-                      train_transforms(16, "randaugment")]:
+    for transform in [
+        train_transforms(16),
+        train_transforms(16, "trivial", 1.0),
+        train_transforms(16, "randaugment"),
+    ]:
         out = transform(image)
         assert out.shape == (3, 16, 16) and out.dtype == torch.float32
         assert out.min() >= 0.0 and out.max() <= 1.0
@@ -148,8 +158,9 @@ def test_mixup_cutmix_gives_soft_labels() -> None:
     assert torch.allclose(labels.sum(1), torch.ones(8))
 
 
-def test_image_file_dataset_substitutes_bad_files(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_image_file_dataset_substitutes_bad_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = []
     for i, value in enumerate([10, 20, 30]):
         files.append(tmp_path / f"{i}.png")

@@ -45,8 +45,11 @@ def folder(tmp_path: Path) -> tuple[Path, list[Path], list[int]]:
     return root, files, labels
 
 
-def build(folder: tuple[Path, list[Path], list[int]], cache_dir: Path | None,
-          files: list[Path] | None = None) -> cache.CachedImages:
+def build(
+    folder: tuple[Path, list[Path], list[int]],
+    cache_dir: Path | None,
+    files: list[Path] | None = None,
+) -> cache.CachedImages:
     root, all_files, _ = folder
     files = all_files if files is None else files
     labels = [CLASSES.index(f.parent.name) for f in files]
@@ -61,14 +64,16 @@ def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_decode_all_returns_good_rows_and_reports_bad_files(
-        folder: tuple[Path, list[Path], list[int]]) -> None:
+    folder: tuple[Path, list[Path], list[int]],
+) -> None:
     _, files, _ = folder
     images, ok, report = decode_all(files, channels=1, size=4, workers=2)
     assert ok == [0, 1, 2, 3, 4, 5]
     assert images.shape == (6, 1, 4, 4) and images.dtype == torch.uint8
     assert images[:, 0, 0, 0].tolist() == [0, 10, 20, 100, 110, 120]
     assert [(path.name, reason) for path, reason in report.entries] == [
-        ("broken.png", "empty file (0 bytes)")]
+        ("broken.png", "empty file (0 bytes)")
+    ]
     serial, _, _ = decode_all(files, channels=1, size=4, workers=1)
     assert torch.equal(images, serial)
 
@@ -81,9 +86,9 @@ def test_channel_stats_are_exact() -> None:
     assert std == pytest.approx(scaled.std((0, 2, 3), unbiased=False).tolist(), abs=1e-12)
 
 
-def test_build_then_reuse_without_decoding(folder: tuple[Path, list[Path], list[int]],
-                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                           ) -> None:
+def test_build_then_reuse_without_decoding(
+    folder: tuple[Path, list[Path], list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = build(folder, tmp_path / "cache")
     assert first.images.shape == (6, 3, 4, 4) and first.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert first.classes == CLASSES
@@ -100,23 +105,28 @@ def test_build_then_reuse_without_decoding(folder: tuple[Path, list[Path], list[
     assert [p.name for p, _ in again.bad.entries] == ["broken.png"]
 
 
-def test_file_order_does_not_matter(folder: tuple[Path, list[Path], list[int]], tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_order_does_not_matter(
+    folder: tuple[Path, list[Path], list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = build(folder, tmp_path / "cache")
     shuffled = list(folder[1])
     random.Random(0).shuffle(shuffled)
     forbid_decoding(monkeypatch)
     again = build(folder, tmp_path / "cache", files=shuffled)
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
-    assert all(CLASSES[label] == path.parent.name
-               for label, path in zip(again.labels.tolist(), again.files, strict=True))
+    assert all(
+        CLASSES[label] == path.parent.name
+        for label, path in zip(again.labels.tolist(), again.files, strict=True)
+    )
 
 
-def test_touched_or_added_files_rebuild(folder: tuple[Path, list[Path], list[int]],
-                                        tmp_path: Path) -> None:
+def test_touched_or_added_files_rebuild(
+    folder: tuple[Path, list[Path], list[int]], tmp_path: Path
+) -> None:
     root, files, labels = folder
-    other_size = load_or_build(root, files, labels, CLASSES, channels=3, size=8,
-                               cache_dir=tmp_path / "cache")
+    other_size = load_or_build(
+        root, files, labels, CLASSES, channels=3, size=8, cache_dir=tmp_path / "cache"
+    )
     first = build(folder, tmp_path / "cache")
     stat = files[0].stat()
     os.utime(files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
@@ -125,8 +135,10 @@ def test_touched_or_added_files_rebuild(folder: tuple[Path, list[Path], list[int
     new_file = root / "cat" / "3.png"
     Image.new("RGB", (8, 8), (30, 30, 30)).save(new_file)
     added = build(folder, tmp_path / "cache", files=[*files, new_file])
-    assert added.images.shape[0] == 7 and added.cache_file not in (first.cache_file,
-                                                                   touched.cache_file)
+    assert added.images.shape[0] == 7 and added.cache_file not in (
+        first.cache_file,
+        touched.cache_file,
+    )
     # each rebuild deletes the folder's older cache at that size; other sizes stay
     remaining = set((tmp_path / "cache").glob("images-*.safetensors"))
     assert remaining == {added.cache_file, other_size.cache_file}
@@ -136,15 +148,27 @@ def test_cache_key_covers_settings_and_files(folder: tuple[Path, list[Path], lis
     root, files, _ = folder
     key = cache_key(root, files, 3, 32)
     assert len(key) == 64 and key == cache_key(root, files[::-1], 3, 32)
-    assert len({key, cache_key(root, files, 1, 32), cache_key(root, files, 3, 16),
-                cache_key(root, files[1:], 3, 32)}) == 4
+    assert (
+        len(
+            {
+                key,
+                cache_key(root, files, 1, 32),
+                cache_key(root, files, 3, 16),
+                cache_key(root, files[1:], 3, 32),
+            }
+        )
+        == 4
+    )
     files[2].write_bytes(files[2].read_bytes() + b"\0")  # a different size
     assert cache_key(root, files, 3, 32) != key
 
 
 def test_write_is_atomic_and_leaves_no_temporary_files(
-        folder: tuple[Path, list[Path], list[int]], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    folder: tuple[Path, list[Path], list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     build(folder, tmp_path / "good")
     assert [p.suffix for p in (tmp_path / "good").iterdir()] == [".safetensors"]
 
@@ -159,8 +183,9 @@ def test_write_is_atomic_and_leaves_no_temporary_files(
     assert "No space left on device" in capsys.readouterr().err
 
 
-def test_corrupt_cache_is_rebuilt(folder: tuple[Path, list[Path], list[int]], tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupt_cache_is_rebuilt(
+    folder: tuple[Path, list[Path], list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = build(folder, tmp_path / "cache")
     assert first.cache_file is not None
     first.cache_file.write_bytes(b"garbage")
@@ -170,9 +195,9 @@ def test_corrupt_cache_is_rebuilt(folder: tuple[Path, list[Path], list[int]], tm
     assert torch.equal(build(folder, tmp_path / "cache").images, first.images)
 
 
-def test_unwritable_cache_dir_warns_once(folder: tuple[Path, list[Path], list[int]],
-                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                         ) -> None:
+def test_unwritable_cache_dir_warns_once(
+    folder: tuple[Path, list[Path], list[int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     for _ in range(2):
@@ -182,9 +207,9 @@ def test_unwritable_cache_dir_warns_once(folder: tuple[Path, list[Path], list[in
     assert len(warnings) == 1 and str(blocker) in warnings[0]
 
 
-def test_default_cache_dir_is_created_under_home(folder: tuple[Path, list[Path], list[int]],
-                                                 tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_cache_dir_is_created_under_home(
+    folder: tuple[Path, list[Path], list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("RESNETLAB_CACHE_DIR", raising=False)
     root, files, labels = folder
@@ -195,8 +220,9 @@ def test_default_cache_dir_is_created_under_home(folder: tuple[Path, list[Path],
     assert default_cache_dir() == str(tmp_path / "elsewhere")
 
 
-def test_nothing_decodable_is_an_error(folder: tuple[Path, list[Path], list[int]],
-                                       tmp_path: Path) -> None:
+def test_nothing_decodable_is_an_error(
+    folder: tuple[Path, list[Path], list[int]], tmp_path: Path
+) -> None:
     root, files, _ = folder
     with pytest.raises(ResnetlabError, match=r"none of the 1 image files .*broken\.png: empty"):
         load_or_build(root, files[-1:], [1], CLASSES, 3, 4, cache_dir=tmp_path)

@@ -47,7 +47,10 @@ def test_builtin_sizes_shapes_ranges_and_classes(
     bundle = load_data(name)
     assert name in BUILTIN_DATASETS
     assert (bundle.name, bundle.kind, bundle.input_shape, bundle.classes) == (
-        name, kind, shape, classes
+        name,
+        kind,
+        shape,
+        classes,
     )
     assert bundle.val is not None and bundle.test is not None
     sizes = [len(bundle.train), len(bundle.val), len(bundle.test)]
@@ -115,8 +118,10 @@ def test_splits_are_seeded() -> None:
     again = split_indices(labels, val_fraction=0.1, test_fraction=0.1, seed=7)
     other = split_indices(labels, val_fraction=0.1, test_fraction=0.1, seed=8)
     for a, b, c in zip(
-        (first.train, first.val, first.test), (again.train, again.val, again.test),
-        (other.train, other.val, other.test), strict=True,
+        (first.train, first.val, first.test),
+        (again.train, again.val, again.test),
+        (other.train, other.val, other.test),
+        strict=True,
     ):
         assert np.array_equal(a, b) and not np.array_equal(a, c)
 
@@ -273,8 +278,13 @@ def test_missing_source_and_misplaced_flags() -> None:
 COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "ant": (0, 255, 0)}
 
 
-def make_images(folder: Path, colour: tuple[int, int, int], count: int, mode: str = "RGB",
-                size: tuple[int, int] = (6, 6)) -> None:
+def make_images(
+    folder: Path,
+    colour: tuple[int, int, int],
+    count: int,
+    mode: str = "RGB",
+    size: tuple[int, int] = (6, 6),
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     fill = colour if mode == "RGB" else colour[0]
     for i in range(count):

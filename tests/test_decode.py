@@ -24,9 +24,9 @@ def pattern(height: int = 20, width: int = 30) -> np.ndarray:
     """An RGB image with four coloured quadrants (smooth enough for JPEG)."""
     rgb = np.zeros((height, width, 3), dtype=np.uint8)
     rgb[: height // 2, : width // 2] = (200, 30, 30)
-    rgb[: height // 2, width // 2:] = (30, 200, 30)
-    rgb[height // 2:, : width // 2] = (30, 30, 200)
-    rgb[height // 2:, width // 2:] = (220, 220, 220)
+    rgb[: height // 2, width // 2 :] = (30, 200, 30)
+    rgb[height // 2 :, : width // 2] = (30, 30, 200)
+    rgb[height // 2 :, width // 2 :] = (220, 220, 220)
     return rgb
 
 
@@ -131,8 +131,12 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     """A zero-byte file, a JPEG cut in half, a text file named .jpg and a missing file."""
     Image.fromarray(pattern(64, 64)).save(tmp_path / "whole.jpg")
     data = (tmp_path / "whole.jpg").read_bytes()
-    files = {"empty": tmp_path / "empty.jpg", "truncated": tmp_path / "cut.jpg",
-             "not an image": tmp_path / "notes.jpg", "cannot read": tmp_path / "gone.jpg"}
+    files = {
+        "empty": tmp_path / "empty.jpg",
+        "truncated": tmp_path / "cut.jpg",
+        "not an image": tmp_path / "notes.jpg",
+        "cannot read": tmp_path / "gone.jpg",
+    }
     files["empty"].touch()
     files["truncated"].write_bytes(data[: len(data) // 2])
     files["not an image"].write_text("hello, I am not a picture\n")
@@ -156,7 +160,8 @@ def test_bad_channel_count_is_a_value_error(tmp_path: Path) -> None:
 
 
 def test_report_warns_summarises_and_raises_in_strict_mode(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = BadFileReport()
     assert report.summary() == "no bad image files"
     report.raise_if_strict()  # nothing to complain about

@@ -23,8 +23,9 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
-def normalize_batch(x: torch.Tensor, mean: Sequence[float] | torch.Tensor,
-                    std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalize_batch(
+    x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """``(x / 255 - mean) / std`` per channel for a uint8 (or [0, 1] float) batch (N, C, H, W)."""
     x = to_unit_float(x)
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -55,9 +56,17 @@ class BatchAugment:
     implies ``flip``.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4,
-                 padding_mode: str = "zeros", flip: bool = True, flip_alternate: bool = False,
-                 cutout: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_padding: int = 4,
+        padding_mode: str = "zeros",
+        flip: bool = True,
+        flip_alternate: bool = False,
+        cutout: int = 0,
+        seed: int = 0,
+    ) -> None:
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
         if crop_padding < 0 or cutout < 0:
@@ -72,8 +81,9 @@ class BatchAugment:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, x: torch.Tensor, epoch: int = 0, indices: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, epoch: int = 0, indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Augment and normalise a batch; ``indices`` are only used by ``flip_alternate``."""
         x = to_unit_float(x)
         if self.crop_padding:

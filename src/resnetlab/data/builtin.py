@@ -71,8 +71,13 @@ def load_builtin(
         x, y = make_case_study_data()
         features = [f"x{i}" for i in range(x.shape[1])]
         return bundle_from_tensors(
-            name, "tabular", torch.from_numpy(x), torch.from_numpy(y), ["0", "1"],
-            feature_names=features, **splits,
+            name,
+            "tabular",
+            torch.from_numpy(x),
+            torch.from_numpy(y),
+            ["0", "1"],
+            feature_names=features,
+            **splits,
         )
     if name == "digits":
         pixels, labels, side, scale = _digits()
@@ -83,8 +88,13 @@ def load_builtin(
     images = torch.tensor(pixels / scale, dtype=torch.float32).reshape(-1, 1, side, side)
     transform = _image_transform(side, image_size, in_chans)
     return bundle_from_tensors(
-        name, "image", images, torch.tensor(labels, dtype=torch.long), DIGIT_CLASSES,
-        transform=transform, **splits,
+        name,
+        "image",
+        images,
+        torch.tensor(labels, dtype=torch.long),
+        DIGIT_CLASSES,
+        transform=transform,
+        **splits,
     )
 
 

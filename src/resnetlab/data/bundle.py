@@ -75,7 +75,10 @@ def bundle_from_tensors(
     statistics are then taken from transformed training items.
     """
     split = split_indices(
-        y.numpy(), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        y.numpy(),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
         class_names=classes,
     )
     dataset: Dataset = TensorDataset(x, y)
@@ -87,6 +90,14 @@ def bundle_from_tensors(
     else:
         mean, std = dataset_mean_std(train, seed=seed)
     return DataBundle(
-        name, kind, classes, tuple(train[0][0].shape), train, val, test, mean, std,
+        name,
+        kind,
+        classes,
+        tuple(train[0][0].shape),
+        train,
+        val,
+        test,
+        mean,
+        std,
         feature_names or [],
     )

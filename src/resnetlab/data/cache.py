@@ -77,15 +77,15 @@ def default_memory_budget() -> int:
     return min(4 << 30, ram // 4)
 
 
-def fits_in_memory(n_files: int, channels: int, size: int, budget_bytes: int | None = None
-                   ) -> bool:
+def fits_in_memory(n_files: int, channels: int, size: int, budget_bytes: int | None = None) -> bool:
     """Whether ``n_files`` decoded ``channels x size x size`` uint8 images fit in the budget."""
     budget = default_memory_budget() if budget_bytes is None else budget_bytes
     return n_files * channels * size * size <= budget
 
 
-def decode_all(paths: Sequence[str | os.PathLike[str]], channels: int, size: int,
-               workers: int | None = None) -> tuple[torch.Tensor, list[int], BadFileReport]:
+def decode_all(
+    paths: Sequence[str | os.PathLike[str]], channels: int, size: int, workers: int | None = None
+) -> tuple[torch.Tensor, list[int], BadFileReport]:
     """Decode ``paths`` in a thread pool into uint8 (N_ok, C, size, size).
 
     Returns the images, the indices into ``paths`` of the files that decoded (one per row) and
@@ -125,8 +125,9 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def _relative_paths(root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]]
-                    ) -> list[str]:
+def _relative_paths(
+    root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]]
+) -> list[str]:
     """Each file's path relative to ``root`` as a POSIX string (unchanged if it lies outside).
 
     Plain string operations: ``Path.relative_to`` would take seconds for 50,000 files.
@@ -135,7 +136,7 @@ def _relative_paths(root: str | os.PathLike[str], files: Sequence[str | os.PathL
     relative = []
     for file in files:
         path = os.fspath(file)
-        relative.append(path[len(prefix):] if path.startswith(prefix) else path)
+        relative.append(path[len(prefix) :] if path.startswith(prefix) else path)
     return relative if os.sep == "/" else [p.replace(os.sep, "/") for p in relative]
 
 
@@ -152,8 +153,9 @@ def _digest(entries: list[tuple[str, str]], channels: int, size: int) -> str:
     return digest.hexdigest()
 
 
-def cache_key(root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]],
-              channels: int, size: int) -> str:
+def cache_key(
+    root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]], channels: int, size: int
+) -> str:
     """sha256 over the sorted relative paths, sizes and mtimes (ns), channels, size and format."""
     paths = [os.fspath(f) for f in files]
     return _digest(sorted(zip(_relative_paths(root, paths), paths, strict=True)), channels, size)
@@ -165,8 +167,9 @@ def _warn_once(message: str) -> None:
         print(f"resnetlab: warning: {message}", file=sys.stderr)
 
 
-def _cache_path(cache_dir: str | os.PathLike[str], root: Path, channels: int, size: int,
-                key: str) -> Path:
+def _cache_path(
+    cache_dir: str | os.PathLike[str], root: Path, channels: int, size: int, key: str
+) -> Path:
     """``images-<hash of folder, channels, size>-<key>.safetensors`` in the cache folder."""
     source = hashlib.sha256(f"{os.path.abspath(root)}\0{channels}\0{size}".encode()).hexdigest()
     return Path(cache_dir).expanduser() / f"images-{source[:12]}-{key[:24]}.safetensors"
@@ -204,34 +207,49 @@ def _write_cache(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         finally:
             Path(tmp).unlink(missing_ok=True)
     except (OSError, SafetensorError) as exc:
-        _warn_once(f"cannot write the image cache in {path.parent} "
-                   f"({getattr(exc, 'strerror', None) or exc}); continuing without it")
+        _warn_once(
+            f"cannot write the image cache in {path.parent} "
+            f"({getattr(exc, 'strerror', None) or exc}); continuing without it"
+        )
         return False
     return True
 
 
-def _build(entries: list[tuple[str, str]], root: Path, channels: int, size: int,
-           workers: int | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _build(
+    entries: list[tuple[str, str]], root: Path, channels: int, size: int, workers: int | None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Decode the ``(relative path, path)`` entries into the tensors and metadata of a cache."""
     if not entries:
         raise ResnetlabError(f"no image files under {root}")
     images, ok, report = decode_all([path for _, path in entries], channels, size, workers)
     if not ok:
         first, reason = report.entries[0]
-        raise ResnetlabError(f"none of the {len(entries)} image files under {root} can be "
-                             f"decoded (first: {first}: {reason})")
+        raise ResnetlabError(
+            f"none of the {len(entries)} image files under {root} can be "
+            f"decoded (first: {first}: {reason})"
+        )
     mean, std = channel_stats(images)
     bad_relative = _relative_paths(root, [path for path, _ in report.entries])
     bad = [[rel, reason] for rel, (_, reason) in zip(bad_relative, report.entries, strict=True)]
-    metadata = {"format": str(CACHE_FORMAT), "mean": json.dumps(mean), "std": json.dumps(std),
-                "bad": json.dumps(bad)}
+    metadata = {
+        "format": str(CACHE_FORMAT),
+        "mean": json.dumps(mean),
+        "std": json.dumps(std),
+        "bad": json.dumps(bad),
+    }
     return {"images": images, "kept": torch.tensor(ok, dtype=torch.int64)}, metadata
 
 
-def load_or_build(root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]],
-                  labels: Sequence[int], classes: list[str], channels: int, size: int,
-                  cache_dir: str | os.PathLike[str] | None = None,
-                  workers: int | None = None) -> CachedImages:
+def load_or_build(
+    root: str | os.PathLike[str],
+    files: Sequence[str | os.PathLike[str]],
+    labels: Sequence[int],
+    classes: list[str],
+    channels: int,
+    size: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+) -> CachedImages:
     """Load the decoded ``files`` from the cache, or decode them and write the cache.
 
     ``labels[i]`` is the class index of ``files[i]``; ``cache_dir=None`` decodes without a cache.
@@ -261,5 +279,10 @@ def load_or_build(root: str | os.PathLike[str], files: Sequence[str | os.PathLik
     return CachedImages(
         images=tensors["images"],
         labels=torch.tensor([labels[order[i]] for i in kept], dtype=torch.int64),
-        classes=list(classes), mean=json.loads(metadata["mean"]), std=json.loads(metadata["std"]),
-        bad=report, files=[Path(entries[i][1]) for i in kept], cache_file=cache_file)
+        classes=list(classes),
+        mean=json.loads(metadata["mean"]),
+        std=json.loads(metadata["std"]),
+        bad=report,
+        files=[Path(entries[i][1]) for i in kept],
+        cache_file=cache_file,
+    )

@@ -89,8 +89,9 @@ def _read_error(path: Path, exc: Exception) -> BadImage:
     return BadImage(path, f"cannot decode ({exc})")
 
 
-def decode_array(path: str | os.PathLike[str], channels: int = 3, size: int | None = None
-                 ) -> np.ndarray:
+def decode_array(
+    path: str | os.PathLike[str], channels: int = 3, size: int | None = None
+) -> np.ndarray:
     """Decode ``path`` into a uint8 numpy array (C, H, W); raise ``BadImage`` if it is unreadable.
 
     ``channels`` is 1 or 3 (``ValueError`` otherwise); ``size`` gives a square image (see the
@@ -117,14 +118,16 @@ def decode_array(path: str | os.PathLike[str], channels: int = 3, size: int | No
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def decode_image(path: str | os.PathLike[str], channels: int = 3, size: int | None = None
-                 ) -> torch.Tensor:
+def decode_image(
+    path: str | os.PathLike[str], channels: int = 3, size: int | None = None
+) -> torch.Tensor:
     """Decode ``path`` into a uint8 tensor (C, H, W); raise ``BadImage`` if it is unreadable."""
     return torch.from_numpy(np.ascontiguousarray(decode_array(path, channels, size)))
 
 
-def try_decode(path: str | os.PathLike[str], channels: int = 3, size: int | None = None
-               ) -> tuple[torch.Tensor | None, str | None]:
+def try_decode(
+    path: str | os.PathLike[str], channels: int = 3, size: int | None = None
+) -> tuple[torch.Tensor | None, str | None]:
     """``(image, None)`` for a good file, ``(None, reason)`` for a bad one; never raises."""
     try:
         return decode_image(path, channels, size), None

@@ -24,8 +24,9 @@ _AUTO_AUGMENT: dict[str, Callable[[], v2.Transform]] = {
 }
 
 
-def train_transforms(size: int, auto_augment: str | None = None, random_erasing: float = 0.0
-                     ) -> v2.Compose:
+def train_transforms(
+    size: int, auto_augment: str | None = None, random_erasing: float = 0.0
+) -> v2.Compose:
     """ImageNet-style training transforms for a uint8 image (C, H, W) -> float (C, size, size).
 
     RandomResizedCrop (the "Inception" crop, Szegedy et al. 2015, sec. 6) and a horizontal
@@ -34,10 +35,14 @@ def train_transforms(size: int, auto_augment: str | None = None, random_erasing:
     2020) with probability ``random_erasing``.
     """
     if auto_augment is not None and auto_augment not in _AUTO_AUGMENT:
-        raise ResnetlabError(f"--auto-augment: unknown policy {auto_augment!r}; "
-                             f"choose from {', '.join(_AUTO_AUGMENT)}")
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, antialias=True),
-                                 v2.RandomHorizontalFlip()]
+        raise ResnetlabError(
+            f"--auto-augment: unknown policy {auto_augment!r}; "
+            f"choose from {', '.join(_AUTO_AUGMENT)}"
+        )
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(size, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
     if auto_augment is not None:
         steps.append(_AUTO_AUGMENT[auto_augment]())
     steps.append(v2.ToDtype(torch.float32, scale=True))
@@ -55,12 +60,18 @@ def center_square(image: torch.Tensor) -> torch.Tensor:
 def eval_transforms(size: int) -> v2.Compose:
     """Centre crop to a square, resize to ``size``, scale to [0, 1]: the same crop and size
     as ``decode.decode_image(path, channels, size)``, which `predict` uses."""
-    return v2.Compose([v2.Lambda(center_square), v2.Resize(size, antialias=True),
-                       v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose(
+        [
+            v2.Lambda(center_square),
+            v2.Resize(size, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
-def mixup_cutmix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
-                 ) -> v2.RandomChoice | None:
+def mixup_cutmix(
+    num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
+) -> v2.RandomChoice | None:
     """MixUp and/or CutMix for a batch: ``images, soft_labels = mix(images, labels)``.
 
     One of the enabled methods (alpha > 0) is picked at random per batch; labels become soft
@@ -83,9 +94,13 @@ class ImageFileDataset(Dataset):
     the files it read itself; scan the folder with ``cache.decode_all`` for a complete list.
     """
 
-    def __init__(self, files: Sequence[str | os.PathLike[str]], labels: Sequence[int],
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 channels: int = 3) -> None:
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        labels: Sequence[int],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        channels: int = 3,
+    ) -> None:
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         self.files = list(files)

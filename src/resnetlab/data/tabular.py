@@ -61,8 +61,14 @@ def load_csv(
     """Load a CSV table as tabular data: split, with per-feature training statistics."""
     x, y, classes, features = read_csv_table(path, target)
     return bundle_from_tensors(
-        Path(path).name, "tabular", torch.from_numpy(x), torch.from_numpy(y), classes,
-        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        Path(path).name,
+        "tabular",
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        classes,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
         feature_names=features,
     )
 
