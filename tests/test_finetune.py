@@ -1,4 +1,4 @@
-"""Fine-tuning: phases and their gradients, BatchNorm policies, provenance, lr-find, CLI."""
+"""Fine-tuning: phases and their gradients, BatchNorm policies, provenance, CLI."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from resnetlab.cli import main
 from resnetlab.commands.finetune import FinetuneConfig, finetune
-from resnetlab.commands.lr_find import LrRange, _suggest, lr_find
 from resnetlab.commands.train import checkpoint_header
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
@@ -310,36 +309,6 @@ def test_train_and_eval_take_weights(
     code = main(["eval", "--weights", str(source), "--data", str(colours)])
     err = capsys.readouterr().err
     assert code == 2 and "classifier does not fit" in err and "10->3 classes" in err
-
-
-def test_suggestion_is_the_steepest_descent() -> None:
-    lrs = list(np.logspace(-6, 0, 61))
-    smoothed = [2 - float(np.tanh(2 * (np.log10(lr) + 3))) for lr in lrs]
-    suggestion, min_over_10 = _suggest(lrs, smoothed)
-    assert suggestion == pytest.approx(1e-3)
-    assert min_over_10 == pytest.approx(0.1)
-
-
-@pytest.mark.parametrize("fine_tuning", [False, True])
-def test_lr_find_plots_and_suggests(
-    fine_tuning: bool, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    shared = {"data": "digits", "batch_size": 32, "out": str(tmp_path / "lr"), "quiet": True}
-    cfg = (
-        FinetuneConfig(weights=str(source), strategy="full", **shared)
-        if fine_tuning
-        else TrainConfig(model="resnet20", **shared)
-    )
-    result = lr_find(cfg, LrRange(steps=30, end_lr=1.0))
-    assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(result.lrs) == len(result.losses) <= 30
-    assert 1e-7 <= result.suggestion <= 1.0 and np.isfinite(result.suggestion)
-    assert sorted(p.name for p in result.plot.parent.iterdir()) == [
-        "log.txt",
-        "lr_find.json",
-        "lr_find.png",
-    ]
-    assert f"suggested lr: {result.suggestion:.2g}" in capsys.readouterr().out
 
 
 def test_cli_finetune_and_lr_find(
