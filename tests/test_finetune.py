@@ -302,6 +302,9 @@ def test_train_and_eval_take_weights(
     assert header["weights"]["file"] == "raw.pth"
     assert (header["model"], header["model_options"]) == ("resnet20", {"shortcut": "A"})
     assert (header["mean"], header["std"]) == ([0.5] * 3, [0.25] * 3)
+    again = tmp_path / "again"  # the run's config.yaml repeats it, weights included
+    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    assert read_header(again / "best.safetensors")["weights"] == header["weights"]
 
     assert main(["eval", "--weights", str(source), "--data", "digits", "--split", "all"]) == 0
     text = capsys.readouterr().out

@@ -211,9 +211,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.train import AUTO_MODEL, train
+    from resnetlab.commands.train import train
+    from resnetlab.engine.config import AUTO_MODEL
 
     cfg = config_from_args(TrainConfig, args)
     if args.model is None and args.weights:
         cfg.model = AUTO_MODEL
-    train(cfg, weights=args.weights, mean=args.mean, std=args.std)
+    train(cfg)

@@ -8,11 +8,11 @@ from typing import Any
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from resnetlab.commands.train import AUTO_MODEL, load_for_weights
+from resnetlab.commands.train import load_for_weights
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.checkpoint import model_from_checkpoint
-from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.loop import Normalizer, evaluate_model
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.engine.weights import LoadReport
@@ -104,9 +104,14 @@ def _load_weights(cfg: EvalConfig) -> tuple[nn.Module, DataBundle, LoadReport]:
     if cfg.data is None:
         raise ResnetlabError("eval --weights needs --data (the data to score the weights on)")
     as_training = TrainConfig(
-        model=cfg.model or AUTO_MODEL, data=cfg.data, image_size=cfg.image_size
+        model=cfg.model or AUTO_MODEL,
+        data=cfg.data,
+        image_size=cfg.image_size,
+        weights=cfg.weights,
+        mean=cfg.mean,
+        std=cfg.std,
     )
-    _, bundle, model, report = load_for_weights(as_training, cfg.weights, cfg.mean, cfg.std)
+    _, bundle, model, report = load_for_weights(as_training)
     if report.reinitialised:
         reason = report.reasons[report.reinitialised[0]]
         raise ResnetlabError(

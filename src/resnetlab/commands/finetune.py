@@ -6,13 +6,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from resnetlab.commands.train import (
-    AUTO_MODEL,
     TrainResult,
     checkpoint_header,
     describe_run,
     load_for_weights,
 )
-from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.finetune import (
     BN_POLICIES,
     STRATEGIES,
@@ -22,9 +21,7 @@ from resnetlab.engine.finetune import (
     plan_phases,
 )
 from resnetlab.engine.rundir import RunDir, default_run_dir
-from resnetlab.engine.state_dicts import weights_header
 from resnetlab.engine.trainer import Trainer
-from resnetlab.engine.weights import check_preprocessing_flags
 from resnetlab.errors import ResnetlabError
 
 
@@ -36,7 +33,6 @@ class FinetuneConfig(TrainConfig):
     CIFAR-10 transfer benchmark (``benchmarks/finetune_transfer.py``) these beat the lower
     backbone lrs usual for ImageNet weights, since a small net's features must move more."""
 
-    weights: str = ""
     data: str = ""
     model: str = AUTO_MODEL  # the weights' architecture: header, else inferred from the keys
     strategy: str = "gradual"
@@ -44,19 +40,18 @@ class FinetuneConfig(TrainConfig):
     head_epochs: int | None = None  # gradual: 1, lp-ft: half of epochs
     backbone_lr_mult: float = 0.5
     stage_decay: float = 1.0  # lr factor per stage towards the stem (1: none)
-    mean: list[float] | None = None  # the weights' normalisation, if they carry none
-    std: list[float] | None = None
     epochs: int = 20
     batch_size: int = 64
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.01
 
-    def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid value."""
-        super().validate()
+    def check_flags(self) -> None:
+        """Raise ResnetlabError naming the flag of the first invalid value (reads no file)."""
+        if not self.weights:
+            raise ResnetlabError("finetune needs --weights FILE")
+        super().check_flags()
         checks = [
-            (bool(self.weights), "finetune needs --weights FILE"),
             (bool(self.data), "finetune needs --data (a built-in name, a CSV file or a folder)"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
@@ -74,8 +69,6 @@ class FinetuneConfig(TrainConfig):
             if not ok:
                 raise ResnetlabError(message)
         self.phases()
-        check_preprocessing_flags(self.mean, self.std, self.image_size)
-        weights_header(self.weights)  # a missing or damaged file fails before the run starts
 
     def phases(self) -> list[Phase]:
         """The strategy's phases over ``epochs`` (an error for impossible ``head_epochs``)."""
@@ -95,7 +88,7 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
 
 def _finetune(cfg: FinetuneConfig, run: RunDir) -> TrainResult:
     phases = cfg.phases()
-    cfg, bundle, model, report = load_for_weights(cfg, cfg.weights, cfg.mean, cfg.std)
+    cfg, bundle, model, report = load_for_weights(cfg)
     run.print(report.summary())
     if cfg.bn == "frozen":
         freeze_batchnorm(model)

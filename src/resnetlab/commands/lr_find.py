@@ -82,26 +82,28 @@ class LrFindResult:
 def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     """Run the range test for ``cfg``: a ``FinetuneConfig`` probes the first phase of its
     strategy (the swept lr is the head's, the backbone keeps its ratio), any other config
-    probes training ``cfg.model`` from scratch."""
+    probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch."""
     lr_range = lr_range or LrRange()
     cfg.validate()
     lr_range.validate()
-    source = Path(cfg.weights).stem if isinstance(cfg, FinetuneConfig) else cfg.model
+    source = Path(cfg.weights).stem if cfg.weights else cfg.model
     with RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data)) as run:
         return _lr_find(cfg, lr_range, run)
 
 
 def _lr_find(cfg: TrainConfig, lr_range: LrRange, run: RunDir) -> LrFindResult:
-    if isinstance(cfg, FinetuneConfig):
-        cfg, bundle, model, report = load_for_weights(cfg, cfg.weights, cfg.mean, cfg.std)
+    if cfg.weights:
+        cfg, bundle, model, report = load_for_weights(cfg)
         run.print(report.summary())
-        if cfg.bn == "frozen":
-            freeze_batchnorm(model)
-        phase, bn, stage_decay = cfg.phases()[0], cfg.bn, cfg.stage_decay
     else:
         bundle = load_bundle(cfg)
         torch.manual_seed(cfg.seed)
         model = build_for_data(cfg, bundle)
+    if isinstance(cfg, FinetuneConfig):
+        if cfg.bn == "frozen":
+            freeze_batchnorm(model)
+        phase, bn, stage_decay = cfg.phases()[0], cfg.bn, cfg.stage_decay
+    else:
         phase, bn, stage_decay = Phase("all", cfg.epochs, cfg.lr, cfg.lr), "train", 1.0
     trainer = Trainer(model, bundle, cfg, run, header={})
     with phase_mode(trainer.model, phase, bn):

@@ -12,22 +12,19 @@ from torch import nn
 from resnetlab.data import ImageOptions, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import default_cache_dir
-from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.optim import build_optimizer, build_scheduler
 from resnetlab.engine.precision import Precision
 from resnetlab.engine.rundir import RunDir, default_run_dir
-from resnetlab.engine.state_dicts import weights_header
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.weights import (
     LoadReport,
-    check_preprocessing_flags,
     load_pretrained,
     source_preprocessing,
 )
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model, get_model_spec
 
-AUTO_MODEL = "auto"  # --model auto: the architecture of the --weights file
 Config = TypeVar("Config", bound=TrainConfig)
 
 
@@ -90,27 +87,22 @@ def build_for_data(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
     )
 
 
-def load_for_weights(
-    cfg: Config,
-    weights: str,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
-    """Data and model for a run that starts from ``weights``, and ``cfg`` naming that model.
+def load_for_weights(cfg: Config) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
+    """Data and model for a run that starts from ``cfg.weights``, and ``cfg`` naming that model.
 
     The data is sized and normalised as the weights expect (``source_preprocessing``: the
     flags, else their resnetlab header, else the data's own statistics). The model is
     ``cfg.model`` (``auto``: the weights' header or inferred from their keys) with a seeded new
     head for the data's classes and a stem adapted to its channels, as the report says.
     """
-    preprocessing = source_preprocessing(weights, mean, std, cfg.image_size)
+    preprocessing = source_preprocessing(cfg.weights, cfg.mean, cfg.std, cfg.image_size)
     bundle = load_bundle(replace(cfg, image_size=preprocessing.input_size))
     stats = preprocessing.normalisation(bundle.input_shape[0])
     if stats is not None:
         bundle = replace(bundle, mean=stats[0], std=stats[1])
     torch.manual_seed(cfg.seed)
     model, report = load_pretrained(
-        weights,
+        cfg.weights,
         model_name=None if cfg.model == AUTO_MODEL else cfg.model,
         num_classes=num_outputs(cfg, bundle),
         in_chans=bundle.input_shape[0],
@@ -158,52 +150,32 @@ def describe_run(
     )
 
 
-def train(
-    cfg: TrainConfig,
-    weights: str | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-) -> TrainResult:
+def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; write checkpoints, metrics and figures to the run.
 
-    With ``weights`` the model starts from that file (see ``load_for_weights``; ``mean``/``std``
-    normalise the data as the weights expect), and the checkpoints record its name and sha256.
+    With ``cfg.weights`` the model starts from that file (see ``load_for_weights``), and the
+    checkpoints record its name and sha256.
     """
     cfg.validate()
-    if weights is None and (cfg.model == AUTO_MODEL or mean or std):
-        raise ResnetlabError(
-            f"--model {AUTO_MODEL}, --mean and --std describe --weights, which is not given"
-        )
     if cfg.model != AUTO_MODEL:
         get_model_spec(cfg.model)
-    if weights is not None:
-        check_preprocessing_flags(mean, std, cfg.image_size)
-        weights_header(weights)  # a missing or damaged file fails before the run starts
-    name = Path(weights).stem if cfg.model == AUTO_MODEL else cfg.model
+    name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
     with RunDir(cfg.out or default_run_dir(name, cfg.data)) as run:
-        return _train(cfg, run, weights, mean, std)
+        return _train(cfg, run)
 
 
-def _train(
-    cfg: TrainConfig,
-    run: RunDir,
-    weights: str | None,
-    mean: list[float] | None,
-    std: list[float] | None,
-) -> TrainResult:
-    if weights is None:
+def _train(cfg: TrainConfig, run: RunDir) -> TrainResult:
+    if cfg.weights:
+        cfg, bundle, model, report = load_for_weights(cfg)
+        run.print(report.summary())
+        source: dict[str, Any] = {"weights": report.provenance()}
+    else:
         bundle = load_bundle(cfg)
         torch.manual_seed(cfg.seed)
         model = build_for_data(cfg, bundle)
-        source: dict[str, Any] = {}
-    else:
-        cfg, bundle, model, report = load_for_weights(cfg, weights, mean, std)
-        run.print(report.summary())
-        source = {"weights": report.provenance()}
-    flags = {"weights": weights, "mean": mean, "std": std}
-    config = {**cfg.to_dict(), **{k: v for k, v in flags.items() if v is not None}}
+        source = {}
     header = {**checkpoint_header(cfg, bundle), **source}
-    return fit_in_run(cfg, run, bundle, model, header, config=config)
+    return fit_in_run(cfg, run, bundle, model, header)
 
 
 def fit_in_run(
@@ -213,13 +185,12 @@ def fit_in_run(
     model: nn.Module,
     header: dict[str, Any],
     *,
-    config: dict[str, Any] | None = None,
     title: str | None = None,
 ) -> TrainResult:
     """Train a built ``model`` on loaded ``bundle`` in ``run``: config.yaml, the run's
     description, ``cfg.epochs`` epochs with checkpoints, then the final evaluation."""
     trainer = Trainer(model, bundle, cfg, run, header)
-    run.write_config(config or cfg.to_dict())
+    run.write_config(cfg.to_dict())
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")
     run.print(f"data pipeline: {bundle.pipeline}")

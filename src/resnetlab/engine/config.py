@@ -14,6 +14,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PADDING_MODES = ("zeros", "reflect")
 AUTO_AUGMENTS = ("trivial", "randaugment")
 TTAS = ("flip",)
+AUTO_MODEL = "auto"  # --model auto: the architecture of the --weights file
 
 
 @dataclass
@@ -65,9 +66,22 @@ class TrainConfig:
     val_dir: str | None = None
     test_dir: str | None = None
     recipe: str | None = None
+    # starting weights, and the normalisation they were trained with if they carry none
+    weights: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid value."""
+        """Raise ResnetlabError naming the flag of the first invalid value, or the --weights
+        file if it is missing or damaged."""
+        self.check_flags()
+        if self.weights:
+            from resnetlab.engine.state_dicts import weights_header  # torch: keep --help fast
+
+            weights_header(self.weights)  # fails before a run folder is made
+
+    def check_flags(self) -> None:
+        """Raise ResnetlabError naming the flag of the first invalid value (reads no file)."""
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
@@ -97,7 +111,32 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ResnetlabError(message)
+        if self.weights:
+            check_preprocessing_flags(self.mean, self.std, self.image_size)
+        elif self.model == AUTO_MODEL or self.mean or self.std:
+            raise ResnetlabError(
+                f"--model {AUTO_MODEL}, --mean and --std describe --weights, which is not given"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as written to config.yaml and the checkpoint header."""
         return asdict(self)
+
+
+def check_preprocessing_flags(
+    mean: list[float] | None, std: list[float] | None, input_size: int | None = None
+) -> None:
+    """Raise a ResnetlabError naming the flag unless ``--mean``/``--std`` come together, one
+    positive std per mean, and ``--input-size`` is positive."""
+    if (mean is None) != (std is None):
+        raise ResnetlabError("--mean and --std go together: give both or neither")
+    if (
+        mean is not None
+        and std is not None
+        and (len(mean) != len(std) or not all(s > 0 for s in std))
+    ):
+        raise ResnetlabError(
+            f"--std must give one positive value per --mean value (got mean {mean}, std {std})"
+        )
+    if input_size is not None and input_size < 1:
+        raise ResnetlabError(f"--input-size must be a positive integer (got {input_size})")

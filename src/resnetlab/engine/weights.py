@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from resnetlab.engine.config import check_preprocessing_flags
 from resnetlab.engine.state_dicts import HEAD_PREFIX, infer_model, read_state_dict, weights_header
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
@@ -249,25 +250,6 @@ class Preprocessing:
                 f"--mean/--std give {len(self.mean)} values, but the data has {chans} channels"
             )
         return [sum(self.mean) / len(self.mean)] * chans, [sum(self.std) / len(self.std)] * chans
-
-
-def check_preprocessing_flags(
-    mean: list[float] | None, std: list[float] | None, input_size: int | None = None
-) -> None:
-    """Raise a ResnetlabError naming the flag unless ``--mean``/``--std`` come together, one
-    positive std per mean, and ``--input-size`` is positive."""
-    if (mean is None) != (std is None):
-        raise ResnetlabError("--mean and --std go together: give both or neither")
-    if (
-        mean is not None
-        and std is not None
-        and (len(mean) != len(std) or not all(s > 0 for s in std))
-    ):
-        raise ResnetlabError(
-            f"--std must give one positive value per --mean value (got mean {mean}, std {std})"
-        )
-    if input_size is not None and input_size < 1:
-        raise ResnetlabError(f"--input-size must be a positive integer (got {input_size})")
 
 
 def source_preprocessing(
