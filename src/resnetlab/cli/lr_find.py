@@ -8,7 +8,7 @@ from resnetlab.cli.finetune import add_finetune_flags
 from resnetlab.cli.train import add_training_flags, add_weights_flags, config_from_args
 from resnetlab.errors import ResnetlabError
 
-_NEED_WEIGHTS = ("strategy", "bn", "head_epochs", "backbone_lr_mult", "stage_decay", "mean", "std")
+_NEED_WEIGHTS = ("strategy", "bn", "head_epochs", "backbone_lr_mult", "stage_decay")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
