@@ -78,7 +78,7 @@ def data_wait_fraction(data: CachedImages, batch: int, steps: int) -> dict[str, 
     for step in range(steps + 2):
         start = time.perf_counter()
         idx = order[step * batch : (step + 1) * batch]
-        x = precision.batch(aug(data.images[idx], epoch=0, indices=idx))
+        x = precision.batch(aug(data.images[idx], idx))
         y = data.labels[idx]
         ready = time.perf_counter()
         with precision.autocast():

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from resnetlab.commands.finetune import FinetuneConfig, finetune
-from resnetlab.commands.train import TrainResult, train
+from resnetlab.commands.finetune import finetune
+from resnetlab.commands.train import train
 from resnetlab.data.decode import is_image_file
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune import STRATEGIES
+from resnetlab.engine.finetune import STRATEGIES, FinetuneConfig
 from resnetlab.engine.recipes import recipe_defaults
+from resnetlab.engine.training import TrainResult
 
 AUGMENT = {"crop_padding": 4, "flip": True}
 PRETRAIN_CLASSES = ("airplane", "automobile", "ship", "truck", "frog", "horse")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.commands.train import TrainResult, train
+from resnetlab.commands.train import train
 from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.training import TrainResult
 
 torch.set_num_threads(2)
 

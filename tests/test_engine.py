@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resnetlab.commands.train import TrainResult, train
+from resnetlab.commands.train import train
 from resnetlab.engine import checkpoint as ckpt
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.loop import class_logits, make_loss
 from resnetlab.engine.metrics import classification_report, confusion_matrix, topk_accuracy
 from resnetlab.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from resnetlab.engine.training import TrainResult
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 

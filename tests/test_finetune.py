@@ -18,13 +18,13 @@ from torch.utils.data import TensorDataset
 from torchvision.ops import FrozenBatchNorm2d
 
 from resnetlab.cli import main
-from resnetlab.commands.finetune import FinetuneConfig, finetune
-from resnetlab.commands.train import checkpoint_header
+from resnetlab.commands.finetune import finetune
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.checkpoint import model_from_checkpoint, read_header, save_checkpoint
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune import (
+    FinetuneConfig,
     Phase,
     fit_phases,
     freeze_batchnorm,
@@ -34,6 +34,7 @@ from resnetlab.engine.finetune import (
 )
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.trainer import Trainer
+from resnetlab.engine.training import checkpoint_header
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from resnetlab.commands.finetune import FinetuneConfig
 from resnetlab.commands.lr_find import LrRange, _suggest, lr_find
 from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.finetune import FinetuneConfig
+from resnetlab.models import create_model
 
 
 def test_suggestion_is_the_steepest_descent() -> None:
@@ -20,13 +22,24 @@ def test_suggestion_is_the_steepest_descent() -> None:
     assert min_over_10 == pytest.approx(0.1)
 
 
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, untrained resnet20 for 1-channel 10-class images, saved as foreign weights:
+    its loss starts high, so the range test sees a whole curve (a trained model's loss on its
+    own training data is near zero, and the sweep ends as soon as noise quadruples it)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "r20.pth"
+    torch.save(create_model("resnet20", num_classes=10, in_chans=1).state_dict(), path)
+    return path
+
+
 @pytest.mark.parametrize("fine_tuning", [False, True])
 def test_lr_find_plots_and_suggests(
-    fine_tuning: bool, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fine_tuning: bool, untrained_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shared = {"data": "digits", "batch_size": 32, "out": str(tmp_path / "lr"), "quiet": True}
     cfg = (
-        FinetuneConfig(weights=str(run_dir / "best.safetensors"), strategy="full", **shared)
+        FinetuneConfig(weights=str(untrained_weights), strategy="full", **shared)
         if fine_tuning
         else TrainConfig(model="resnet20", **shared)
     )

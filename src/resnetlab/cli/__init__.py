@@ -6,6 +6,8 @@ Each subcommand lives in its own module with ``register(subparsers)``; add new o
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -89,10 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except ResnetlabError as exc:
         print(f"resnetlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     return 0
+
+
+def _reader_went_away() -> int:
+    """The reader of stdout (e.g. ``| head``) closed it: stop quietly, as ``cat`` does. Later
+    output is sent to /dev/null, so that the interpreter's final flush cannot fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

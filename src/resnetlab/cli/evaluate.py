@@ -32,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="data source (default: the one the checkpoint was trained on; "
         "required with --weights)",
     )
-    p.add_argument("--split", default="test", help="test, val, train or all (default: test)")
+    p.add_argument(
+        "--split",
+        help="test, val, train or all (default: test on the training data, as the run split "
+        "it; all on any other --data)",
+    )
     p.add_argument(
         "--model",
         help="fail unless the checkpoint holds this model; with --weights: their architecture "
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     if "loaded" in report:
         print(report["loaded"])
     print(
-        f"{report['model']} on {report['samples']} {cfg.split} samples: "
+        f"{report['model']} on {report['samples']} {report['split']} samples: "
         f"accuracy {report['accuracy']:.2f}%"
         + (f", top-5 {report['top5']:.2f}%" if "top5" in report else "")
     )

@@ -65,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.finetune import FinetuneConfig, finetune
+    from resnetlab.commands.finetune import finetune
+    from resnetlab.engine.finetune import FinetuneConfig
 
     finetune(config_from_args(FinetuneConfig, args))

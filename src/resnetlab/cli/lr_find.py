@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.finetune import FinetuneConfig
     from resnetlab.commands.lr_find import LrRange, lr_find
     from resnetlab.engine.config import TrainConfig
+    from resnetlab.engine.finetune import FinetuneConfig
 
     if args.weights is None:
         given = [name for name in _NEED_WEIGHTS if getattr(args, name) is not None]

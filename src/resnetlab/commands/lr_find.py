@@ -21,18 +21,17 @@ import matplotlib
 import numpy as np
 import torch
 
-from resnetlab.commands.finetune import FinetuneConfig
-from resnetlab.commands.train import build_for_data, load_bundle, load_for_weights
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune import (
-    Phase,
+    FinetuneConfig,
     freeze_batchnorm,
-    make_optimizer,
     phase_mode,
     phase_param_groups,
 )
+from resnetlab.engine.optim import make_optimizer
 from resnetlab.engine.rundir import RunDir, default_run_dir
 from resnetlab.engine.trainer import Trainer
+from resnetlab.engine.training import check_run, single_phase, start_run
 from resnetlab.errors import ResnetlabError
 
 matplotlib.use("Agg")
@@ -84,7 +83,7 @@ def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     strategy (the swept lr is the head's, the backbone keeps its ratio), any other config
     probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch."""
     lr_range = lr_range or LrRange()
-    cfg.validate()
+    check_run(cfg)
     lr_range.validate()
     source = Path(cfg.weights).stem if cfg.weights else cfg.model
     with RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data)) as run:
@@ -92,20 +91,17 @@ def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
 
 
 def _lr_find(cfg: TrainConfig, lr_range: LrRange, run: RunDir) -> LrFindResult:
-    if cfg.weights:
-        cfg, bundle, model, report = load_for_weights(cfg)
-        run.print(report.summary())
-    else:
-        bundle = load_bundle(cfg)
-        torch.manual_seed(cfg.seed)
-        model = build_for_data(cfg, bundle)
+    start = start_run(cfg)
+    cfg, bundle = start.cfg, start.bundle
+    if start.report is not None:
+        run.print(start.report.summary())
     if isinstance(cfg, FinetuneConfig):
         if cfg.bn == "frozen":
-            freeze_batchnorm(model)
+            freeze_batchnorm(start.model)
         phase, bn, stage_decay = cfg.phases()[0], cfg.bn, cfg.stage_decay
     else:
-        phase, bn, stage_decay = Phase("all", cfg.epochs, cfg.lr, cfg.lr), "train", 1.0
-    trainer = Trainer(model, bundle, cfg, run, header={})
+        phase, bn, stage_decay = single_phase(cfg)[0], "train", 1.0
+    trainer = Trainer(start.model, bundle, cfg, run, header={})
     with phase_mode(trainer.model, phase, bn):
         groups = phase_param_groups(trainer.model, phase, stage_decay, cfg)
         ratios = [group["lr"] / phase.head_lr for group in groups]
@@ -137,7 +133,7 @@ def _sweep(
     losses: list[float] = []
     smoothed: list[float] = []
     average, beta = 0.0, 1 - 1 / max(2.0, SMOOTHING_WINDOW * lr_range.steps)
-    for step, (x, y) in zip(range(lr_range.steps), batches, strict=False):
+    for step, (x, y, _) in zip(range(lr_range.steps), batches, strict=False):
         lrs.append(lr_range.lr(step))
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lrs[-1] * ratio

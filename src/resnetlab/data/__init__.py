@@ -20,6 +20,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "DataBundle",
     "ImageOptions",
+    "data_kind",
     "load_data",
     "make_case_study_data",
     "read_csv_table",
@@ -48,7 +49,7 @@ def load_data(
     ``image_options`` sets caching, bad-file handling and extra split folders for image folders.
     """
     check_fractions(val_fraction, test_fraction)
-    kind = _source_kind(source)
+    kind = data_kind(source)
     is_csv = source not in BUILTIN_KINDS and kind == "tabular"
     if target is not None and not is_csv:
         raise ResnetlabError(f"--target applies to CSV files only, not to {source!r}")
@@ -73,7 +74,7 @@ def load_data(
     return bundle
 
 
-def _source_kind(source: str) -> str:
+def data_kind(source: str) -> str:
     """``image`` or ``tabular``; an error for a path that is missing or of no known kind."""
     if source in BUILTIN_KINDS:
         return BUILTIN_KINDS[source]

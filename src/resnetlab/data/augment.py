@@ -44,16 +44,16 @@ def _hash_bits(indices: torch.Tensor, seed: int) -> torch.Tensor:
 class BatchAugment:
     """Random crop (padding + shift), horizontal flip, normalisation and Cutout for a batch.
 
-    ``aug(x, epoch)`` takes uint8 (or [0, 1] float) images (N, C, H, W) and returns normalised
-    float32 images of the same shape. Order: crop with ``crop_padding`` pixels of zero (black)
-    or reflected padding, flip, normalise with ``mean``/``std``, then Cutout, which zeroes a
-    ``cutout x cutout`` square centred anywhere in the image (it may be clipped at the border)
-    after normalisation, i.e. fills it with the mean colour, as DeVries & Taylor 2017 did.
+    ``aug(x, indices, epoch)`` takes uint8 (or [0, 1] float) images (N, C, H, W) and returns
+    normalised float32 images of the same shape. Order: crop with ``crop_padding`` pixels of
+    zero (black) or reflected padding, flip, normalise with ``mean``/``std``, then Cutout,
+    which zeroes a ``cutout x cutout`` square centred anywhere in the image (it may be clipped
+    at the border) after normalisation, i.e. fills it with the mean colour, as DeVries &
+    Taylor 2017 did.
 
-    ``flip_alternate`` replaces the coin toss per image by alternation (Jordan 2024): given the
-    samples' dataset ``indices``, each image is flipped in every other epoch, starting from a
-    fixed pseudo-random half; without ``indices``, all images are flipped in odd epochs. It
-    implies ``flip``.
+    ``flip_alternate`` replaces the coin toss per image by alternation (Jordan 2024): each image
+    is flipped in every other epoch, starting from a pseudo-random choice fixed by its dataset
+    index (``indices``, required then) and the seed. It implies ``flip``.
     """
 
     def __init__(
@@ -82,9 +82,10 @@ class BatchAugment:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(
-        self, x: torch.Tensor, epoch: int = 0, indices: torch.Tensor | None = None
+        self, x: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0
     ) -> torch.Tensor:
-        """Augment and normalise a batch; ``indices`` are only used by ``flip_alternate``."""
+        """Augment and normalise a batch; the samples' dataset ``indices`` are only used by
+        ``flip_alternate``."""
         x = to_unit_float(x)
         if self.crop_padding:
             x = self._crop(x)
@@ -111,10 +112,9 @@ class BatchAugment:
         """Mirror the chosen images left-right."""
         n = x.shape[0]
         if self.flip_alternate:
-            start = torch.zeros(n, dtype=torch.long)
-            if indices is not None:
-                start = _hash_bits(indices, self.seed)
-            chosen = (start + epoch) % 2 == 1
+            if indices is None:
+                raise ValueError("flip_alternate needs the samples' dataset indices")
+            chosen = (_hash_bits(indices, self.seed) + epoch) % 2 == 1
         else:
             chosen = torch.rand(n, generator=self.generator) < 0.5
         return torch.where(chosen.to(x.device)[:, None, None, None], x.flip(3), x)

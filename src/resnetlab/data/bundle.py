@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -34,6 +35,7 @@ class DataBundle:
     std: list[float]
     feature_names: list[str] = field(default_factory=list)  # tabular only: column order
     pipeline: str = "in-memory tensors"  # how samples are produced, printed at the start of a run
+    split_record: dict[str, Any] | None = None  # image folders: see ``splits.record_split``
 
     @property
     def num_classes(self) -> int:

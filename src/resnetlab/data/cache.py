@@ -125,7 +125,7 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def _relative_paths(
+def relative_paths(
     root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]]
 ) -> list[str]:
     """Each file's path relative to ``root`` as a POSIX string (unchanged if it lies outside).
@@ -158,7 +158,7 @@ def cache_key(
 ) -> str:
     """sha256 over the sorted relative paths, sizes and mtimes (ns), channels, size and format."""
     paths = [os.fspath(f) for f in files]
-    return _digest(sorted(zip(_relative_paths(root, paths), paths, strict=True)), channels, size)
+    return _digest(sorted(zip(relative_paths(root, paths), paths, strict=True)), channels, size)
 
 
 def _warn_once(message: str) -> None:
@@ -229,7 +229,7 @@ def _build(
             f"decoded (first: {first}: {reason})"
         )
     mean, std = channel_stats(images)
-    bad_relative = _relative_paths(root, [path for path, _ in report.entries])
+    bad_relative = relative_paths(root, [path for path, _ in report.entries])
     bad = [[rel, reason] for rel, (_, reason) in zip(bad_relative, report.entries, strict=True)]
     metadata = {
         "format": str(CACHE_FORMAT),
@@ -256,7 +256,7 @@ def load_or_build(
     Raises ``ResnetlabError`` when no file decodes.
     """
     root = Path(root)
-    relative = _relative_paths(root, files)
+    relative = relative_paths(root, files)
     order = sorted(range(len(files)), key=relative.__getitem__)
     entries = [(relative[i], os.fspath(files[i])) for i in order]
     key = _digest(entries, channels, size)

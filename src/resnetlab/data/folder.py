@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -25,9 +26,10 @@ from resnetlab.data.cache import (
     default_cache_dir,
     fits_in_memory,
     load_or_build,
+    relative_paths,
 )
 from resnetlab.data.decode import IMAGE_EXTENSIONS, BadFileReport, is_image_file, try_decode
-from resnetlab.data.splits import split_indices, split_subsets
+from resnetlab.data.splits import record_split, restore_split, split_indices, split_subsets
 from resnetlab.data.stats import dataset_mean_std
 from resnetlab.data.streaming import ImageFileDataset, eval_transforms, train_transforms
 from resnetlab.errors import ResnetlabError
@@ -72,6 +74,7 @@ class ImageOptions:
     strict: bool = False
     val_dir: str | None = None
     test_dir: str | None = None
+    split_record: dict[str, Any] | None = None  # a checkpoint's split (``record_split``)
     augment: bool = False  # streaming train split: RandomResizedCrop + flip
     auto_augment: str | None = None
     random_erasing: float = 0.0
@@ -121,13 +124,17 @@ def load_image_folder(
             bad.raise_if_strict()
         bad.warn_each(sys.stderr)
         print(f"resnetlab: warning: {bad.summary()}", file=sys.stderr)
-    split = split_indices(
-        datasets["train"].labels,
-        val_fraction=0.0 if "val" in given else val_fraction,
-        test_fraction=0.0 if "test" in given else test_fraction,
-        seed=seed,
-        class_names=classes,
-    )
+    names = relative_paths(folders["train"], datasets["train"].files)
+    if options.split_record is not None:
+        split = restore_split(options.split_record, names, str(folders["train"]))
+    else:
+        split = split_indices(
+            datasets["train"].labels,
+            val_fraction=0.0 if "val" in given else val_fraction,
+            test_fraction=0.0 if "test" in given else test_fraction,
+            seed=seed,
+            class_names=classes,
+        )
     train, val, test = split_subsets(datasets["train"], split)
     if "eval" in datasets:  # streaming: held-out parts of train/ read without augmentation
         _, val, test = split_subsets(datasets["eval"], split)
@@ -137,12 +144,17 @@ def load_image_folder(
     name = root.resolve().name
     return DataBundle(
         name, "image", classes, (channels, size, size), train, val, test, mean, std,
-        pipeline=pipeline,
+        pipeline=pipeline, split_record=record_split(names, split),
     )  # fmt: skip
 
 
 class LabelledImages(TensorDataset):
-    """Decoded uint8 images (N, C, H, W) with int64 labels, and ``labels`` for splitting."""
+    """Decoded uint8 images (N, C, H, W) with int64 labels, ``labels`` for splitting and the
+    ``files`` they were decoded from."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, files: list[Path]) -> None:
+        super().__init__(images, labels)
+        self.files = files
 
     @property
     def labels(self) -> list[int]:
@@ -168,7 +180,7 @@ def _cached(
             channels, size, cache_dir=options.cache_dir, workers=options.workers,
         )  # fmt: skip
         seconds = time.perf_counter() - start
-        datasets[split] = LabelledImages(cached.images, cached.labels)
+        datasets[split] = LabelledImages(cached.images, cached.labels, cached.files)
         bad.entries.extend(cached.bad.entries)
         rate = len(cached.labels) / max(seconds, 1e-9)
         notes.append(f"{split} {len(cached.labels):,} images in {seconds:.1f} s ({rate:,.0f}/s)")

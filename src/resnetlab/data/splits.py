@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -103,3 +107,65 @@ def _unstratifiable_reason(y: np.ndarray, size: int, names: Sequence[str]) -> st
     if counts.min() < 2:
         return f"class {names[values[counts.argmin()]]!r} has only 1 sample"
     return f"{len(values)} classes do not fit into {min(size, len(y) - size)} samples"
+
+
+def record_split(names: Sequence[str], split: SplitIndices) -> dict[str, Any]:
+    """The split of a sample list as a checkpoint records it: the held-out indices into
+    ``names`` (the folder's sorted file list), a sha256 of that list, and an 8-byte id per
+    name, so that a folder changed since training can still be matched file by file."""
+    return {
+        "files": len(names),
+        "sha256": _list_digest(names),
+        "ids": pack_ints(_name_ids(names)),
+        "val": None if split.val is None else pack_ints(split.val.astype(np.int64)),
+        "test": None if split.test is None else pack_ints(split.test.astype(np.int64)),
+    }
+
+
+def restore_split(record: dict[str, Any], names: Sequence[str], source: str) -> SplitIndices:
+    """The recorded split (``record_split``) applied to today's ``names``. If the list has
+    changed, held-out files are found again by their ids, files that are gone are dropped,
+    new files count as training data, and a warning says how many were added and removed."""
+    held_out = {key: unpack_ints(record[key], np.int64) for key in ("val", "test") if record[key]}
+    if record["sha256"] != _list_digest(names):
+        old_ids, new_ids = unpack_ints(record["ids"], np.uint64), _name_ids(names)
+        position = {int(name_id): i for i, name_id in enumerate(new_ids)}
+        held_out = {
+            key: np.array(
+                [position[i] for i in map(int, old_ids[idx]) if i in position], dtype=np.int64
+            )
+            for key, idx in held_out.items()
+        }
+        added = len(set(position) - set(map(int, old_ids)))
+        removed = len(set(map(int, old_ids)) - set(position))
+        warnings.warn(
+            f"{source}: the folder has changed since training ({added} files added, "
+            f"{removed} removed); the recorded split is kept for the files that remain",
+            stacklevel=2,
+        )
+    taken = np.concatenate([np.empty(0, dtype=np.int64), *held_out.values()])
+    train = np.setdiff1d(np.arange(len(names), dtype=np.int64), taken)
+    return SplitIndices(
+        train, *(np.sort(held_out[key]) if key in held_out else None for key in ("val", "test"))
+    )
+
+
+def _list_digest(names: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def _name_ids(names: Sequence[str]) -> np.ndarray:
+    """An 8-byte blake2b id per name."""
+    digests = b"".join(hashlib.blake2b(n.encode(), digest_size=8).digest() for n in names)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def pack_ints(values: np.ndarray) -> str:
+    """An integer array as compressed little-endian bytes in base64 (compact in JSON)."""
+    raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
+    return base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+
+
+def unpack_ints(text: str, dtype: type[np.integer]) -> np.ndarray:
+    raw = zlib.decompress(base64.b64decode(text))
+    return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)

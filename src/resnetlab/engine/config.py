@@ -105,6 +105,10 @@ class TrainConfig:
             ),
             (0 <= self.random_erasing <= 1, "--random-erasing must be a probability in [0, 1]"),
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix alphas must be >= 0"),
+            (
+                self.loss == "ce" or not (self.mixup or self.cutmix),
+                "--mixup/--cutmix need --loss ce (they make soft class targets)",
+            ),
             (self.tta in (None, *TTAS), "--tta must be flip"),
             (self.cache_mem is None or self.cache_mem > 0, "--cache-mem must be positive (GiB)"),
         ]

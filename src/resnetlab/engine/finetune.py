@@ -26,17 +26,18 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.optim import build_scheduler, parameter_groups
+from resnetlab.engine.config import AUTO_MODEL, TrainConfig
+from resnetlab.engine.optim import build_scheduler, make_optimizer, parameter_groups
 from resnetlab.engine.state_dicts import HEAD_PREFIX
-from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
+
+if TYPE_CHECKING:
+    from resnetlab.engine.trainer import Trainer
 
 STRATEGIES = ("gradual", "lp-ft", "full", "linear-probe")
 BN_POLICIES = ("train", "freeze-stats", "frozen")
@@ -88,6 +89,58 @@ def plan_phases(
     else:
         tuned = Phase("all", epochs - head_epochs, lr * backbone_lr_mult, lr * backbone_lr_mult)
     return [Phase("head", head_epochs, lr, None), tuned]
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """A training run that starts from ``weights``. The defaults suit a small dataset: the
+    ``gradual`` strategy (fastai's ``fine_tune``) over 20 epochs, AdamW with fastai's base lr
+    2e-3, the backbone at half the head's lr (see ``resnetlab.engine.finetune``); on the
+    CIFAR-10 transfer benchmark (``benchmarks/finetune_transfer.py``) these beat the lower
+    backbone lrs usual for ImageNet weights, since a small net's features must move more."""
+
+    data: str = ""
+    model: str = AUTO_MODEL  # the weights' architecture: header, else inferred from the keys
+    strategy: str = "gradual"
+    bn: str = "train"
+    head_epochs: int | None = None  # gradual: 1, lp-ft: half of epochs
+    backbone_lr_mult: float = 0.5
+    stage_decay: float = 1.0  # lr factor per stage towards the stem (1: none)
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+
+    def check_flags(self) -> None:
+        """Raise ResnetlabError naming the flag of the first invalid value (reads no file)."""
+        if not self.weights:
+            raise ResnetlabError("finetune needs --weights FILE")
+        super().check_flags()
+        checks = [
+            (bool(self.data), "finetune needs --data (a built-in name, a CSV file or a folder)"),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
+            (
+                self.backbone_lr_mult > 0,
+                f"--backbone-lr-mult must be positive (got {self.backbone_lr_mult}; "
+                "--strategy linear-probe freezes the backbone)",
+            ),
+            (
+                0 < self.stage_decay <= 1,
+                f"--stage-decay must be in (0, 1] (got {self.stage_decay})",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ResnetlabError(message)
+        self.phases()
+
+    def phases(self) -> list[Phase]:
+        """The strategy's phases over ``epochs`` (an error for impossible ``head_epochs``)."""
+        return plan_phases(
+            self.strategy, self.epochs, self.lr, self.backbone_lr_mult, self.head_epochs
+        )
 
 
 def freeze_batchnorm(model: nn.Module) -> nn.Module:
@@ -146,13 +199,6 @@ def phase_param_groups(
     return groups
 
 
-def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over ``groups``, each with its own lr."""
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups)
-    return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov)
-
-
 def _stay_in_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     """Forward pre-hook: run ``module`` in eval mode whatever ``model.train()`` set."""
     module.training = False
@@ -201,13 +247,22 @@ def describe_phase(
     )
 
 
-def fit_phases(trainer: Trainer, phases: list[Phase], bn_policy: str, stage_decay: float) -> None:
-    """Run each phase as one ``trainer.fit`` with its own optimiser and lr schedule."""
+def fit_phases(
+    trainer: Trainer,
+    phases: list[Phase],
+    bn_policy: str = "train",
+    stage_decay: float = 1.0,
+    *,
+    announce: bool = True,
+) -> None:
+    """Run each phase as one ``trainer.fit`` with its own optimiser and lr schedule
+    (``announce``: print a line describing each phase first)."""
     for index, phase in enumerate(phases, start=1):
         with phase_mode(trainer.model, phase, bn_policy):
             groups = phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg)
-            first_epoch = len(trainer.history) + 1
-            trainer.run.print(describe_phase(index, len(phases), first_epoch, phase, groups))
+            if announce:
+                first_epoch = len(trainer.history) + 1
+                trainer.run.print(describe_phase(index, len(phases), first_epoch, phase, groups))
             optimizer = make_optimizer(groups, trainer.cfg)
             total = trainer.total_steps(phase.epochs)
             scheduler = build_scheduler(optimizer, trainer.cfg, total, trainer.steps_per_epoch)

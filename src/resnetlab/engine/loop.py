@@ -15,30 +15,54 @@ from tqdm import tqdm
 from resnetlab.engine.metrics import classification_report
 from resnetlab.engine.precision import Precision
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, sample indices
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, indices) -> inputs
 Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TensorBatches:
-    """Batches straight from in-memory tensors: no per-sample Python calls."""
+    """Batches straight from in-memory tensors: no per-sample Python calls. Each batch is
+    ``(x, y, indices)``, the indices being the samples' positions in the dataset."""
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
     ) -> None:
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.y)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+            yield self.x[idx], self.y[idx], idx
+
+
+class Indexed(Dataset):
+    """``(x, y, index)`` for each ``(x, y)`` of ``dataset``, so that batches carry the
+    positions of their samples."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x, y = self.dataset[index]
+        return x, y, index
 
 
 def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -59,16 +83,25 @@ def is_in_memory(dataset: Dataset) -> bool:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    drop_last: bool = False,
 ) -> TensorBatches | DataLoader:
-    """A seeded batch iterator: a fast tensor path for in-memory data, else a DataLoader."""
+    """A seeded iterator of ``(x, y, indices)`` batches: a fast tensor path for in-memory data,
+    else a DataLoader. Training drops an incomplete last batch (``drop_last``), so that every
+    step sees a full batch (a batch of one breaks BatchNorm); evaluation keeps every sample."""
     tensors = _as_tensors(dataset)
     if tensors is not None:
-        return TensorBatches(*tensors, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return TensorBatches(*tensors, batch_size, shuffle, seed, drop_last)
     return DataLoader(
-        dataset,
+        Indexed(dataset),
         batch_size=batch_size,
         shuffle=shuffle,
+        drop_last=drop_last,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
@@ -84,8 +117,9 @@ class Normalizer:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(view)
         self.std = torch.tensor(std, dtype=torch.float32).view(view)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - mean) / std`` in float32; uint8 images are first scaled to [0, 1]."""
+    def __call__(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """``(x - mean) / std`` in float32; uint8 images are first scaled to [0, 1]. The
+        samples' ``indices`` are not needed (``Transform``'s signature)."""
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
@@ -145,19 +179,20 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over ``loader`` (or ``max_steps`` optimiser steps, whichever ends first).
 
-    ``transform`` turns a raw batch on the device into model input (normalisation, and batch
-    augmentation); ``mix`` (MixUp/CutMix) then mixes images and turns labels into soft targets.
+    ``transform`` turns a raw batch on the device and its samples' indices into model input
+    (normalisation, and batch augmentation); ``mix`` (MixUp/CutMix) then mixes images and turns
+    labels into soft targets.
     """
     model.train()
     total_loss = torch.zeros(())
     correct = samples = steps = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=progress, leave=False, disable=progress is None, unit="batch")
-    for x, y in bar:
+    for x, y, indices in bar:
         if max_steps is not None and steps >= max_steps:
             break
         x, y = x.to(precision.device, non_blocking=True), y.to(precision.device, non_blocking=True)
-        x = transform(x)
+        x = transform(x, indices)
         if mix is not None:
             x, y = mix(x, y)
         x = precision.batch(x)
@@ -200,7 +235,7 @@ def predict(
     """
     model.eval()
     logits, targets, total_loss = [], [], 0.0
-    for x, y in loader:
+    for x, y, _ in loader:
         x = precision.batch(normalize(x.to(precision.device, non_blocking=True)))
         with precision.autocast():
             output = model(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,12 +27,17 @@ def parameter_groups(
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over ``model``'s trainable parameters."""
-    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over ``groups``, at ``cfg.lr`` unless a
+    group sets its own lr."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over ``model``'s trainable parameters."""
+    return make_optimizer(parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), cfg)
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:

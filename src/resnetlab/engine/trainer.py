@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -28,7 +29,6 @@ from resnetlab.engine.metrics import topk_accuracy
 from resnetlab.engine.plots import plot_confusion, plot_curves
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.engine.rundir import RunDir, progress_enabled
-from resnetlab.errors import ResnetlabError
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -72,14 +72,11 @@ class Trainer:
         self.normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
         self.augment = batch_augment(cfg, bundle)
         self.mix = mixup_cutmix(bundle.num_classes, cfg.mixup, cfg.cutmix)
-        if self.mix is not None and cfg.loss == "bce":
-            raise ResnetlabError("--mixup/--cutmix need --loss ce (they make soft class targets)")
-        if cfg.tta is not None and bundle.kind != "image":
-            raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {bundle.kind} data")
         self.loss_fn = make_loss(cfg.loss, cfg.label_smoothing)
         self.train_loader = make_loader(
-            bundle.train, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers
-        )
+            bundle.train, self._train_batch_size(), shuffle=True, seed=cfg.seed,
+            workers=cfg.workers, drop_last=True,
+        )  # fmt: skip
         self.val_loader = None
         if bundle.val is not None:
             self.val_loader = make_loader(
@@ -91,6 +88,19 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_epoch, self.steps_done = float("-inf"), 0, 0
         self.start = time.perf_counter()
+
+    def _train_batch_size(self) -> int:
+        """``--batch-size``, or the whole training split where that is smaller (with a warning):
+        training drops an incomplete last batch, and would otherwise have no step at all."""
+        samples = len(self.bundle.train)
+        if self.cfg.batch_size <= samples:
+            return self.cfg.batch_size
+        warnings.warn(
+            f"--batch-size {self.cfg.batch_size} is larger than the training split of "
+            f"--data {self.cfg.data} ({samples} samples); training with batches of {samples}",
+            stacklevel=2,
+        )
+        return samples
 
     @property
     def steps_per_epoch(self) -> int:

@@ -11,15 +11,17 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.commands.train import (
-    TrainResult,
-    build_for_data,
-    checkpoint_header,
-    fit_in_run,
-)
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.training import (
+    Start,
+    TrainResult,
+    build_for_data,
+    checkpoint_header,
+    single_phase,
+    train_in_run,
+)
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import get_model_spec
 
@@ -50,8 +52,8 @@ def train_on_bundle(cfg: TrainConfig, bundle: DataBundle, title: str) -> TrainRe
     cfg.validate()
     with RunDir(cfg.out) as run:
         torch.manual_seed(cfg.seed)
-        model = build_for_data(cfg, bundle)
-        return fit_in_run(cfg, run, bundle, model, checkpoint_header(cfg, bundle), title=title)
+        start = Start(cfg, bundle, build_for_data(cfg, bundle), checkpoint_header(cfg, bundle))
+        return train_in_run(start, run, single_phase(cfg), title=title)
 
 
 def network_params(cfg: TrainConfig, bundle: DataBundle) -> int:

@@ -103,7 +103,7 @@ def _run(cfg: GradientConfig, log: RunDir) -> GradientResult:
         raise ResnetlabError(f"--data {cfg.data}: the gradient experiment needs images")
     precision = resolve_precision("fp32", resolve_device(cfg.device), bundle.kind)
     normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
-    x, y = next(iter(make_loader(bundle.train, cfg.batch_size, shuffle=True, seed=cfg.seed)))
+    x, y, _ = next(iter(make_loader(bundle.train, cfg.batch_size, shuffle=True, seed=cfg.seed)))
     batch = (normalize(precision.batch(x)), y.to(precision.device))
     names = cfg.network_names
     log.print(
