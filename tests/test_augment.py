@@ -41,7 +41,7 @@ def test_normalize_batch() -> None:
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
 def test_crop_is_a_shifted_window_of_the_padded_image(padding_mode: str) -> None:
     x = random_images()
-    out = BatchAugment(**IDENTITY, padding_mode=padding_mode, flip=False)(x)
+    out = BatchAugment(**IDENTITY, padding_mode=padding_mode, flip=False)(x, ids(x))
     assert out.shape == x.shape and out.dtype == torch.float32
     padded = F.pad(
         x.float() / 255, (4,) * 4, mode="constant" if padding_mode == "zeros" else "reflect"
@@ -59,23 +59,28 @@ def test_crop_is_a_shifted_window_of_the_padded_image(padding_mode: str) -> None
     assert len(shifts) > 8  # the shifts vary from image to image
 
 
+def ids(x: torch.Tensor) -> torch.Tensor:
+    """Dataset indices for a batch that holds samples 0..N-1."""
+    return torch.arange(len(x))
+
+
 def test_zero_padding_is_black_before_normalisation() -> None:
     white = torch.full((64, 3, 8, 8), 255, dtype=torch.uint8)
-    out = BatchAugment(**IDENTITY, flip=False)(white)
+    out = BatchAugment(**IDENTITY, flip=False)(white, ids(white))
     assert set(out.unique().tolist()) == {0.0, 1.0}
     shifted = (out == 0).flatten(1).any(1)
     assert 40 < shifted.sum() < 64  # only the centred window (1 in 81) has no padding
     padded_corner = out[:, 0, 0, 0] == 0
     assert padded_corner.any()
     # the same seed draws the same shifts: padded pixels normalise to -mean / std
-    normalised = BatchAugment([0.5, 0.4, 0.3], [0.2, 0.2, 0.2], flip=False)(white)
+    normalised = BatchAugment([0.5, 0.4, 0.3], [0.2, 0.2, 0.2], flip=False)(white, ids(white))
     corners = normalised[padded_corner][:, :, 0, 0]
     assert torch.allclose(corners, torch.tensor([-2.5, -2.0, -1.5]).expand_as(corners))
 
 
 def test_flip_mirrors_about_half_of_the_images() -> None:
     x = random_images(64)
-    out = BatchAugment(**IDENTITY, crop_padding=0)(x)
+    out = BatchAugment(**IDENTITY, crop_padding=0)(x, ids(x))
     source = x.float() / 255
     flipped = [torch.equal(o, s.flip(-1)) for o, s in zip(out, source, strict=True)]
     kept = [torch.equal(o, s) for o, s in zip(out, source, strict=True)]
@@ -87,8 +92,6 @@ def test_alternating_flip() -> None:
     x = random_images(64)
     source = x.float() / 255
     aug = BatchAugment(**IDENTITY, crop_padding=0, flip_alternate=True)
-    with pytest.raises(ValueError, match="indices"):
-        aug(x, epoch=1)  # without indices it could only flip whole epochs
     indices = torch.arange(1000, 1064)
     even, odd = aug(x, epoch=2, indices=indices), aug(x, epoch=3, indices=indices)
     flips = [torch.equal(e, s.flip(-1)) for e, s in zip(even, source, strict=True)]
@@ -101,7 +104,7 @@ def test_alternating_flip() -> None:
 
 def test_cutout_zeroes_a_square() -> None:
     ones = torch.ones(32, 3, 16, 16)
-    out = BatchAugment(**IDENTITY, crop_padding=0, flip=False, cutout=6)(ones)
+    out = BatchAugment(**IDENTITY, crop_padding=0, flip=False, cutout=6)(ones, ids(ones))
     full_squares = 0
     for image in out:
         zero = image == 0
@@ -119,8 +122,20 @@ def test_seed_makes_augmentation_reproducible() -> None:
     options = {**IDENTITY, "cutout": 3}
     first = BatchAugment(**options, seed=1)
     second = BatchAugment(**options, seed=1)
-    assert torch.equal(first(x), second(x)) and torch.equal(first(x), second(x))
-    assert not torch.equal(BatchAugment(**options, seed=1)(x), BatchAugment(**options, seed=2)(x))
+    assert torch.equal(first(x, ids(x)), second(x, ids(x)))
+    assert not torch.equal(
+        BatchAugment(**options, seed=1)(x, ids(x)), BatchAugment(**options, seed=2)(x, ids(x))
+    )
+
+
+def test_each_samples_draws_depend_on_its_index_and_epoch_only() -> None:
+    x = random_images(48)
+    aug = BatchAugment(**IDENTITY, cutout=3, seed=5)
+    whole = aug(x, torch.arange(48), epoch=3)
+    order = torch.randperm(48)
+    parts = [aug(x[chunk], chunk, epoch=3) for chunk in order.split(16)]
+    assert torch.equal(torch.cat(parts), whole[order])  # same numbers in any batch
+    assert not torch.equal(aug(x, torch.arange(48), epoch=4), whole)
 
 
 def test_bad_options_are_rejected() -> None:

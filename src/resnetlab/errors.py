@@ -6,3 +6,12 @@ class ResnetlabError(Exception):
 
     The message must be one line and name the file, flag or key at fault.
     """
+
+
+class RunStopped(ResnetlabError):
+    """A run stopped by SIGINT or SIGTERM after saving its state; the CLI exits with
+    ``exit_code`` (128 + the signal's number: 130 or 143)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -18,7 +18,7 @@ import yaml
 
 from resnetlab.cli import evaluate, experiment, finetune, lr_find, models, predict, train
 from resnetlab.engine.recipes import recipe_defaults
-from resnetlab.errors import ResnetlabError
+from resnetlab.errors import ResnetlabError, RunStopped
 
 COMMANDS = (train, finetune, lr_find, evaluate, predict, models, experiment)
 
@@ -47,6 +47,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
     values = _read_config(args) if args.config else {}
+    if getattr(args, "resume", None):
+        values = {**_resumed_run_values(args.resume), **values}
     recipe = values.get("recipe") or getattr(args, "recipe", None)
     if recipe:
         values = {**recipe_defaults(recipe), **values}
@@ -69,14 +71,28 @@ def _read_config(args: argparse.Namespace) -> dict[str, Any]:
         ) from None
     if not isinstance(values, dict):
         raise ResnetlabError(f"--config '{path}': expected a mapping of flag names to values")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    if isinstance(values.get("model_options"), dict):
-        values["model_options"] = list(values["model_options"].items())
+    values = _as_flag_values({str(k).replace("-", "_"): v for k, v in values.items()})
     unknown = sorted(set(values) - set(vars(args)) - {"command", "func", "config"})
     if unknown:
         raise ResnetlabError(
             f"--config '{path}': unknown key(s) for `{args.command}`: {', '.join(unknown)}"
         )
+    return values
+
+
+def _resumed_run_values(run_dir: str) -> dict[str, Any]:
+    """The settings of the run to resume, as flag defaults (flags given override them, and
+    the engine refuses any that would change what the run learns)."""
+    from resnetlab.engine.training import resume_config  # torch: only when resuming
+
+    return _as_flag_values(resume_config(run_dir).to_dict())
+
+
+def _as_flag_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values as argparse defaults: ``model_options`` as the (key, value) pairs that
+    ``--model-option`` appends."""
+    if isinstance(values.get("model_options"), dict):
+        values = {**values, "model_options": list(values["model_options"].items())}
     return values
 
 
@@ -92,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parse(sys.argv[1:] if argv is None else argv)
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except RunStopped as stop:
+        print(f"resnetlab: {stop}", file=sys.stderr)
+        return stop.exit_code
     except ResnetlabError as exc:
         print(f"resnetlab: error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from resnetlab.cli.train import add_training_flags, add_weights_flags, config_from_args
+from resnetlab.cli.train import (
+    add_long_run_flags,
+    add_training_flags,
+    add_weights_flags,
+    config_from_args,
+)
 
 
 def add_finetune_flags(p: argparse.ArgumentParser) -> None:
@@ -60,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_flags(p)
     add_finetune_flags(p)
     add_training_flags(p, None)
+    add_long_run_flags(p, None)
     p.set_defaults(func=run)
 
 

@@ -11,6 +11,7 @@ from resnetlab.cli.common import add_runtime_flags, parse_option
 from resnetlab.engine.config import (
     AUTO_AUGMENTS,
     LOSSES,
+    ON_NAN,
     OPTIMIZERS,
     PADDING_MODES,
     SCHEDULES,
@@ -26,10 +27,7 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
     """A flag per ``TrainConfig`` field but ``--model`` (each command says what its default
     means), defaulting to ``d``'s values (``d`` None: flags not given stay None, and
     ``config_from_args`` leaves those fields at their class default)."""
-
-    def default(name: str) -> Any:
-        return None if d is None else getattr(d, name)
-
+    default = _defaults(d)
     p.add_argument(
         "--data",
         default=default("data"),
@@ -155,7 +153,7 @@ def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -
         type=float,
         default=default("cache_mem"),
         metavar="GIB",
-        help="largest decoded dataset kept in memory (default: 1/4 of RAM, <= 4)",
+        help="largest decoded dataset kept in memory (default: 1/4 of RAM, <= 4; 0: stream)",
     )
     g.add_argument(
         "--strict",
@@ -165,6 +163,64 @@ def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -
     )
     g.add_argument("--val-dir", default=default("val_dir"), help="a separate validation folder")
     g.add_argument("--test-dir", default=default("test_dir"), help="a separate test folder")
+
+
+def _defaults(d: TrainConfig | None) -> Callable[[str], Any]:
+    """A flag's default: the field of ``d``, or None for every flag when ``d`` is None."""
+    return lambda name: None if d is None else getattr(d, name)
+
+
+def add_long_run_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> None:
+    """Resuming, saving the training state, non-finite losses, clipping and TensorBoard."""
+    default = _defaults(d)
+    g = p.add_argument_group("long runs: resume, stops, non-finite losses")
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in this folder from its training state (state.pt), with its "
+        "settings; on the CPU it ends bit-identical to a run that never stopped",
+    )
+    g.add_argument(
+        "--save-every",
+        type=int,
+        metavar="N",
+        default=default("save_every"),
+        help="also save the training state every N steps (it is always saved each epoch)",
+    )
+    g.add_argument(
+        "--save-every-minutes",
+        type=float,
+        metavar="M",
+        default=default("save_every_minutes"),
+        help="also save the training state every M minutes",
+    )
+    g.add_argument(
+        "--on-nan",
+        choices=ON_NAN,
+        default=default("on_nan"),
+        help="a non-finite loss stops the run, keeping the last good state (default), or its "
+        "step is skipped",
+    )
+    g.add_argument(
+        "--max-nan-steps",
+        type=int,
+        metavar="N",
+        default=default("max_nan_steps"),
+        help="--on-nan skip: stop after N skipped steps (default: 10)",
+    )
+    g.add_argument(
+        "--clip-grad",
+        type=float,
+        metavar="NORM",
+        default=default("clip_grad"),
+        help="clip gradients to this global norm; metrics.jsonl gets their mean norm",
+    )
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=default("tensorboard"),
+        help="write each epoch's scalars to RUN_DIR/tensorboard (needs the tensorboard package)",
+    )
 
 
 def add_weights_flags(p: argparse.ArgumentParser) -> None:
@@ -205,6 +261,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model name (default: resnet20; with --weights: the weights' own architecture)",
     )
     add_training_flags(p, TrainConfig())
+    add_long_run_flags(p, TrainConfig())
     add_weights_flags(p)
     p.set_defaults(func=run)
 

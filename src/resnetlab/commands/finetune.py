@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from resnetlab.engine.finetune import FinetuneConfig, freeze_batchnorm
+from resnetlab.engine.finetune import FinetuneConfig, check_resumed_phases, freeze_batchnorm
 from resnetlab.engine.rundir import RunDir, default_run_dir
 from resnetlab.engine.training import TrainResult, check_run, start_run, train_in_run
 
@@ -16,10 +16,12 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     check_run(cfg)
     phases = cfg.phases()
     name = f"finetune-{Path(cfg.weights).stem}"
-    with RunDir(cfg.out or default_run_dir(name, cfg.data)) as run:
+    with RunDir(cfg.resume or cfg.out or default_run_dir(name, cfg.data)) as run:
         start = start_run(cfg)
         if cfg.bn == "frozen":
             freeze_batchnorm(start.model)
+        if start.resume is not None:
+            check_resumed_phases(start.header["finetune"]["phases"], phases, start.resume["phase"])
         start.header["finetune"] = {
             "strategy": cfg.strategy,
             "bn": cfg.bn,

@@ -3,9 +3,9 @@
 Batches come straight from the decode-once cache as uint8 (N, C, H, W). ``BatchAugment`` turns
 them into normalised float tensors with the CIFAR recipe of He et al. 2015 (sec. 4.2: pad 4
 pixels, take a random 32x32 crop, flip horizontally at random), optionally the derandomised
-"alternating flip" of Jordan 2024 (arXiv:2404.00498) and Cutout (DeVries & Taylor 2017). All
-random numbers come from the object's own CPU generator, so a run is reproducible from its seed
-on any device.
+"alternating flip" of Jordan 2024 (arXiv:2404.00498) and Cutout (DeVries & Taylor 2017). Every
+random number is a function of (seed, epoch, sample index) (``data.seeds``): a run is
+reproducible from its seed on any device, and resumes exactly at any step.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from resnetlab.data.seeds import derive_seed, sample_hash
 
 _PADDING_MODES = {"zeros": "constant", "reflect": "reflect"}
 
@@ -33,12 +35,24 @@ def normalize_batch(
     return (x - mean) / std
 
 
-def _hash_bits(indices: torch.Tensor, seed: int) -> torch.Tensor:
-    """One pseudo-random bit per sample index, fixed for a seed (a 32-bit integer hash)."""
-    h = (indices.long().cpu() ^ seed) & 0xFFFFFFFF
-    for _ in range(2):
-        h = (((h >> 16) ^ h) * 0x45D9F3B) & 0xFFFFFFFF
-    return ((h >> 16) ^ h) & 1
+_CROP_ROW, _CROP_COL, _FLIP, _FLIP_START, _CUTOUT_ROW, _CUTOUT_COL = range(6)  # streams
+
+
+class _Draws:
+    """Random integers for the samples of one batch, each a function of (seed, epoch, sample
+    index, stream): the same sample gets the same numbers in any batch, on any resume."""
+
+    def __init__(self, indices: torch.Tensor, seed: int, epoch: int, device: torch.device):
+        self.indices, self.seed, self.epoch, self.device = indices, seed, epoch, device
+
+    def ints(self, stream: int, high: int) -> torch.Tensor:
+        """One integer in ``[0, high)`` per sample, for this epoch."""
+        hashed = sample_hash(self.indices, derive_seed(self.seed, self.epoch, stream))
+        return (hashed % high).to(self.device)
+
+    def fixed_ints(self, stream: int, high: int) -> torch.Tensor:
+        """One integer in ``[0, high)`` per sample, the same in every epoch."""
+        return (sample_hash(self.indices, derive_seed(self.seed, stream)) % high).to(self.device)
 
 
 class BatchAugment:
@@ -53,7 +67,7 @@ class BatchAugment:
 
     ``flip_alternate`` replaces the coin toss per image by alternation (Jordan 2024): each image
     is flipped in every other epoch, starting from a pseudo-random choice fixed by its dataset
-    index (``indices``, required then) and the seed. It implies ``flip``.
+    index and the seed. It implies ``flip``.
     """
 
     def __init__(
@@ -79,51 +93,43 @@ class BatchAugment:
         self.flip_alternate = flip_alternate
         self.cutout = cutout
         self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(
-        self, x: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0
-    ) -> torch.Tensor:
-        """Augment and normalise a batch; the samples' dataset ``indices`` are only used by
-        ``flip_alternate``."""
+    def __call__(self, x: torch.Tensor, indices: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        """Augment and normalise a batch of the samples at dataset positions ``indices``."""
         x = to_unit_float(x)
+        draw = _Draws(indices, self.seed, epoch, x.device)
         if self.crop_padding:
-            x = self._crop(x)
+            x = self._crop(x, draw)
         if self.flip:
-            x = self._flip(x, epoch, indices)
+            x = self._flip(x, draw, epoch)
         x = normalize_batch(x, self.mean, self.std)
-        return self._cutout(x) if self.cutout else x
+        return self._cutout(x, draw) if self.cutout else x
 
-    def _randint(self, high: int, n: int, device: torch.device) -> torch.Tensor:
-        return torch.randint(0, high, (n,), generator=self.generator).to(device)
-
-    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+    def _crop(self, x: torch.Tensor, draw: _Draws) -> torch.Tensor:
         """Pad by ``crop_padding`` and gather one randomly shifted H x W window per image."""
         n, _, height, width = x.shape
         pad, device = self.crop_padding, x.device
         padded = F.pad(x, (pad, pad, pad, pad), mode=_PADDING_MODES[self.padding_mode])
-        rows = self._randint(2 * pad + 1, n, device)[:, None] + torch.arange(height, device=device)
-        cols = self._randint(2 * pad + 1, n, device)[:, None] + torch.arange(width, device=device)
+        rows = draw.ints(_CROP_ROW, 2 * pad + 1)[:, None] + torch.arange(height, device=device)
+        cols = draw.ints(_CROP_COL, 2 * pad + 1)[:, None] + torch.arange(width, device=device)
         batch = torch.arange(n, device=x.device)[:, None, None]
         # advanced indices around a slice put the channel last: (N, H, W, C) -> (N, C, H, W)
         return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
-    def _flip(self, x: torch.Tensor, epoch: int, indices: torch.Tensor | None) -> torch.Tensor:
-        """Mirror the chosen images left-right."""
-        n = x.shape[0]
+    def _flip(self, x: torch.Tensor, draw: _Draws, epoch: int) -> torch.Tensor:
+        """Mirror the chosen images left-right: a coin per image and epoch, or, alternating,
+        a coin per image for its first epoch."""
         if self.flip_alternate:
-            if indices is None:
-                raise ValueError("flip_alternate needs the samples' dataset indices")
-            chosen = (_hash_bits(indices, self.seed) + epoch) % 2 == 1
+            chosen = (draw.fixed_ints(_FLIP_START, 2) + epoch) % 2 == 1
         else:
-            chosen = torch.rand(n, generator=self.generator) < 0.5
-        return torch.where(chosen.to(x.device)[:, None, None, None], x.flip(3), x)
+            chosen = draw.ints(_FLIP, 2) == 1
+        return torch.where(chosen[:, None, None, None], x.flip(3), x)
 
-    def _cutout(self, x: torch.Tensor) -> torch.Tensor:
+    def _cutout(self, x: torch.Tensor, draw: _Draws) -> torch.Tensor:
         """Zero a ``cutout``-sided square per image, centred on a uniformly drawn pixel."""
-        n, _, height, width = x.shape
-        top = self._randint(height, n, x.device) - self.cutout // 2
-        left = self._randint(width, n, x.device) - self.cutout // 2
+        _, _, height, width = x.shape
+        top = draw.ints(_CUTOUT_ROW, height) - self.cutout // 2
+        left = draw.ints(_CUTOUT_COL, width) - self.cutout // 2
         rows = torch.arange(height, device=x.device) - top[:, None]
         cols = torch.arange(width, device=x.device) - left[:, None]
         in_rows = (rows >= 0) & (rows < self.cutout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from resnetlab.errors import ResnetlabError
 
@@ -14,6 +14,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PADDING_MODES = ("zeros", "reflect")
 AUTO_AUGMENTS = ("trivial", "randaugment")
 TTAS = ("flip",)
+ON_NAN = ("stop", "skip")
 AUTO_MODEL = "auto"  # --model auto: the architecture of the --weights file
 
 
@@ -21,6 +22,8 @@ AUTO_MODEL = "auto"  # --model auto: the architecture of the --weights file
 class TrainConfig:
     """Everything that defines a training run. Defaults follow the article's recipe
     (SGD, lr 0.1, momentum 0.9, weight decay 5e-4) with a one-cycle schedule."""
+
+    command: ClassVar[str] = "train"  # the CLI command that runs this config
 
     model: str = "resnet20"
     data: str = "mnist5k"
@@ -66,6 +69,14 @@ class TrainConfig:
     val_dir: str | None = None
     test_dir: str | None = None
     recipe: str | None = None
+    # long runs: the training state, resuming it, non-finite losses, clipping, TensorBoard
+    resume: str | None = None  # a run folder to continue
+    save_every: int | None = None  # also save the state every N optimiser steps
+    save_every_minutes: float | None = None  # ... and every M minutes
+    on_nan: str = "stop"
+    max_nan_steps: int = 10  # --on-nan skip: the run stops after this many skipped steps
+    clip_grad: float | None = None  # clip gradients to this global norm
+    tensorboard: bool = False
     # starting weights, and the normalisation they were trained with if they carry none
     weights: str | None = None
     mean: list[float] | None = None
@@ -110,7 +121,15 @@ class TrainConfig:
                 "--mixup/--cutmix need --loss ce (they make soft class targets)",
             ),
             (self.tta in (None, *TTAS), "--tta must be flip"),
-            (self.cache_mem is None or self.cache_mem > 0, "--cache-mem must be positive (GiB)"),
+            (self.cache_mem is None or self.cache_mem >= 0, "--cache-mem must be >= 0 (GiB)"),
+            (self.save_every is None or self.save_every >= 1, "--save-every must be >= 1 step"),
+            (
+                self.save_every_minutes is None or self.save_every_minutes > 0,
+                "--save-every-minutes must be positive",
+            ),
+            (self.on_nan in ON_NAN, f"--on-nan must be one of {', '.join(ON_NAN)}"),
+            (self.max_nan_steps >= 1, "--max-nan-steps must be >= 1"),
+            (self.clip_grad is None or self.clip_grad > 0, "--clip-grad must be positive"),
         ]
         for ok, message in checks:
             if not ok:

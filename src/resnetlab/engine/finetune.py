@@ -25,14 +25,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
-from resnetlab.engine.optim import build_scheduler, make_optimizer, parameter_groups
+from resnetlab.engine.optim import make_optimizer, parameter_groups
 from resnetlab.engine.state_dicts import HEAD_PREFIX
 from resnetlab.errors import ResnetlabError
 
@@ -99,6 +99,8 @@ class FinetuneConfig(TrainConfig):
     CIFAR-10 transfer benchmark (``benchmarks/finetune_transfer.py``) these beat the lower
     backbone lrs usual for ImageNet weights, since a small net's features must move more."""
 
+    command: ClassVar[str] = "finetune"
+
     data: str = ""
     model: str = AUTO_MODEL  # the weights' architecture: header, else inferred from the keys
     strategy: str = "gradual"
@@ -140,6 +142,23 @@ class FinetuneConfig(TrainConfig):
         """The strategy's phases over ``epochs`` (an error for impossible ``head_epochs``)."""
         return plan_phases(
             self.strategy, self.epochs, self.lr, self.backbone_lr_mult, self.head_epochs
+        )
+
+
+def check_resumed_phases(saved: list[dict[str, Any]], planned: list[Phase], current: int) -> None:
+    """Refuse a resumed fine-tuning run whose phases (with another ``--epochs``) differ from
+    the saved run's before the current one, or in the current one's lrs."""
+    before = [Phase(**phase) for phase in saved[: current + 1]]
+    now = planned[: current + 1]
+    same_past = before[:current] == now[:current]
+    if (
+        not same_past
+        or len(now) <= current
+        or replace(now[current], epochs=0) != replace(before[current], epochs=0)
+    ):
+        raise ResnetlabError(
+            "--resume: with these --epochs the strategy's phases differ from the run's before "
+            f"the one it stopped in (run: {before}, now: {now})"
         )
 
 
@@ -256,14 +275,17 @@ def fit_phases(
     announce: bool = True,
 ) -> None:
     """Run each phase as one ``trainer.fit`` with its own optimiser and lr schedule
-    (``announce``: print a line describing each phase first)."""
-    for index, phase in enumerate(phases, start=1):
+    (``announce``: print a line describing each phase first). A resumed trainer skips the
+    phases that its run had finished."""
+    end_epoch = 0
+    for index, phase in enumerate(phases):
+        end_epoch += phase.epochs
+        if index < trainer.resumed_phase:
+            continue
         with phase_mode(trainer.model, phase, bn_policy):
             groups = phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg)
             if announce:
-                first_epoch = len(trainer.history) + 1
-                trainer.run.print(describe_phase(index, len(phases), first_epoch, phase, groups))
-            optimizer = make_optimizer(groups, trainer.cfg)
-            total = trainer.total_steps(phase.epochs)
-            scheduler = build_scheduler(optimizer, trainer.cfg, total, trainer.steps_per_epoch)
-            trainer.fit(optimizer, scheduler, phase.epochs)
+                first_epoch = end_epoch - phase.epochs + 1
+                line = describe_phase(index + 1, len(phases), first_epoch, phase, groups)
+                trainer.run.print(line)
+            trainer.fit(make_optimizer(groups, trainer.cfg), index, phase.epochs, end_epoch)

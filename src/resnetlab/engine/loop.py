@@ -3,110 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from resnetlab.engine.batches import TensorBatches, make_loader
 from resnetlab.engine.metrics import classification_report
 from resnetlab.engine.precision import Precision
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, sample indices
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, indices) -> inputs
 Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-class TensorBatches:
-    """Batches straight from in-memory tensors: no per-sample Python calls. Each batch is
-    ``(x, y, indices)``, the indices being the samples' positions in the dataset."""
-
-    def __init__(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool = False,
-    ) -> None:
-        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[Batch]:
-        n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx], idx
-
-
-class Indexed(Dataset):
-    """``(x, y, index)`` for each ``(x, y)`` of ``dataset``, so that batches carry the
-    positions of their samples."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        x, y = self.dataset[index]
-        return x, y, index
-
-
-def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (x, y) tensors behind a TensorDataset or a Subset of one, else None."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0], dataset.tensors[1]
-    if isinstance(dataset, Subset):
-        inner = _as_tensors(dataset.dataset)
-        if inner is not None:
-            idx = torch.as_tensor(dataset.indices)
-            return inner[0][idx], inner[1][idx]
-    return None
-
-
-def is_in_memory(dataset: Dataset) -> bool:
-    """Whether ``dataset`` is (a subset of) in-memory tensors, batched without a DataLoader."""
-    return _as_tensors(dataset) is not None
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    workers: int = 0,
-    drop_last: bool = False,
-) -> TensorBatches | DataLoader:
-    """A seeded iterator of ``(x, y, indices)`` batches: a fast tensor path for in-memory data,
-    else a DataLoader. Training drops an incomplete last batch (``drop_last``), so that every
-    step sees a full batch (a batch of one breaks BatchNorm); evaluation keeps every sample."""
-    tensors = _as_tensors(dataset)
-    if tensors is not None:
-        return TensorBatches(*tensors, batch_size, shuffle, seed, drop_last)
-    return DataLoader(
-        Indexed(dataset),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 class Normalizer:
@@ -147,20 +59,76 @@ def make_loss(kind: str, label_smoothing: float = 0.0) -> LossFn:
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
-@dataclass
-class EpochStats:
-    """Mean loss and accuracy (%) over one pass, with throughput."""
+class EpochTally:
+    """Running sums of one training epoch, kept on the device and read back once per epoch (or
+    when the run's state is saved): the loss, correct predictions, non-finite losses and, with
+    gradient clipping, gradient norms. ``steps``/``samples`` count on the host."""
 
-    loss: float
-    accuracy: float
-    samples: int
-    seconds: float
-    steps: int
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=device)
+        self.grad_norm_sum = torch.zeros((), device=device)
+        self.clipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.steps = self.samples = self.skipped = 0
+        self.seconds = 0.0
 
-    @property
-    def samples_per_second(self) -> float:
-        """Training throughput."""
-        return self.samples / max(self.seconds, 1e-9)
+    def add(self, loss: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Count one step's batch; return whether its loss is finite (on the device)."""
+        finite = torch.isfinite(loss.detach())
+        self.nonfinite += ~finite
+        self.first_nonfinite = torch.where(
+            (self.first_nonfinite < 0) & ~finite, self.steps, self.first_nonfinite
+        )
+        self.loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(y)
+        hard = y.argmax(1) if y.ndim == 2 else y
+        self.correct += (class_logits(output.detach()).argmax(1) == hard).sum()
+        self.samples += len(y)
+        self.steps += 1
+        return finite
+
+    def state_dict(self) -> dict[str, torch.Tensor | int | float]:
+        """Plain data for the run's training state (tensors on the CPU)."""
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int | float]) -> None:
+        """Continue from ``state_dict()``'s sums."""
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(getattr(self, key).device)
+            setattr(self, key, value)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Mean loss, accuracy (%) and samples/s, plus gradient statistics when clipping."""
+        counted = max(self.samples, 1)
+        summary: dict[str, float | int | None] = {
+            "train_loss": float(self.loss_sum) / counted,
+            "train_acc": 100 * int(self.correct) / counted,
+            "samples_per_s": self.samples / max(self.seconds, 1e-9),
+        }
+        if self.skipped:
+            summary["skipped_steps"] = self.skipped
+        return summary
+
+    def gradient_summary(self) -> dict[str, float]:
+        """Mean gradient norm (before clipping) and the share of steps that were clipped."""
+        steps = max(self.steps, 1)
+        return {
+            "grad_norm": float(self.grad_norm_sum) / steps,
+            "clipped_frac": int(self.clipped) / steps,
+        }
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How each training step runs: batch mixing, gradient clipping and what a non-finite loss
+    does (``skip_nonfinite``: the step changes nothing; else it is counted, for the caller to
+    stop the run, without a host sync per step)."""
+
+    mix: Mix | None = None
+    clip_grad: float | None = None
+    skip_nonfinite: bool = False
 
 
 def train_one_epoch(
@@ -173,51 +141,75 @@ def train_one_epoch(
     transform: Transform,
     *,
     scaler: torch.amp.GradScaler,
-    mix: Mix | None = None,
+    tally: EpochTally,
+    options: StepOptions = StepOptions(),
     max_steps: int | None = None,
+    after_step: Callable[[], None] | None = None,
     progress: str | None = None,
-) -> EpochStats:
-    """One pass over ``loader`` (or ``max_steps`` optimiser steps, whichever ends first).
+) -> EpochTally:
+    """The rest of one pass over ``loader`` (or ``max_steps`` more optimiser steps), counted
+    in ``tally``; ``after_step`` runs after each step (saving, stopping).
 
     ``transform`` turns a raw batch on the device and its samples' indices into model input
-    (normalisation, and batch augmentation); ``mix`` (MixUp/CutMix) then mixes images and turns
-    labels into soft targets.
+    (normalisation, and batch augmentation); ``options.mix`` (MixUp/CutMix) then mixes images
+    and turns labels into soft targets.
     """
     model.train()
-    total_loss = torch.zeros(())
-    correct = samples = steps = 0
-    start = time.perf_counter()
+    start, steps = time.perf_counter(), 0
     bar = tqdm(loader, desc=progress, leave=False, disable=progress is None, unit="batch")
-    for x, y, indices in bar:
-        if max_steps is not None and steps >= max_steps:
-            break
-        x, y = x.to(precision.device, non_blocking=True), y.to(precision.device, non_blocking=True)
-        x = transform(x, indices)
-        if mix is not None:
-            x, y = mix(x, y)
-        x = precision.batch(x)
-        with precision.autocast():
-            output = model(x)
-            loss = loss_fn(output, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        total_loss += loss.detach().float().cpu() * len(y)
-        hard = y.argmax(1) if y.ndim == 2 else y
-        correct += int((class_logits(output.detach()).argmax(1) == hard).sum())
-        samples += len(y)
-        steps += 1
-    bar.close()
-    seconds = time.perf_counter() - start
-    return EpochStats(
-        float(total_loss) / max(samples, 1),
-        100 * correct / max(samples, 1),
-        samples,
-        seconds,
-        steps,
-    )
+    try:
+        for x, y, indices in bar:
+            if max_steps is not None and steps >= max_steps:
+                break
+            _step(model, x, y, indices, optimizer, loss_fn, precision, transform, scaler, tally,
+                  options)  # fmt: skip
+            scheduler.step()
+            steps += 1
+            tally.seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            if after_step is not None:
+                after_step()
+    finally:
+        bar.close()
+    return tally
+
+
+def _step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    precision: Precision,
+    transform: Transform,
+    scaler: torch.amp.GradScaler,
+    tally: EpochTally,
+    options: StepOptions,
+) -> None:
+    """One optimiser step on one batch (unless the loss is non-finite and skipped)."""
+    x, y = x.to(precision.device, non_blocking=True), y.to(precision.device, non_blocking=True)
+    x = transform(x, indices)
+    if options.mix is not None:
+        x, y = options.mix(x, y)
+    x = precision.batch(x)
+    with precision.autocast():
+        output = model(x)
+        loss = loss_fn(output, y)
+    finite = tally.add(loss, output, y)
+    optimizer.zero_grad(set_to_none=True)
+    if options.skip_nonfinite and not bool(finite):  # a host sync, asked for by --on-nan skip
+        tally.skipped += 1
+        return
+    scaler.scale(loss).backward()
+    if options.clip_grad is not None:
+        scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = nn.utils.clip_grad_norm_(params, options.clip_grad)
+        tally.grad_norm_sum += norm.float()
+        tally.clipped += norm > options.clip_grad
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @torch.inference_mode()
@@ -260,6 +252,6 @@ def evaluate_model(
     tta: bool = False,
 ) -> dict:
     """Top-1/top-5, per-class accuracy and confusion matrix of ``model`` on ``dataset``."""
-    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
+    loader = make_loader(dataset, batch_size, workers=workers)
     logits, targets, _ = predict(model, loader, precision, normalize, tta=tta)
     return classification_report(logits, targets, classes)

@@ -60,6 +60,13 @@ class RunDir:
         with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl by ``records`` (a resumed run drops lines written after the
+        state it continues from), via a temporary file and a rename."""
+        tmp = self.file(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
+        os.replace(tmp, self.file("metrics.jsonl"))
+
     def write_json(self, name: str, data: Any) -> None:
         """Write a JSON file in the run folder."""
         self.file(name).write_text(json.dumps(data, indent=2) + "\n")

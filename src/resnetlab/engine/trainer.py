@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -14,21 +15,42 @@ from torch import nn
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.streaming import mixup_cutmix
+from resnetlab.engine.batches import BatchOrder, is_in_memory, make_loader
+from resnetlab.engine.board import open_board, write_epoch
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.loop import (
+    EpochTally,
     Normalizer,
+    StepOptions,
     evaluate_model,
-    is_in_memory,
-    make_loader,
     make_loss,
     predict,
     train_one_epoch,
 )
 from resnetlab.engine.metrics import topk_accuracy
+from resnetlab.engine.optim import build_scheduler
 from resnetlab.engine.plots import plot_confusion, plot_curves
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.engine.rundir import RunDir, progress_enabled
+from resnetlab.engine.state import STATE_FILE, capture_rng, restore_rng, save_state
+from resnetlab.engine.stops import StopRequests
+from resnetlab.errors import ResnetlabError, RunStopped
+
+_CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count
+# Metrics that measure the machine, not the run: checkpoints leave them out, so that a resumed
+# run's checkpoints are byte for byte those of a run that never stopped.
+TIMINGS = ("samples_per_s", "elapsed_s")
+
+
+@dataclass
+class _Phase:
+    """The phase being trained: its number, first step, optimiser and lr schedule."""
+
+    index: int
+    first_step: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -56,7 +78,12 @@ def batch_augment(cfg: TrainConfig, bundle: DataBundle) -> BatchAugment | None:
 
 class Trainer:
     """Trains one model on one DataBundle, epoch by epoch, possibly in several phases
-    (each with its own optimiser), keeping ``best``/``last`` checkpoints in the run folder."""
+    (each with its own optimiser), keeping ``best``/``last`` checkpoints and the training
+    state (``engine.state``) in the run folder.
+
+    Given a ``resume`` state, it continues that run exactly where the state was saved: the
+    phase, the epoch, the step within it, every random stream and every running sum.
+    """
 
     def __init__(
         self,
@@ -65,29 +92,44 @@ class Trainer:
         cfg: TrainConfig,
         run: RunDir,
         header: dict[str, Any],
+        *,
+        requested: dict[str, Any] | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         self.bundle, self.cfg, self.run, self.header = bundle, cfg, run, header
+        self.requested = requested if requested is not None else cfg.to_dict()
         self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
         self.model = self.precision.prepare(model)
         self.normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
         self.augment = batch_augment(cfg, bundle)
-        self.mix = mixup_cutmix(bundle.num_classes, cfg.mixup, cfg.cutmix)
+        self.step_options = StepOptions(
+            mixup_cutmix(bundle.num_classes, cfg.mixup, cfg.cutmix),
+            cfg.clip_grad,
+            skip_nonfinite=cfg.on_nan == "skip",
+        )
         self.loss_fn = make_loss(cfg.loss, cfg.label_smoothing)
-        self.train_loader = make_loader(
-            bundle.train, self._train_batch_size(), shuffle=True, seed=cfg.seed,
-            workers=cfg.workers, drop_last=True,
+        self.order = BatchOrder(
+            len(bundle.train), self._train_batch_size(), shuffle=True, seed=cfg.seed,
+            drop_last=True,
         )  # fmt: skip
+        self.train_loader = make_loader(bundle.train, self.order, workers=cfg.workers)
         self.val_loader = None
         if bundle.val is not None:
-            self.val_loader = make_loader(
-                bundle.val, 2 * cfg.batch_size, shuffle=False, workers=cfg.workers
-            )
+            self.val_loader = make_loader(bundle.val, 2 * cfg.batch_size, workers=cfg.workers)
         self.scaler = torch.amp.GradScaler(
             self.precision.device.type, enabled=self.precision.name == "fp16"
         )
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_epoch, self.steps_done = float("-inf"), 0, 0
+        self.skipped_steps, self.elapsed_before = 0, 0.0
+        self.stops = StopRequests()
+        self.phase: _Phase | None = None
+        self.pending = resume
+        if resume is not None:
+            self._restore_progress(resume)
         self.start = time.perf_counter()
+        self.last_save = self.start
+        self.board = open_board(run, len(self.history) + 1) if cfg.tensorboard else None
 
     def _train_batch_size(self) -> int:
         """``--batch-size``, or the whole training split where that is smaller (with a warning):
@@ -105,13 +147,15 @@ class Trainer:
     @property
     def steps_per_epoch(self) -> int:
         """Optimiser steps in one pass over the training split."""
-        return len(self.train_loader)
+        return len(self.order)
 
-    def total_steps(self, epochs: int) -> int:
-        """Steps in ``epochs`` epochs, capped by ``--limit-steps`` over the whole run."""
+    def total_steps(self, epochs: int, first_step: int | None = None) -> int:
+        """Steps in ``epochs`` epochs from step ``first_step`` (default: now), capped by
+        ``--limit-steps`` over the whole run."""
         steps = epochs * self.steps_per_epoch
         if self.cfg.limit_steps is not None:
-            steps = min(steps, self.cfg.limit_steps - self.steps_done)
+            start = self.steps_done if first_step is None else first_step
+            steps = min(steps, self.cfg.limit_steps - start)
         return max(steps, 1)
 
     @property
@@ -119,60 +163,174 @@ class Trainer:
         """Whether ``--limit-steps`` has been reached."""
         return self.cfg.limit_steps is not None and self.steps_done >= self.cfg.limit_steps
 
+    @property
+    def resumed_phase(self) -> int:
+        """The phase a resumed run continues in (0 for a new run)."""
+        return 0 if self.pending is None else self.pending["phase"]
+
     def fit(
-        self,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        epochs: int,
+        self, optimizer: torch.optim.Optimizer, phase: int, epochs: int, end_epoch: int
     ) -> None:
-        """Train ``epochs`` more epochs with ``optimizer``; log, validate and checkpoint each."""
+        """Train phase number ``phase`` (``epochs`` long, ending after epoch ``end_epoch``) with
+        ``optimizer`` on its lr schedule; log, validate, checkpoint and save the state."""
+        resuming = self.pending is not None and self.pending["phase"] == phase
+        first_step = self.pending["phase_start_step"] if resuming else self.steps_done
+        scheduler = build_scheduler(
+            optimizer, self.cfg, self.total_steps(epochs, first_step), self.steps_per_epoch
+        )
+        self.phase = _Phase(phase, first_step, optimizer, scheduler)
+        tally = self._restore_training(self.pending) if resuming else None
+        with self.stops:
+            while len(self.history) < end_epoch and not self.out_of_steps:
+                tally = self._train_epoch(tally or EpochTally(self.precision.device))
+                self._end_epoch(self._epoch_record(tally))
+                tally = None
+                self.save_state(None)
+
+    def _train_epoch(self, tally: EpochTally) -> EpochTally:
+        """The rest of the current epoch, from step ``tally.steps`` of it."""
+        epoch = len(self.history) + 1
+        self.order.set_epoch(epoch, tally.steps)
+        transform = self.normalize if self.augment is None else partial(self.augment, epoch=epoch)
+        budget = None if self.cfg.limit_steps is None else self.cfg.limit_steps - self.steps_done
         show_bar = progress_enabled(self.cfg.quiet)
-        for _ in range(epochs):
-            if self.out_of_steps:
-                return
-            epoch = len(self.history) + 1
-            transform = self.normalize
-            if self.augment is not None:
-                transform = partial(self.augment, epoch=epoch)
-            budget = (
-                None if self.cfg.limit_steps is None else self.cfg.limit_steps - self.steps_done
+        assert self.phase is not None
+        return train_one_epoch(
+            self.model, self.train_loader, self.phase.optimizer, self.phase.scheduler,
+            self.loss_fn, self.precision, transform,
+            scaler=self.scaler, tally=tally, options=self.step_options, max_steps=budget,
+            after_step=partial(self._after_step, tally),
+            progress=f"epoch {epoch}/{self.cfg.epochs}" if show_bar else None,
+        )  # fmt: skip
+
+    def _after_step(self, tally: EpochTally) -> None:
+        """Count the step; stop on a non-finite loss, save the state when it is due, and stop
+        cleanly (state saved) when a signal asked for it."""
+        self.steps_done += 1
+        stop = self.stops.signal
+        minutes = self.cfg.save_every_minutes
+        due = (self.cfg.save_every and self.steps_done % self.cfg.save_every == 0) or (
+            minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
+        )
+        if stop is not None or due:
+            self.save_state(tally)
+        elif tally.steps % _CHECK_EVERY == 0:
+            self._check_finite(tally)
+        if stop is not None:
+            where = f"epoch {len(self.history) + 1}, step {self.steps_done}"
+            raise RunStopped(
+                f"stopped by {stop.name} at {where}, state saved; resume with: "
+                f"resnetlab {self.cfg.command} --resume {self.run.path}",
+                128 + stop.value,
             )
-            stats = train_one_epoch(
-                self.model, self.train_loader, optimizer, scheduler, self.loss_fn,
-                self.precision, transform,
-                scaler=self.scaler,
-                mix=self.mix,
-                max_steps=budget,
-                progress=f"epoch {epoch}/{self.cfg.epochs}" if show_bar else None,
-            )  # fmt: skip
-            self.steps_done += stats.steps
-            record = {
-                "epoch": epoch,
-                "step": self.steps_done,
-                "train_loss": stats.loss,
-                "train_acc": stats.accuracy,
-                "lr": optimizer.param_groups[0]["lr"],
-                "samples_per_s": stats.samples_per_second,
-                "elapsed_s": time.perf_counter() - self.start,
-                "val_loss": None,
-                "val_acc": None,
-            }
-            if self.val_loader is not None:
-                logits, targets, record["val_loss"] = predict(
-                    self.model,
-                    self.val_loader,
-                    self.precision,
-                    self.normalize,
-                    self.loss_fn,
+
+    def _check_finite(self, tally: EpochTally) -> None:
+        """Stop the run at a non-finite loss (``--on-nan stop``), or after ``--max-nan-steps``
+        skipped steps (``--on-nan skip``); the last good state stays on disk."""
+        if self.cfg.on_nan == "skip":
+            skipped = self.skipped_steps + tally.skipped
+            if skipped > self.cfg.max_nan_steps:
+                raise ResnetlabError(
+                    f"{skipped} steps had a non-finite loss, more than --max-nan-steps "
+                    f"{self.cfg.max_nan_steps}; the last good state is in {self.run.path}"
                 )
-                record["val_acc"] = topk_accuracy(logits, targets, 1)
-            self._end_epoch(record)
+            return
+        if int(tally.nonfinite):
+            assert self.phase is not None
+            step = self.steps_done - tally.steps + int(tally.first_nonfinite) + 1
+            raise ResnetlabError(
+                f"non-finite loss at epoch {len(self.history) + 1}, step {step} "
+                f"(lr {self.phase.optimizer.param_groups[0]['lr']:.4g}); the last good state is "
+                f"in {self.run.path} (--clip-grad or a lower --lr may help; --on-nan skip "
+                "skips such steps)"
+            )
+
+    def _epoch_record(self, tally: EpochTally) -> dict[str, Any]:
+        """The epoch's line of metrics.jsonl: training sums, validation, lr, speed."""
+        self._check_finite(tally)
+        assert self.phase is not None
+        self.skipped_steps += tally.skipped
+        record = {
+            "epoch": len(self.history) + 1,
+            "step": self.steps_done,
+            **tally.summary(),
+            "lr": self.phase.optimizer.param_groups[0]["lr"],
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
+            "val_loss": None,
+            "val_acc": None,
+        }
+        if self.cfg.clip_grad is not None:
+            record.update(tally.gradient_summary())
+        if self.val_loader is not None:
+            logits, targets, record["val_loss"] = predict(
+                self.model, self.val_loader, self.precision, self.normalize, self.loss_fn
+            )
+            record["val_acc"] = topk_accuracy(logits, targets, 1)
+        return record
+
+    def save_state(self, tally: EpochTally | None) -> None:
+        """Write the training state (``engine.state``): at the end of an epoch (``tally``
+        None) or within one. A non-finite loss since the last state is never saved."""
+        if tally is not None:
+            self._check_finite(tally)
+        assert self.phase is not None
+        state = {
+            "command": self.cfg.command,
+            "config": self.requested,
+            "resolved": self.cfg.to_dict(),
+            "header": self.header,
+            "model": self.model.state_dict(),
+            "optimizer": self.phase.optimizer.state_dict(),
+            "scheduler": self.phase.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "phase": self.phase.index,
+            "phase_start_step": self.phase.first_step,
+            "epoch": len(self.history),
+            "steps_done": self.steps_done,
+            "tally": None if tally is None else tally.state_dict(),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "skipped_steps": self.skipped_steps,
+            "history": self.history,
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
+            "threads": torch.get_num_threads(),
+            "rng": capture_rng(),
+        }
+        save_state(self.run.file(STATE_FILE), state)
+        self.last_save = time.perf_counter()
+
+    def _restore_progress(self, state: dict[str, Any]) -> None:
+        """Weights, history and counters of a resumed run (what the phases need to know)."""
+        self.model.load_state_dict(state["model"])
+        self.history = list(state["history"])
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.steps_done, self.skipped_steps = state["steps_done"], state["skipped_steps"]
+        self.elapsed_before = state["elapsed_s"]
+        self.run.rewrite_metrics(self.history)
+
+    def _restore_training(self, state: dict[str, Any]) -> EpochTally | None:
+        """Optimiser, schedule, scaler and random streams of the resumed phase; the running
+        sums of the epoch it stopped in (None: it stopped between epochs)."""
+        assert self.phase is not None
+        self.phase.optimizer.load_state_dict(state["optimizer"])
+        self.phase.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        self.pending = None
+        if state["tally"] is None:
+            return None
+        tally = EpochTally(self.precision.device)
+        tally.load_state_dict(state["tally"])
+        return tally
 
     def _end_epoch(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         self.run.append_metrics(record)
         self.run.print(epoch_line(record, self.cfg.epochs))
-        header = {**self.header, "epoch": record["epoch"], "metrics": record}
+        if self.board is not None:
+            write_epoch(self.board, record)
+        metrics = {key: value for key, value in record.items() if key not in TIMINGS}
+        header = {**self.header, "epoch": record["epoch"], "metrics": metrics}
         state = self.model.state_dict()
         save_checkpoint(self.run.file("last.safetensors"), state, header)
         score = record["val_acc"] if record["val_acc"] is not None else -record["train_loss"]
@@ -183,6 +341,8 @@ class Trainer:
     def finish(self, title: str) -> dict[str, Any] | None:
         """Plot the curves, reload the best weights and test them (or validate, without a test
         split); write confusion.json/png and print the article's final accuracy line."""
+        if self.board is not None:
+            self.board.close()
         plot_curves(self.history, self.run.file("curves.png"), title)
         bundle = self.bundle
         split_name = "test" if bundle.test is not None else "validation"

@@ -3,6 +3,7 @@ check the config -> load the data -> build or load the model -> train in phases 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,15 +15,25 @@ from resnetlab.data import ImageOptions, data_kind, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import default_cache_dir
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
-from resnetlab.engine.finetune import Phase, fit_phases
+from resnetlab.engine.finetune import FinetuneConfig, Phase, fit_phases
 from resnetlab.engine.precision import Precision
 from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.state import STATE_FILE, load_state
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.weights import LoadReport, load_pretrained, source_preprocessing
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model, get_model_spec
 
 Config = TypeVar("Config", bound=TrainConfig)
+
+# Settings that a resumed run may change: how it is watched, saved and fed, not what it learns
+# (epochs and limit_steps change the lr schedule: allowed, with a warning).
+RESUMABLE = frozenset(
+    {
+        "epochs", "limit_steps", "quiet", "workers", "out", "resume", "cache_dir",
+        "save_every", "save_every_minutes", "tensorboard",
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -45,12 +56,16 @@ class Start:
     model: nn.Module
     header: dict[str, Any] = field(default_factory=dict)
     report: LoadReport | None = None
+    requested: dict[str, Any] | None = None  # the config as given, before resolution
+    resume: dict[str, Any] | None = None  # the training state that the run continues
 
 
 def check_run(cfg: TrainConfig) -> None:
     """Refuse a run that cannot work before its run folder is made: invalid flags, a model
     for another kind of data, or batch mixing of data that is not images."""
     cfg.validate()
+    if cfg.resume and cfg.out and Path(cfg.out).resolve() != Path(cfg.resume).resolve():
+        raise ResnetlabError(f"--out {cfg.out}: a resumed run writes to its own folder, --resume")
     kind = data_kind(cfg.data)
     if cfg.model != AUTO_MODEL:
         _check_data_kind(cfg.model, cfg, kind)
@@ -179,21 +194,94 @@ def checkpoint_header(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
         "in_chans": bundle.input_shape[0],
         "loss": cfg.loss,
         **data_header(cfg, bundle),
-        "recipe": cfg.to_dict(),
+        "recipe": {k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
     }
 
 
 def start_run(cfg: TrainConfig) -> Start:
-    """Load the data and build the model (from ``cfg.weights`` if given), seeded by the run."""
+    """Load the data and build the model (from ``cfg.weights`` if given), seeded by the run;
+    or, with ``cfg.resume``, rebuild both as the saved run had them (``resume_run``)."""
+    if cfg.resume:
+        return resume_run(cfg)
+    requested = cfg.to_dict()
     if cfg.weights:
         cfg, bundle, model, report = load_for_weights(cfg)
-        start = Start(cfg, bundle, model, report=report)
-        start.header = {**checkpoint_header(cfg, bundle), "weights": report.provenance()}
-        return start
+        header = {**checkpoint_header(cfg, bundle), "weights": report.provenance()}
+        return Start(cfg, bundle, model, header, report, requested)
     bundle = load_bundle(cfg)
     torch.manual_seed(cfg.seed)
     model = build_for_data(cfg, bundle)
-    return Start(cfg, bundle, model, checkpoint_header(cfg, bundle))
+    return Start(cfg, bundle, model, checkpoint_header(cfg, bundle), requested=requested)
+
+
+def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
+    """The config that continues the run in ``run_dir`` (a ``FinetuneConfig`` for a
+    fine-tuning run), with ``changes`` (e.g. ``epochs=30``) applied: for ``train(cfg)``."""
+    state = load_state(Path(run_dir) / STATE_FILE)
+    cls = FinetuneConfig if state["command"] == FinetuneConfig.command else TrainConfig
+    return replace(cls(**state["config"]), resume=str(run_dir), **changes)
+
+
+def resume_run(cfg: TrainConfig) -> Start:
+    """Data and model for continuing the run in ``cfg.resume`` from its training state.
+
+    The state's config must equal ``cfg`` but for ``RESUMABLE`` keys (an error lists the
+    others), and the data must be the same files. More epochs, another step limit or another
+    number of threads are allowed, with a warning that the run is no longer exact.
+    """
+    state = load_state(Path(cfg.resume) / STATE_FILE)
+    if state["command"] != cfg.command:
+        raise ResnetlabError(
+            f"--resume {cfg.resume}: a `{state['command']}` run; continue it with "
+            f"resnetlab {state['command']} --resume {cfg.resume}"
+        )
+    given, saved = cfg.to_dict(), state["config"]
+    differ = [key for key in given if key not in RESUMABLE and given[key] != saved.get(key)]
+    if differ:
+        listed = ", ".join(
+            f"{key} (run: {saved.get(key)!r}, now: {given[key]!r})" for key in differ
+        )
+        raise ResnetlabError(f"--resume {cfg.resume}: the run was started with other {listed}")
+    _warn_if_inexact(cfg, state)
+    resolved = replace(
+        type(cfg)(**state["resolved"]), **{key: given[key] for key in RESUMABLE - {"out"}}
+    )
+    resolved.out = cfg.resume
+    header = state["header"]
+    bundle = load_bundle(resolved)
+    recorded = header["data"]["split"]
+    if recorded and bundle.split_record and recorded["sha256"] != bundle.split_record["sha256"]:
+        raise ResnetlabError(
+            f"--resume {cfg.resume}: the files of --data {cfg.data} changed since the run started "
+            f"({recorded['files']} then, {bundle.split_record['files']} now); an exact "
+            "continuation needs the same data"
+        )
+    bundle = replace(bundle, mean=header["mean"], std=header["std"])
+    model = create_model(
+        header["model"], num_classes=header["num_classes"], in_chans=header["in_chans"],
+        **header["model_options"],
+    )  # fmt: skip
+    requested = {**saved, **{key: given[key] for key in RESUMABLE - {"resume", "out"}}}
+    return Start(resolved, bundle, model, header, requested=requested, resume=state)
+
+
+def _warn_if_inexact(cfg: TrainConfig, state: dict[str, Any]) -> None:
+    """Warn where the continuation can no longer match an uninterrupted run bit for bit."""
+    saved = state["config"]
+    for key in ("epochs", "limit_steps"):
+        if getattr(cfg, key) != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            warnings.warn(
+                f"--resume: {flag} changed from {saved[key]} to {getattr(cfg, key)}; the lr "
+                "schedule changes, so the run will not match an uninterrupted one exactly",
+                stacklevel=3,
+            )
+    if state["threads"] != torch.get_num_threads():
+        warnings.warn(
+            f"--resume: {torch.get_num_threads()} threads, the run had {state['threads']}; "
+            "results will not match an uninterrupted run bit for bit",
+            stacklevel=3,
+        )
 
 
 def describe_run(
@@ -236,11 +324,17 @@ def train_in_run(
     cfg, bundle = start.cfg, start.bundle
     if start.report is not None:
         run.print(start.report.summary())
-    trainer = Trainer(start.model, bundle, cfg, run, start.header)
+    trainer = Trainer(
+        start.model, bundle, cfg, run, start.header,
+        requested=start.requested, resume=start.resume,
+    )  # fmt: skip
     run.write_config(cfg.to_dict())
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")
     run.print(f"data pipeline: {bundle.pipeline}")
+    if start.resume is not None:
+        done, steps = start.resume["epoch"], start.resume["steps_done"]
+        run.print(f"resuming after epoch {done}, step {steps}")
     fit_phases(trainer, phases, bn_policy, stage_decay, announce=announce_phases)
     report = trainer.finish(title or f"{cfg.model} on {bundle.name}")
     return TrainResult(run.path, trainer.history, trainer.best_epoch, report)

@@ -18,11 +18,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from resnetlab.data import load_data
+from resnetlab.engine.batches import BatchOrder, make_loader
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.loop import (
+    EpochTally,
     LossFn,
     Normalizer,
-    make_loader,
     make_loss,
     train_one_epoch,
 )
@@ -103,7 +104,8 @@ def _run(cfg: GradientConfig, log: RunDir) -> GradientResult:
         raise ResnetlabError(f"--data {cfg.data}: the gradient experiment needs images")
     precision = resolve_precision("fp32", resolve_device(cfg.device), bundle.kind)
     normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
-    x, y, _ = next(iter(make_loader(bundle.train, cfg.batch_size, shuffle=True, seed=cfg.seed)))
+    order = BatchOrder(len(bundle.train), cfg.batch_size, shuffle=True, seed=cfg.seed)
+    x, y, _ = next(iter(make_loader(bundle.train, order)))
     batch = (normalize(precision.batch(x)), y.to(precision.device))
     names = cfg.network_names
     log.print(
@@ -145,15 +147,17 @@ def _train(
     )
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, cfg.steps, steps_per_epoch=1)
-    loader = make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    order = BatchOrder(len(dataset), cfg.batch_size, shuffle=True, seed=cfg.seed)
+    loader = make_loader(dataset, order)
     scaler = torch.amp.GradScaler(precision.device.type, enabled=False)
     done = 0
     while done < cfg.steps:
-        stats = train_one_epoch(
+        order.set_epoch(order.epoch + 1)
+        tally = train_one_epoch(
             model, loader, optimizer, scheduler, loss_fn, precision, normalize,
-            scaler=scaler, max_steps=cfg.steps - done,
+            scaler=scaler, tally=EpochTally(precision.device), max_steps=cfg.steps - done,
         )  # fmt: skip
-        done += stats.steps
+        done += tally.steps
 
 
 def _write(result: GradientResult, data_name: str, log: RunDir) -> None:

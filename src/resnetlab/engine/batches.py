@@ -1,0 +1,145 @@
+"""Batches of ``(x, y, indices)`` in an order that is a function of (seed, epoch) alone.
+
+In-memory tensors are sliced directly (no per-sample Python calls); anything else goes through
+a DataLoader, whose workers seed each sample's random transforms from (seed, epoch, index). A
+loader can start an epoch at any batch, so a run resumed mid-epoch sees exactly the batches,
+and the augmentations, that an uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
+
+from resnetlab.data.seeds import derive_seed, epoch_order
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, sample indices
+
+
+class BatchOrder:
+    """Which samples each batch of an epoch holds: a permutation seeded by (seed, epoch), or
+    the dataset's order. ``drop_last`` drops an incomplete last batch, so that every training
+    step sees a full batch (a batch of one breaks BatchNorm); evaluation keeps every sample."""
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.drop_last = drop_last
+        self.epoch = self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate over ``epoch``'s batches from batch number ``start`` on."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch."""
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = (
+            epoch_order(self.size, self.seed, self.epoch)
+            if self.shuffle
+            else torch.arange(self.size)
+        )
+        for batch in range(self.start, len(self)):
+            yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
+
+
+class TensorBatches:
+    """``(x[idx], y[idx], idx)`` for each batch of ``order``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, order: BatchOrder) -> None:
+        self.x, self.y, self.order = x, y, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for idx in self.order:
+            yield self.x[idx], self.y[idx], idx
+
+
+class _Keys(Sampler[list[tuple[int, int]]]):
+    """A DataLoader batch sampler: ``(epoch, index)`` keys for each batch of ``order``."""
+
+    def __init__(self, order: BatchOrder) -> None:
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order) - self.order.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for idx in self.order:
+            yield [(self.order.epoch, i) for i in idx.tolist()]
+
+
+class _SeededItems(Dataset):
+    """``(x, y, index)`` for an ``(epoch, index)`` key: item ``index`` of ``dataset``, its
+    random transforms drawn from torch's generator seeded by (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, epoch, index))
+            x, y = self.dataset[index]
+        return x, y, index
+
+
+def _ignore_interrupts(_: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops the run cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (x, y) tensors behind a TensorDataset or a Subset of one, else None."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, Subset):
+        inner = _as_tensors(dataset.dataset)
+        if inner is not None:
+            idx = torch.as_tensor(dataset.indices)
+            return inner[0][idx], inner[1][idx]
+    return None
+
+
+def is_in_memory(dataset: Dataset) -> bool:
+    """Whether ``dataset`` is (a subset of) in-memory tensors, batched without a DataLoader."""
+    return _as_tensors(dataset) is not None
+
+
+def make_loader(
+    dataset: Dataset, order: BatchOrder | int, *, workers: int = 0
+) -> TensorBatches | DataLoader:
+    """An iterator of ``(x, y, indices)`` batches in ``order`` (a batch size: the dataset's
+    order): a fast tensor path for in-memory data, else a DataLoader with ``workers``."""
+    if isinstance(order, int):
+        order = BatchOrder(len(dataset), order)
+    tensors = _as_tensors(dataset)
+    if tensors is not None:
+        return TensorBatches(*tensors, order)
+    return DataLoader(
+        _SeededItems(dataset, order.seed),
+        batch_sampler=_Keys(order),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_ignore_interrupts,
+        generator=torch.Generator().manual_seed(order.seed),  # not the global stream
+    )
