@@ -208,6 +208,12 @@ def test_unknown_option_is_a_resnetlab_error() -> None:
         create_model("resnet18", no_such_option=1)
 
 
+def test_invalid_option_value_is_a_resnetlab_error() -> None:
+    """A model's own ValueError (here BasicBlock's) comes out as a ResnetlabError."""
+    with pytest.raises(ResnetlabError, match=r"bad option for model 'resnet18': .*groups=1"):
+        create_model("resnet18", groups=2)
+
+
 def test_preact_blocks_project_preactivated_input_where_shapes_change() -> None:
     model = meta_model("preact_resnet164")
     assert model.layer1[0].downsample.weight.shape == (64, 16, 1, 1)
