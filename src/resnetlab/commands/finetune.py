@@ -21,6 +21,7 @@ from resnetlab.engine.finetune import (
     plan_phases,
 )
 from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
 
@@ -46,11 +47,11 @@ class FinetuneConfig(TrainConfig):
     lr: float = 2e-3
     weight_decay: float = 0.01
 
-    def check_flags(self) -> None:
+    def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid value (reads no file)."""
         if not self.weights:
             raise ResnetlabError("finetune needs --weights FILE")
-        super().check_flags()
+        super().validate()
         checks = [
             (bool(self.data), "finetune needs --data (a built-in name, a CSV file or a folder)"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
@@ -79,16 +80,18 @@ class FinetuneConfig(TrainConfig):
 
 def finetune(cfg: FinetuneConfig) -> TrainResult:
     """Fine-tune the model of ``cfg.weights`` on ``cfg.data``; the checkpoints record the
-    source file's name and sha256, the strategy and its phases."""
+    source file's name and sha256, the strategy and its phases. A missing or damaged weights
+    file fails before the run folder is made."""
     cfg.validate()
+    weights = read_weights(cfg.weights)
     name = f"finetune-{Path(cfg.weights).stem}"
     with RunDir(cfg.out or default_run_dir(name, cfg.data)) as run:
-        return _finetune(cfg, run)
+        return _finetune(cfg, run, weights)
 
 
-def _finetune(cfg: FinetuneConfig, run: RunDir) -> TrainResult:
+def _finetune(cfg: FinetuneConfig, run: RunDir, weights: WeightsFile) -> TrainResult:
     phases = cfg.phases()
-    cfg, bundle, model, report = load_for_weights(cfg)
+    cfg, bundle, model, report = load_for_weights(cfg, weights)
     run.print(report.summary())
     if cfg.bn == "frozen":
         freeze_batchnorm(model)

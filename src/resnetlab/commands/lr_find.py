@@ -32,6 +32,7 @@ from resnetlab.engine.finetune import (
     phase_param_groups,
 )
 from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
 
@@ -82,18 +83,22 @@ class LrFindResult:
 def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     """Run the range test for ``cfg``: a ``FinetuneConfig`` probes the first phase of its
     strategy (the swept lr is the head's, the backbone keeps its ratio), any other config
-    probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch."""
+    probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch. A missing
+    or damaged weights file fails before the run folder is made."""
     lr_range = lr_range or LrRange()
     cfg.validate()
     lr_range.validate()
+    weights = read_weights(cfg.weights) if cfg.weights else None
     source = Path(cfg.weights).stem if cfg.weights else cfg.model
     with RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data)) as run:
-        return _lr_find(cfg, lr_range, run)
+        return _lr_find(cfg, lr_range, run, weights)
 
 
-def _lr_find(cfg: TrainConfig, lr_range: LrRange, run: RunDir) -> LrFindResult:
-    if cfg.weights:
-        cfg, bundle, model, report = load_for_weights(cfg)
+def _lr_find(
+    cfg: TrainConfig, lr_range: LrRange, run: RunDir, weights: WeightsFile | None
+) -> LrFindResult:
+    if weights is not None:
+        cfg, bundle, model, report = load_for_weights(cfg, weights)
         run.print(report.summary())
     else:
         bundle = load_bundle(cfg)

@@ -16,6 +16,7 @@ from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.optim import build_optimizer, build_scheduler
 from resnetlab.engine.precision import Precision
 from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.weights import (
     LoadReport,
@@ -87,22 +88,25 @@ def build_for_data(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
     )
 
 
-def load_for_weights(cfg: Config) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
-    """Data and model for a run that starts from ``cfg.weights``, and ``cfg`` naming that model.
+def load_for_weights(
+    cfg: Config, weights: WeightsFile
+) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
+    """Data and model for a run that starts from ``weights`` (``cfg.weights``, read by
+    ``read_weights``), and ``cfg`` naming that model.
 
     The data is sized and normalised as the weights expect (``source_preprocessing``: the
     flags, else their resnetlab header, else the data's own statistics). The model is
     ``cfg.model`` (``auto``: the weights' header or inferred from their keys) with a seeded new
     head for the data's classes and a stem adapted to its channels, as the report says.
     """
-    preprocessing = source_preprocessing(cfg.weights, cfg.mean, cfg.std, cfg.image_size)
+    preprocessing = source_preprocessing(weights, cfg.mean, cfg.std, cfg.image_size)
     bundle = load_bundle(replace(cfg, image_size=preprocessing.input_size))
     stats = preprocessing.normalisation(bundle.input_shape[0])
     if stats is not None:
         bundle = replace(bundle, mean=stats[0], std=stats[1])
     torch.manual_seed(cfg.seed)
     model, report = load_pretrained(
-        cfg.weights,
+        weights,
         model_name=None if cfg.model == AUTO_MODEL else cfg.model,
         num_classes=num_outputs(cfg, bundle),
         in_chans=bundle.input_shape[0],
@@ -154,19 +158,21 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; write checkpoints, metrics and figures to the run.
 
     With ``cfg.weights`` the model starts from that file (see ``load_for_weights``), and the
-    checkpoints record its name and sha256.
+    checkpoints record its name and sha256. A missing or damaged file fails before the run
+    folder is made.
     """
     cfg.validate()
     if cfg.model != AUTO_MODEL:
         get_model_spec(cfg.model)
+    weights = read_weights(cfg.weights) if cfg.weights else None
     name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
     with RunDir(cfg.out or default_run_dir(name, cfg.data)) as run:
-        return _train(cfg, run)
+        return _train(cfg, run, weights)
 
 
-def _train(cfg: TrainConfig, run: RunDir) -> TrainResult:
-    if cfg.weights:
-        cfg, bundle, model, report = load_for_weights(cfg)
+def _train(cfg: TrainConfig, run: RunDir, weights: WeightsFile | None) -> TrainResult:
+    if weights is not None:
+        cfg, bundle, model, report = load_for_weights(cfg, weights)
         run.print(report.summary())
         source: dict[str, Any] = {"weights": report.provenance()}
     else:

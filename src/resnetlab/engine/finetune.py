@@ -34,7 +34,6 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.optim import build_scheduler, parameter_groups
-from resnetlab.engine.state_dicts import HEAD_PREFIX
 from resnetlab.engine.trainer import Trainer
 from resnetlab.errors import ResnetlabError
 
@@ -105,13 +104,14 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def parameter_stages(model: nn.Module) -> tuple[list[nn.Parameter], list[list[nn.Parameter]]]:
-    """``(classifier parameters, backbone parameters by stage)``: stage 0 is the stem, stage k
-    the k-th residual stage; anything after the last stage (e.g. a final norm) joins it."""
-    head: list[nn.Parameter] = []
+    """``(classifier parameters, backbone parameters by stage)``: the classifier is
+    ``model.get_classifier()``; stage 0 is the stem, stage k the k-th residual stage; anything
+    after the last stage (e.g. a final norm) joins it."""
+    head = list(model.get_classifier().parameters())
+    in_head = {id(param) for param in head}
     stages: list[list[nn.Parameter]] = [[]]
     for name, param in model.named_parameters():
-        if name.startswith(HEAD_PREFIX):
-            head.append(param)
+        if id(param) in in_head:
             continue
         match = _STAGE_KEY.match(name)
         if match:
