@@ -186,6 +186,25 @@ def test_bad_input_gives_one_line_error(
     assert_one_line_error(*run_cli(capsys, *argv)[::2], *needles)
 
 
+def test_invalid_model_option_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """BasicBlock raises ValueError for groups=2; the CLI names the model, no traceback."""
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--model",
+        "resnet18",
+        "--model-option",
+        "groups=2",
+        "--data",
+        "digits",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert_one_line_error(code, err, "bad option for model 'resnet18'", "groups=1")
+
+
 def test_empty_folder_is_an_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(

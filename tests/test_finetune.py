@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from resnetlab.cli import main
 from resnetlab.commands.finetune import finetune
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
-from resnetlab.engine.checkpoint import model_from_checkpoint, read_header, save_checkpoint
+from resnetlab.engine.checkpoint import read_header, save_checkpoint
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune import (
     FinetuneConfig,
@@ -33,8 +36,10 @@ from resnetlab.engine.finetune import (
     plan_phases,
 )
 from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.training import checkpoint_header
+from resnetlab.engine.weights import model_from_checkpoint
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 
@@ -118,6 +123,18 @@ def test_stages_of_each_family() -> None:
     ]
     _, stages = _stage_names(create_model("preact_resnet18"))
     assert len(stages) == 5 and "bn_final" in stages[4]  # the final norm joins the last stage
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "resnet20", "preact_resnet18", "resnet1d", "resnet_tabular"]
+)
+def test_head_is_exactly_the_classifier(name: str) -> None:
+    with torch.device("meta"):
+        model = create_model(name)
+    head, stages = parameter_stages(model)
+    assert [id(p) for p in head] == [id(p) for p in model.get_classifier().parameters()]
+    everything = head + [p for stage in stages for p in stage]
+    assert sorted(map(id, everything)) == sorted(id(p) for p in model.parameters())  # once each
 
 
 def test_discriminative_lrs_and_weight_decay_groups() -> None:
@@ -379,3 +396,64 @@ def test_bad_flags_give_one_line_errors(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("resnetlab: error: "), err
     assert needle in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epochs", "1"],
+        ["finetune", "--strategy", "linear-probe", "--epochs", "1"],
+        ["lr-find", "--steps", "10"],
+        ["eval"],
+    ],
+    ids=["train", "finetune", "lr-find", "eval"],
+)
+def test_a_run_from_weights_opens_the_file_once(
+    argv: list[str],
+    source: Path,
+    colours: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The file exists only while ``read_weights`` runs, so any other open of it would fail;
+    and ``read_weights`` opens it once."""
+    path = tmp_path / "w.safetensors"
+    reads: list[str] = []
+    opens: list[object] = []
+
+    def read_while_present(given: str) -> WeightsFile:
+        reads.append(given)
+        shutil.copyfile(source, path)
+        try:
+            with mock.patch("io.open", wraps=io.open) as opened:
+                weights = read_weights(given)
+        finally:
+            path.unlink()
+        opens.extend(call for call in opened.call_args_list if Path(call.args[0]) == path)
+        return weights
+
+    for module in ("engine.training", "commands.evaluate"):
+        monkeypatch.setattr(f"resnetlab.{module}.read_weights", read_while_present)
+    data = "digits" if argv[0] == "eval" else str(colours)
+    flags = ["--weights", str(path), "--data", data]
+    if argv[0] != "eval":
+        flags += ["--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*argv, *flags]) == 0, capsys.readouterr().err
+    assert reads == [str(path)] and len(opens) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "finetune", "lr-find"])
+@pytest.mark.parametrize("damage", ["missing", "cut"])
+def test_a_bad_weights_file_fails_before_the_run_folder(
+    command: str, damage: str, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "w.safetensors"
+    if damage == "cut":
+        path.write_bytes(source.read_bytes()[:500])
+    assert main([command, "--weights", str(path), "--data", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("resnetlab: error: "), err
+    expected = "no such weights file" if damage == "missing" else "not a readable safetensors"
+    assert expected in err and str(path) in err
+    assert not (tmp_path / "runs").exists()  # the default run folder (tests run in tmp_path)

@@ -13,6 +13,7 @@ from resnetlab.models import (
     BasicBlock,
     Bottleneck,
     ShortcutA,
+    classifier_prefix,
     count_parameters,
     create_model,
     get_model_spec,
@@ -206,6 +207,67 @@ def test_misspelt_model_name_suggests_the_right_one() -> None:
 def test_unknown_option_is_a_resnetlab_error() -> None:
     with pytest.raises(ResnetlabError, match="resnet18"):
         create_model("resnet18", no_such_option=1)
+
+
+def test_invalid_option_value_is_a_resnetlab_error() -> None:
+    """A model's own ValueError (here BasicBlock's) comes out as a ResnetlabError."""
+    with pytest.raises(ResnetlabError, match=r"bad option for model 'resnet18': .*groups=1"):
+        create_model("resnet18", groups=2)
+
+
+# One model of each network class: ResNet, CifarResNet, PreActResNet, ResNet1d, TabularResNet.
+ONE_PER_CLASS = ["resnet18", "resnet20", "preact_resnet18", "resnet1d", "resnet_tabular"]
+
+
+@pytest.mark.parametrize("name", ONE_PER_CLASS)
+def test_reset_classifier_keeps_the_features_and_changes_the_classes(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7).eval()
+    head = model.get_classifier()
+    assert head is model.fc and head.out_features == 7 and classifier_prefix(model) == "fc."
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    model.reset_classifier(3)
+    new = model.get_classifier()
+    assert isinstance(new, nn.Linear) and new is not head
+    assert (new.in_features, new.out_features) == (head.in_features, 3)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in backbone.items())
+    assert state["fc.weight"].shape == (3, head.in_features)
+    with torch.no_grad():
+        out = model(small_input(name))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "kaiming"),
+    [
+        ("resnet20", True),
+        ("preact_resnet18", True),
+        ("resnet1d", True),
+        ("resnet18", False),
+        ("resnet_tabular", False),
+    ],
+)
+def test_reset_classifier_initialises_as_the_model_does(name: str, kaiming: bool) -> None:
+    """Kaiming-normal weights and zero biases where the model's init gives them, else
+    PyTorch's default: weights and biases uniform within 1/sqrt(in_features)."""
+    torch.manual_seed(0)
+    built = create_model(name, num_classes=50).get_classifier()
+    model = create_model(name)
+    model.reset_classifier(50)
+    for head in (built, model.get_classifier()):  # the model's own init, then the reset's
+        weight, bias = head.weight.detach(), head.bias.detach()
+        bound = weight.shape[1] ** -0.5
+        assert bool((bias == 0).all()) == kaiming
+        assert bool(weight.abs().max() <= bound) == (not kaiming)
+        if kaiming:
+            assert weight.std().item() == pytest.approx(2**0.5 * bound, rel=0.1)
+
+
+def test_reset_classifier_stays_on_the_models_device() -> None:
+    model = meta_model("resnet50")
+    model.reset_classifier(5)
+    assert model.fc.weight.device.type == "meta" and model.fc.weight.shape == (5, 2048)
 
 
 def test_preact_blocks_project_preactivated_input_where_shapes_change() -> None:

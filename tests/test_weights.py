@@ -12,8 +12,8 @@ import torchvision
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from resnetlab.engine.checkpoint import save_checkpoint
-from resnetlab.engine.state_dicts import infer_model, read_state_dict
+from resnetlab.engine.checkpoint import read_header, save_checkpoint
+from resnetlab.engine.state_dicts import infer_model, read_weights
 from resnetlab.engine.weights import adapt_input_channels, load_pretrained, load_weights
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
@@ -95,7 +95,7 @@ def test_torchvision_pickles_load_exactly(
 ) -> None:
     path = tmp_path / "weights.pth"
     torch.save(pack(source.state_dict()), path)
-    model, report = load_pretrained(path)
+    model, report = load_pretrained(read_weights(path))
     assert (report.model, report.inferred_model) == ("resnet18", True)
     assert len(report.matched) == len(source.state_dict())
     assert report.adapted == report.reinitialised == []
@@ -105,7 +105,7 @@ def test_torchvision_pickles_load_exactly(
 def test_safetensors_load_exactly(source: nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "r18.safetensors"
     save_file(source.state_dict(), path)
-    model, report = load_pretrained(path, model_name="resnet18")
+    model, report = load_pretrained(read_weights(path), model_name="resnet18")
     assert (report.header, report.inferred_model) == (None, False)
     assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert _same_output(model, source)
@@ -124,7 +124,10 @@ def test_resnetlab_checkpoint_uses_its_header(tmp_path: Path) -> None:
         "std": [0.25] * 3,
     }
     save_checkpoint(tmp_path / "best.safetensors", reference.state_dict(), header)
-    model, report = load_pretrained(tmp_path / "best.safetensors")
+    weights = read_weights(tmp_path / "best.safetensors")
+    assert weights.header == read_header(tmp_path / "best.safetensors")
+    assert weights.header is not None and weights.header["mean"] == header["mean"]
+    model, report = load_pretrained(weights)
     assert report.header is not None and report.header["classes"] == header["classes"]
     assert not report.inferred_model
     assert _same_output(model, reference, (2, 3, 32, 32))
@@ -185,13 +188,13 @@ def test_classic_cifar_checkpoint(
         for k, v in reference.state_dict().items()
     }
     torch.save(wrap(classic_names), tmp_path / "resnet20.th")
-    model, report = load_pretrained(tmp_path / "resnet20.th")
+    model, report = load_pretrained(read_weights(tmp_path / "resnet20.th"))
     assert report.model == "resnet20" and model.shortcut == shortcut
     assert _same_output(model, reference, (2, 3, 32, 32))
 
 
 def test_new_class_count_reinitialises_only_the_head(source: nn.Module, r18_file: Path) -> None:
-    model, report = load_pretrained(r18_file, num_classes=4)
+    model, report = load_pretrained(read_weights(r18_file), num_classes=4)
     assert report.reinitialised == ["fc.weight", "fc.bias"]
     assert model.fc.weight.shape == (4, 512)
     loaded = model.state_dict()
@@ -206,7 +209,7 @@ def test_new_class_count_reinitialises_only_the_head(source: nn.Module, r18_file
 
 
 def test_grayscale_stem_matches_rgb_on_replicated_gray(source: nn.Module, r18_file: Path) -> None:
-    model, report = load_pretrained(r18_file, in_chans=1, num_classes=1000)
+    model, report = load_pretrained(read_weights(r18_file), in_chans=1, num_classes=1000)
     assert report.adapted == ["conv1.weight"]
     assert "1 adapted (conv1.weight: 3->1 channels)" in report.summary()
     gray = torch.randn(2, 1, 64, 64)
@@ -218,14 +221,14 @@ def test_grayscale_stem_matches_rgb_on_replicated_gray(source: nn.Module, r18_fi
 
 def test_stem_to_more_channels(source: nn.Module, r18_file: Path, tmp_path: Path) -> None:
     rgb = source.conv1.weight.detach()
-    model, report = load_pretrained(r18_file, in_chans=5)
+    model, report = load_pretrained(read_weights(r18_file), in_chans=5)
     assert report.reasons == {"conv1.weight": "3->5 channels"}
     expected = rgb[:, [0, 1, 2, 0, 1]] * (3 / 5)
     torch.testing.assert_close(model.conv1.weight.detach(), expected, atol=0, rtol=0)
 
-    gray_model, _ = load_pretrained(r18_file, in_chans=1)
+    gray_model, _ = load_pretrained(read_weights(r18_file), in_chans=1)
     torch.save(gray_model.state_dict(), tmp_path / "gray.pth")
-    model, report = load_pretrained(tmp_path / "gray.pth", in_chans=3)
+    model, report = load_pretrained(read_weights(tmp_path / "gray.pth"), in_chans=3)
     assert model.conv1.weight.shape == (64, 3, 7, 7) and report.adapted == ["conv1.weight"]
     gray = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
@@ -238,7 +241,9 @@ def test_sequence_net_adapts_every_input_conv(tmp_path: Path) -> None:
     torch.manual_seed(2)
     mono = _randomise_batchnorm(create_model("resnet1d"))  # 1 channel in
     torch.save(mono.state_dict(), tmp_path / "ecg.pth")
-    model, report = load_pretrained(tmp_path / "ecg.pth", model_name="resnet1d", in_chans=3)
+    model, report = load_pretrained(
+        read_weights(tmp_path / "ecg.pth"), model_name="resnet1d", in_chans=3
+    )
     assert report.adapted == ["layer1.conv1.weight", "layer1.shortcut.0.weight"]
     signal = torch.randn(2, 1, 128)
     with torch.no_grad():
@@ -269,7 +274,7 @@ def test_code_running_pickle_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": _Payload(marker)}, path)
     with pytest.raises(ResnetlabError, match=r"evil.pth: refused: this file would run code"):
-        read_state_dict(path)
+        read_weights(path)
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: an unsafe load does run it
     assert marker.exists()
@@ -302,11 +307,38 @@ def test_other_architecture_lists_keys_at_fault(weights: str, target: str) -> No
 
 def test_unreadable_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ResnetlabError, match=r"no such weights file: '.*missing\.pth'"):
-        read_state_dict(tmp_path / "missing.pth")
+        read_weights(tmp_path / "missing.pth")
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "whole.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:2000])
     with pytest.raises(ResnetlabError, match=r"cut\.pth: not a readable weights file"):
-        read_state_dict(tmp_path / "cut.pth")
+        read_weights(tmp_path / "cut.pth")
     torch.save({"epoch": 3}, tmp_path / "meta.pth")
     with pytest.raises(ResnetlabError, match=r"meta\.pth: no state dict found"):
-        read_state_dict(tmp_path / "meta.pth")
+        read_weights(tmp_path / "meta.pth")
+    save_file({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "whole.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "whole.safetensors").read_bytes()[:99])
+    with pytest.raises(ResnetlabError, match=r"cut\.safetensors: not a readable safetensors file"):
+        read_weights(tmp_path / "cut.safetensors")
+
+
+class _HeadNotNamedFc(nn.Module):
+    """A network whose classifier is ``head``, with a hidden layer named ``fc``."""
+
+    def __init__(self, num_classes: int, hidden: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+
+def test_the_classifier_is_the_models_not_the_fc_prefix() -> None:
+    model = _HeadNotNamedFc(num_classes=2)
+    report = load_weights(model, _HeadNotNamedFc(num_classes=5).state_dict())
+    assert report.reinitialised == ["head.weight", "head.bias"]
+    assert report.reasons["head.weight"] == "5->2 classes"
+    assert "fc.weight" in report.matched
+    with pytest.raises(ResnetlabError, match=r"mis-shaped 3 \(fc\.weight: 6x4 in weights"):
+        load_weights(model, _HeadNotNamedFc(num_classes=2, hidden=6).state_dict())

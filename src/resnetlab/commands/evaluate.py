@@ -11,12 +11,12 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from resnetlab.data import BUILTIN_DATASETS, ImageOptions, load_data
 from resnetlab.data.bundle import DataBundle
-from resnetlab.engine.checkpoint import model_from_checkpoint
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.loop import Normalizer, evaluate_model
 from resnetlab.engine.precision import resolve_device, resolve_precision
+from resnetlab.engine.state_dicts import read_weights
 from resnetlab.engine.training import load_for_weights
-from resnetlab.engine.weights import LoadReport
+from resnetlab.engine.weights import LoadReport, model_from_checkpoint
 from resnetlab.errors import ResnetlabError
 
 SPLITS = ("test", "val", "train", "all")
@@ -145,7 +145,7 @@ def _load_weights(cfg: EvalConfig) -> tuple[nn.Module, DataBundle, LoadReport]:
         mean=cfg.mean,
         std=cfg.std,
     )
-    _, bundle, model, report = load_for_weights(as_training)
+    _, bundle, model, report = load_for_weights(as_training, read_weights(cfg.weights))
     if report.reinitialised:
         reason = report.reasons[report.reinitialised[0]]
         raise ResnetlabError(

@@ -13,11 +13,11 @@ from resnetlab.engine.training import TrainResult, check_run, start_run, train_i
 def finetune(cfg: FinetuneConfig) -> TrainResult:
     """Fine-tune the model of ``cfg.weights`` on ``cfg.data``; the checkpoints record the
     source file's name and sha256, the strategy and its phases."""
-    check_run(cfg)
+    weights = check_run(cfg)
     phases = cfg.phases()
     name = f"finetune-{Path(cfg.weights).stem}"
     with RunDir(cfg.resume or cfg.out or default_run_dir(name, cfg.data)) as run:
-        start = start_run(cfg)
+        start = start_run(cfg, weights)
         if cfg.bn == "frozen":
             freeze_batchnorm(start.model)
         if start.resume is not None:

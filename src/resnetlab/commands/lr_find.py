@@ -30,6 +30,7 @@ from resnetlab.engine.finetune import (
 )
 from resnetlab.engine.optim import make_optimizer
 from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.state_dicts import WeightsFile
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.training import check_run, single_phase, start_run
 from resnetlab.errors import ResnetlabError
@@ -83,15 +84,17 @@ def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     strategy (the swept lr is the head's, the backbone keeps its ratio), any other config
     probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch."""
     lr_range = lr_range or LrRange()
-    check_run(cfg)
+    weights = check_run(cfg)
     lr_range.validate()
     source = Path(cfg.weights).stem if cfg.weights else cfg.model
     with RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data)) as run:
-        return _lr_find(cfg, lr_range, run)
+        return _lr_find(cfg, lr_range, run, weights)
 
 
-def _lr_find(cfg: TrainConfig, lr_range: LrRange, run: RunDir) -> LrFindResult:
-    start = start_run(cfg)
+def _lr_find(
+    cfg: TrainConfig, lr_range: LrRange, run: RunDir, weights: WeightsFile | None
+) -> LrFindResult:
+    start = start_run(cfg, weights)
     cfg, bundle = start.cfg, start.bundle
     if start.report is not None:
         run.print(start.report.summary())

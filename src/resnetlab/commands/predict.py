@@ -9,9 +9,9 @@ import torch
 
 from resnetlab.data.decode import BadImage, decode_image, is_image_file
 from resnetlab.data.tabular import read_csv_features
-from resnetlab.engine.checkpoint import model_from_checkpoint
 from resnetlab.engine.loop import Normalizer, class_logits
 from resnetlab.engine.precision import resolve_device
+from resnetlab.engine.weights import model_from_checkpoint
 from resnetlab.errors import ResnetlabError
 
 

@@ -22,7 +22,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     checkpoints record its name and sha256. With ``cfg.resume`` (see ``resume_config``) it
     continues the run in that folder from its training state.
     """
-    check_run(cfg)
+    weights = check_run(cfg)
     name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
     with RunDir(cfg.resume or cfg.out or default_run_dir(name, cfg.data)) as run:
-        return train_in_run(start_run(cfg), run, single_phase(cfg))
+        return train_in_run(start_run(cfg, weights), run, single_phase(cfg))

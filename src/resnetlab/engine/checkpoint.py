@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load, save_file
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.models import create_model
 
 HEADER_KEY = "resnetlab"
 FORMAT_VERSION = 1
@@ -41,53 +39,41 @@ def save_checkpoint(
 
 
 def read_header(path: str | Path) -> dict[str, Any] | None:
-    """The resnetlab header of a safetensors file, or None if it has none."""
-    from safetensors import safe_open
-
+    """The resnetlab header of a safetensors file, read without its tensors (None: it has none)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise ResnetlabError(f"{path}: not a readable safetensors file ({exc})") from None
+    return _resnetlab_header(metadata)
+
+
+def load_safetensors(
+    data: bytes, source: str | Path
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``(tensors, resnetlab header or None)`` of a safetensors file's bytes; ``source`` names
+    the file in the error a damaged one raises."""
+    try:
+        tensors = load(data)
+    except SafetensorError as exc:
+        raise ResnetlabError(f"{source}: not a readable safetensors file ({exc})") from None
+    # The layout: an 8-byte little-endian header length, then the JSON header.
+    length = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+    return tensors, _resnetlab_header(metadata)
+
+
+def _resnetlab_header(metadata: dict[str, str]) -> dict[str, Any] | None:
     raw = metadata.get(HEADER_KEY)
     return json.loads(raw) if raw else None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a resnetlab checkpoint: ``(state_dict, header)``."""
+    """Read a resnetlab checkpoint, opening it once: ``(state_dict, header)``."""
     path = Path(path)
     if not path.is_file():
         raise ResnetlabError(f"--checkpoint: no such file: '{path}'")
-    header = read_header(path)
+    state_dict, header = load_safetensors(path.read_bytes(), path)
     if header is None:
         raise ResnetlabError(f"{path}: not a resnetlab checkpoint (no '{HEADER_KEY}' header)")
-    return load_file(str(path)), header
-
-
-def model_from_checkpoint(
-    path: str | Path, expect_model: str | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network a checkpoint describes and load its weights: every tensor must fit
-    (BatchNorm step counters aside, which a run with FrozenBatchNorm2d layers does not save)."""
-    from resnetlab.engine.weights import load_weights  # it imports this module
-
-    state, header = load_checkpoint(path)
-    name = header["model"]
-    if expect_model is not None and expect_model != name:
-        raise ResnetlabError(
-            f"--checkpoint '{path}' holds a {name} model, not --model {expect_model}"
-        )
-    model = create_model(
-        name,
-        num_classes=header["num_classes"],
-        in_chans=header["in_chans"],
-        **header["model_options"],
-    )
-    report = load_weights(model, state, source=str(path), model_name=name)
-    misfits = report.adapted + report.reinitialised
-    if misfits:
-        raise ResnetlabError(
-            f"{path}: weights do not fit the header's {name}: "
-            + "; ".join(f"{key} ({report.reasons[key]})" for key in misfits)
-        )
-    return model, header
+    return state_dict, header

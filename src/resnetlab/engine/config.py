@@ -83,16 +83,8 @@ class TrainConfig:
     std: list[float] | None = None
 
     def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid value, or the --weights
-        file if it is missing or damaged."""
-        self.check_flags()
-        if self.weights:
-            from resnetlab.engine.state_dicts import weights_header  # torch: keep --help fast
-
-            weights_header(self.weights)  # fails before a run folder is made
-
-    def check_flags(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid value (reads no file)."""
+        """Raise ResnetlabError naming the flag of the first invalid value (reads no file: a
+        run reads its --weights with ``read_weights`` before making its folder)."""
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),

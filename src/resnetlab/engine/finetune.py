@@ -33,7 +33,6 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.optim import make_optimizer, parameter_groups
-from resnetlab.engine.state_dicts import HEAD_PREFIX
 from resnetlab.errors import ResnetlabError
 
 if TYPE_CHECKING:
@@ -114,11 +113,11 @@ class FinetuneConfig(TrainConfig):
     lr: float = 2e-3
     weight_decay: float = 0.01
 
-    def check_flags(self) -> None:
+    def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid value (reads no file)."""
         if not self.weights:
             raise ResnetlabError("finetune needs --weights FILE")
-        super().check_flags()
+        super().validate()
         checks = [
             (bool(self.data), "finetune needs --data (a built-in name, a CSV file or a folder)"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
@@ -177,13 +176,14 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def parameter_stages(model: nn.Module) -> tuple[list[nn.Parameter], list[list[nn.Parameter]]]:
-    """``(classifier parameters, backbone parameters by stage)``: stage 0 is the stem, stage k
-    the k-th residual stage; anything after the last stage (e.g. a final norm) joins it."""
-    head: list[nn.Parameter] = []
+    """``(classifier parameters, backbone parameters by stage)``: the classifier is
+    ``model.get_classifier()``; stage 0 is the stem, stage k the k-th residual stage; anything
+    after the last stage (e.g. a final norm) joins it."""
+    head = list(model.get_classifier().parameters())
+    in_head = {id(param) for param in head}
     stages: list[list[nn.Parameter]] = [[]]
     for name, param in model.named_parameters():
-        if name.startswith(HEAD_PREFIX):
-            head.append(param)
+        if id(param) in in_head:
             continue
         match = _STAGE_KEY.match(name)
         if match:

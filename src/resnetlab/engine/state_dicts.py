@@ -7,21 +7,22 @@ Pickles are only ever opened with ``torch.load(weights_only=True)``: nothing in 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
-from resnetlab.engine.checkpoint import read_header
+from resnetlab.engine.checkpoint import load_safetensors
 from resnetlab.errors import ResnetlabError
-from resnetlab.models import create_model, list_models
+from resnetlab.models import classifier_prefix, create_model, list_models
 
 STEM_KEY = "conv1.weight"  # the first convolution of every image ResNet
-HEAD_PREFIX = "fc."  # the classifier
 
 # Training scripts save {"<one of these>": state_dict, "epoch": ..., "best_acc": ...}.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -34,42 +35,42 @@ _CLASSIC_KEYS = (
 )
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    """Read ``(state_dict, resnetlab header or None)`` from a safetensors file or a torch pickle.
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file, read once: its state dict (keys normalised, see ``read_weights``), its
+    resnetlab header (None: it has none) and the sha256 of its bytes."""
+
+    path: str  # as given, for messages and provenance
+    state_dict: dict[str, Tensor]
+    header: dict[str, Any] | None
+    sha256: str
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """Read a safetensors file or a torch pickle, opening it once.
 
     Training-script wrappers and 'module.'/'_orig_mod.' prefixes are removed and classic CIFAR
-    key names mapped to torchvision's, so the result can be loaded into our models directly.
+    key names mapped to torchvision's, so the state dict can be loaded into our models directly.
+    A missing, damaged or code-running file raises a one-line ResnetlabError.
     """
-    path = _existing(path)
-    if _is_safetensors(path):
-        header = read_header(path)  # raises a one-line error for a damaged file
-        return _normalise_keys(load_file(str(path)), path), header
-    return _normalise_keys(_unwrap(_load_pickle(path), path), path), None
-
-
-def weights_header(path: str | Path) -> dict[str, Any] | None:
-    """The resnetlab header of a weights file, read without its tensors (None: it has none)."""
-    path = _existing(path)
-    return read_header(path) if _is_safetensors(path) else None
-
-
-def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
+    file = Path(path)
+    if not file.is_file():
         raise ResnetlabError(f"no such weights file: '{path}'")
-    return path
+    data = file.read_bytes()
+    # A safetensors file starts with an 8-byte header length and then the JSON header.
+    if data[8:9] == b"{":
+        state_dict, header = load_safetensors(data, path)
+    else:
+        state_dict, header = _unwrap(_load_pickle(data, path), path), None
+    return WeightsFile(
+        str(path), _normalise_keys(state_dict, path), header, hashlib.sha256(data).hexdigest()
+    )
 
 
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with an 8-byte header length and then the JSON header."""
-    with path.open("rb") as f:
-        return f.read(9)[8:] == b"{"
-
-
-def _load_pickle(path: Path) -> object:
+def _load_pickle(data: bytes, path: str | Path) -> object:
     """``torch.load`` restricted to tensors and plain containers; code-running pickles refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ResnetlabError(
             f"{path}: refused: {_refusal_reason(str(exc))}; "
@@ -92,7 +93,7 @@ def _refusal_reason(message: str) -> str:
     return f"not a weights-only pickle ({found}), so loading it could run code"
 
 
-def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
+def _unwrap(obj: object, path: str | Path) -> dict[str, Tensor]:
     """Descend through training-script wrappers down to a dict of tensors."""
     while isinstance(obj, dict) and not _is_tensor_dict(obj):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -112,7 +113,7 @@ def _is_tensor_dict(obj: dict[Any, Any]) -> bool:
     return bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
 
 
-def _normalise_keys(state_dict: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+def _normalise_keys(state_dict: dict[str, Tensor], path: str | Path) -> dict[str, Tensor]:
     """Strip wrapper prefixes (in any order and nesting) and map classic CIFAR names."""
     normalised: dict[str, Tensor] = {}
     for key, tensor in state_dict.items():
@@ -186,12 +187,15 @@ def _fits(name: str, options: dict[str, Any], state_dict: dict[str, Tensor]) -> 
     keys and shapes, classifier and BatchNorm step counters aside."""
     with torch.device("meta"):
         model = create_model(name, in_chans=state_dict[STEM_KEY].shape[1], **options)
-    return _shapes(model.state_dict()) == _shapes(state_dict)
+    head = classifier_prefix(model)
+    return _shapes(model.state_dict(), head) == _shapes(state_dict, head)
 
 
-def _shapes(state_dict: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+def _shapes(state_dict: dict[str, Tensor], head: str) -> dict[str, tuple[int, ...]]:
+    """Each key's shape, but for the classifier's (keys starting with ``head``) and BatchNorm
+    step counters."""
     return {
         key: tuple(tensor.shape)
         for key, tensor in state_dict.items()
-        if not key.startswith(HEAD_PREFIX) and not key.endswith("num_batches_tracked")
+        if not key.startswith(head) and not key.endswith("num_batches_tracked")
     }

@@ -19,6 +19,7 @@ from resnetlab.engine.finetune import FinetuneConfig, Phase, fit_phases
 from resnetlab.engine.precision import Precision
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import STATE_FILE, load_state
+from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.weights import LoadReport, load_pretrained, source_preprocessing
 from resnetlab.errors import ResnetlabError
@@ -60,9 +61,10 @@ class Start:
     resume: dict[str, Any] | None = None  # the training state that the run continues
 
 
-def check_run(cfg: TrainConfig) -> None:
+def check_run(cfg: TrainConfig) -> WeightsFile | None:
     """Refuse a run that cannot work before its run folder is made: invalid flags, a model
-    for another kind of data, or batch mixing of data that is not images."""
+    for another kind of data, batch mixing of data that is not images, or a missing or
+    damaged weights file; return that file, read once, if the run starts from one."""
     cfg.validate()
     if cfg.resume and cfg.out and Path(cfg.out).resolve() != Path(cfg.resume).resolve():
         raise ResnetlabError(f"--out {cfg.out}: a resumed run writes to its own folder, --resume")
@@ -73,6 +75,7 @@ def check_run(cfg: TrainConfig) -> None:
         raise ResnetlabError(f"--mixup/--cutmix mix images; --data {cfg.data} is {kind} data")
     if cfg.tta is not None and kind != "image":
         raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {kind} data")
+    return read_weights(cfg.weights) if cfg.weights and not cfg.resume else None
 
 
 def _check_data_kind(model: str, cfg: TrainConfig, kind: str) -> None:
@@ -130,22 +133,25 @@ def build_for_data(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
     )
 
 
-def load_for_weights(cfg: Config) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
-    """Data and model for a run that starts from ``cfg.weights``, and ``cfg`` naming that model.
+def load_for_weights(
+    cfg: Config, weights: WeightsFile
+) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
+    """Data and model for a run that starts from ``weights`` (``cfg.weights``, read by
+    ``read_weights``), and ``cfg`` naming that model.
 
     The data is sized and normalised as the weights expect (``source_preprocessing``: the
     flags, else their resnetlab header, else the data's own statistics). The model is
     ``cfg.model`` (``auto``: the weights' header or inferred from their keys) with a seeded new
     head for the data's classes and a stem adapted to its channels, as the report says.
     """
-    preprocessing = source_preprocessing(cfg.weights, cfg.mean, cfg.std, cfg.image_size)
+    preprocessing = source_preprocessing(weights, cfg.mean, cfg.std, cfg.image_size)
     bundle = load_bundle(replace(cfg, image_size=preprocessing.input_size))
     stats = preprocessing.normalisation(bundle.input_shape[0])
     if stats is not None:
         bundle = replace(bundle, mean=stats[0], std=stats[1])
     torch.manual_seed(cfg.seed)
     model, report = load_pretrained(
-        cfg.weights,
+        weights,
         model_name=None if cfg.model == AUTO_MODEL else cfg.model,
         num_classes=num_outputs(cfg, bundle),
         in_chans=bundle.input_shape[0],
@@ -198,14 +204,15 @@ def checkpoint_header(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
     }
 
 
-def start_run(cfg: TrainConfig) -> Start:
-    """Load the data and build the model (from ``cfg.weights`` if given), seeded by the run;
-    or, with ``cfg.resume``, rebuild both as the saved run had them (``resume_run``)."""
+def start_run(cfg: TrainConfig, weights: WeightsFile | None = None) -> Start:
+    """Load the data and build the model (from ``weights``, read from ``cfg.weights``, if
+    given), seeded by the run; or, with ``cfg.resume``, rebuild both as the saved run had them
+    (``resume_run``)."""
     if cfg.resume:
         return resume_run(cfg)
     requested = cfg.to_dict()
-    if cfg.weights:
-        cfg, bundle, model, report = load_for_weights(cfg)
+    if weights is not None:
+        cfg, bundle, model, report = load_for_weights(cfg, weights)
         header = {**checkpoint_header(cfg, bundle), "weights": report.provenance()}
         return Start(cfg, bundle, model, header, report, requested)
     bundle = load_bundle(cfg)

@@ -6,7 +6,6 @@ A new class count re-initialises the classifier; a new input-channel count adapt
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.config import check_preprocessing_flags
-from resnetlab.engine.state_dicts import HEAD_PREFIX, infer_model, read_state_dict, weights_header
+from resnetlab.engine.state_dicts import WeightsFile, infer_model
 from resnetlab.errors import ResnetlabError
-from resnetlab.models import create_model
+from resnetlab.models import classifier_prefix, create_model
 
 _LISTED = 5  # keys named per category in an error message before "and N more"
 
@@ -92,6 +92,7 @@ def load_weights(
     naming them.
     """
     target = model.state_dict()
+    head = classifier_prefix(model)
     channels = _input_channels(target, state_dict)
     loaded: dict[str, Tensor] = {}
     report = LoadReport(source, "", model_name, False, [], [], [], None)
@@ -102,7 +103,7 @@ def load_weights(
         if given is not None and given.shape == current.shape:
             loaded[key] = given
             report.matched.append(key)
-        elif _is_other_head(key, given, current):
+        elif key.startswith(head) and _is_other_head(given, current):
             report.reinitialised.append(key)
             report.reasons[key] = (
                 "not in weights"
@@ -130,9 +131,9 @@ def load_weights(
     return report
 
 
-def _is_other_head(key: str, given: Tensor | None, current: Tensor) -> bool:
-    """A classifier tensor that is absent or sized for another number of classes."""
-    return key.startswith(HEAD_PREFIX) and (given is None or given.shape[1:] == current.shape[1:])
+def _is_other_head(given: Tensor | None, current: Tensor) -> bool:
+    """Whether the classifier's tensor ``given`` is absent or sized for another class count."""
+    return given is None or given.shape[1:] == current.shape[1:]
 
 
 def _input_channels(
@@ -167,19 +168,19 @@ def _listing(label: str, keys: list[str]) -> str:
 
 
 def load_pretrained(
-    path: str | Path,
+    weights: WeightsFile,
     *,
     model_name: str | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
     **model_options: Any,
 ) -> tuple[nn.Module, LoadReport]:
-    """Build a model for the weights at ``path`` and load them.
+    """Build a model for ``weights`` (see ``read_weights``) and load them.
 
     The architecture is ``model_name``, else the resnetlab header's, else inferred from the keys;
     ``num_classes``/``in_chans`` default to the source's, and differing ones adapt head/stem.
     """
-    state_dict, header = read_state_dict(path)
+    state_dict, header = weights.state_dict, weights.header
     header_model = header.get("model") if header else None
     inferred = model_name is None and header_model is None
     if inferred:
@@ -195,10 +196,10 @@ def load_pretrained(
         in_chans=source_chans if in_chans is None else in_chans,
         **options,
     )
-    report = load_weights(model, state_dict, source=str(path), model_name=model_name)
+    report = load_weights(model, state_dict, source=weights.path, model_name=model_name)
     return model, replace(
         report,
-        sha256=_sha256(path),
+        sha256=weights.sha256,
         inferred_model=inferred,
         header=header,
         model_options=options,
@@ -213,8 +214,9 @@ def _source_dims(
     if header:
         return header.get("num_classes"), header.get("in_chans")
     with torch.device("meta"):
-        first_key = next(iter(create_model(name, **options).state_dict()))
-    head = state_dict.get(f"{HEAD_PREFIX}weight")
+        meta = create_model(name, **options)
+    first_key = next(iter(meta.state_dict()))
+    head = state_dict.get(f"{classifier_prefix(meta)}weight")
     first = state_dict.get(first_key)
     return (
         None if head is None else head.shape[0],
@@ -222,9 +224,31 @@ def _source_dims(
     )
 
 
-def _sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def model_from_checkpoint(
+    path: str | Path, expect_model: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network a checkpoint describes and load its weights: every tensor must fit
+    (BatchNorm step counters aside, which a run with FrozenBatchNorm2d layers does not save)."""
+    state, header = load_checkpoint(path)
+    name = header["model"]
+    if expect_model is not None and expect_model != name:
+        raise ResnetlabError(
+            f"--checkpoint '{path}' holds a {name} model, not --model {expect_model}"
+        )
+    model = create_model(
+        name,
+        num_classes=header["num_classes"],
+        in_chans=header["in_chans"],
+        **header["model_options"],
+    )
+    report = load_weights(model, state, source=str(path), model_name=name)
+    misfits = report.adapted + report.reinitialised
+    if misfits:
+        raise ResnetlabError(
+            f"{path}: weights do not fit the header's {name}: "
+            + "; ".join(f"{key} ({report.reasons[key]})" for key in misfits)
+        )
+    return model, header
 
 
 @dataclass(frozen=True)
@@ -253,15 +277,15 @@ class Preprocessing:
 
 
 def source_preprocessing(
-    path: str | Path,
+    weights: WeightsFile,
     mean: list[float] | None = None,
     std: list[float] | None = None,
     input_size: int | None = None,
 ) -> Preprocessing:
-    """The preprocessing the weights at ``path`` expect: the flags where given, else what their
-    resnetlab header records (foreign weights carry none; read without loading tensors)."""
+    """The preprocessing ``weights`` expect: the flags where given, else what their resnetlab
+    header records (foreign weights carry none)."""
     check_preprocessing_flags(mean, std, input_size)
-    header = weights_header(path) or {}
+    header = weights.header or {}
     if input_size is None and header.get("data_kind") == "image":
         input_size = header["input_shape"][-1]
     if mean is None and "mean" in header:

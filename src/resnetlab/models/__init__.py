@@ -11,6 +11,7 @@ from resnetlab.models.blocks import (
     ShortcutA,
 )
 from resnetlab.models.cifar import CifarResNet
+from resnetlab.models.classifier import ClassifierMixin, classifier_prefix
 from resnetlab.models.complexity import (
     ModelSummary,
     count_macs,
@@ -34,6 +35,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "CifarResNet",
+    "ClassifierMixin",
     "ModelSpec",
     "ModelSummary",
     "PreActBasicBlock",
@@ -45,6 +47,7 @@ __all__ = [
     "ShortcutA",
     "TabularBlock",
     "TabularResNet",
+    "classifier_prefix",
     "count_macs",
     "count_parameters",
     "create_model",

@@ -16,18 +16,21 @@ from resnetlab.models.blocks import (
     projection,
     zero_init_last_bn,
 )
+from resnetlab.models.classifier import ClassifierMixin
 from resnetlab.models.registry import register_model
 
 _WIDTHS = (16, 32, 64)
 _SHORTCUTS = ("A", "B", None)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierMixin, nn.Module):
     """3x3 conv 16 + BN + ReLU, three stages of n basic blocks (16/32/64 filters), GAP, ``fc``.
 
     ``shortcut`` is "A" (zero-padding, parameter-free), "B" (1x1 projection where the shape
     changes) or ``None`` for the plain network of the same layers (He et al. 2015, sec. 4.2).
     """
+
+    kaiming_linear = True
 
     def __init__(
         self,
@@ -52,7 +55,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(_WIDTHS[1], _WIDTHS[2], blocks_per_stage, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(_WIDTHS[2], num_classes)
-        init_weights(self, linear=True)
+        init_weights(self, linear=self.kaiming_linear)
         if zero_init_residual:
             zero_init_last_bn(self)
 

@@ -9,16 +9,19 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.models.blocks import PreActBasicBlock, PreActBottleneck, conv3x3, init_weights
+from resnetlab.models.classifier import ClassifierMixin
 from resnetlab.models.registry import register_model
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(ClassifierMixin, nn.Module):
     """3x3 conv stem, stages of pre-activation blocks, final BN-ReLU, GAP, ``fc``.
 
     The first stage keeps the resolution, every later one halves it (stride 2 in its first
     block). The final BN-ReLU (``bn_final``) is needed because every block ends with a conv
     (He et al. 2016, sec. 4.1 and fig. 5).
     """
+
+    kaiming_linear = True
 
     def __init__(
         self,
@@ -44,7 +47,7 @@ class PreActResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
-        init_weights(self, linear=True)
+        init_weights(self, linear=self.kaiming_linear)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map after the final BN-ReLU, before pooling."""

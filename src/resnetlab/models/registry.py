@@ -67,7 +67,10 @@ def list_models(family: str | None = None) -> list[str]:
 def create_model(
     name: str, num_classes: int | None = None, in_chans: int | None = None, **options: object
 ) -> nn.Module:
-    """Build model ``name``; unset ``num_classes``/``in_chans`` take the registry defaults."""
+    """Build model ``name``; unset ``num_classes``/``in_chans`` take the registry defaults.
+
+    An unknown or invalid option raises a ResnetlabError naming the model.
+    """
     spec = get_model_spec(name)
     try:
         return spec.builder(
@@ -75,5 +78,5 @@ def create_model(
             in_chans=spec.in_chans if in_chans is None else in_chans,
             **options,
         )
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ResnetlabError(f"bad option for model {name!r}: {exc}") from None

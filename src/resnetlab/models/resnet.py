@@ -17,17 +17,20 @@ from resnetlab.models.blocks import (
     projection,
     zero_init_last_bn,
 )
+from resnetlab.models.classifier import ClassifierMixin
 from resnetlab.models.registry import register_model
 
 _WIDTHS = (64, 128, 256, 512)
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierMixin, nn.Module):
     """7x7/2 stem, 3x3/2 max pool, four stages of residual blocks, global average pool, ``fc``.
 
     ``replace_stride_with_dilation`` trades the stride of stages 2-4 for dilation (output
     stride 8 or 16, as in DeepLab); ``zero_init_residual`` zeroes each block's last BN gamma.
     """
+
+    kaiming_linear = False  # linear layers keep PyTorch's default init
 
     def __init__(
         self,
@@ -75,7 +78,7 @@ class ResNet(nn.Module):
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
-        init_weights(self, linear=False)
+        init_weights(self, linear=self.kaiming_linear)
         if zero_init_residual:
             zero_init_last_bn(self)
 

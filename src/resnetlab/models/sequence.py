@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnetlab.models.blocks import init_weights
+from resnetlab.models.classifier import ClassifierMixin
 from resnetlab.models.registry import register_model
 
 _KERNELS = (8, 5, 3)
@@ -58,11 +59,13 @@ class Residual1dBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ResNet1d(nn.Module):
+class ResNet1d(ClassifierMixin, nn.Module):
     """Three residual blocks of 64/128/128 filters, global average pooling over time, ``fc``.
 
     The input is (N, in_chans, L): one channel per series variable, any length L.
     """
+
+    kaiming_linear = True
 
     def __init__(self, num_classes: int = 2, in_chans: int = 1) -> None:
         super().__init__()
@@ -71,7 +74,7 @@ class ResNet1d(nn.Module):
         self.layer3 = Residual1dBlock(_WIDTHS[1], _WIDTHS[2])
         self.avgpool = nn.AdaptiveAvgPool1d(1)
         self.fc = nn.Linear(_WIDTHS[2], num_classes)
-        init_weights(self, linear=True)
+        init_weights(self, linear=self.kaiming_linear)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map, before pooling: (N, 128, L)."""

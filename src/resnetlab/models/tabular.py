@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.models.classifier import ClassifierMixin
 from resnetlab.models.registry import register_model
 
 
@@ -51,13 +52,15 @@ class TabularBlock(nn.Module):
         return out + (x if self.projection is None else self.projection(x))
 
 
-class TabularResNet(nn.Module):
+class TabularResNet(ClassifierMixin, nn.Module):
     """Linear(in_chans -> widths[0]), one block per width, head BatchNorm -> ReLU -> ``fc``.
 
     ``dropout`` is the hidden dropout, ``residual_dropout`` the one before the addition; each
     block's hidden layer has ``hidden_factor`` times its width. ``shortcut=False`` gives the
     same network without shortcuts.
     """
+
+    kaiming_linear = False  # linear layers keep PyTorch's default init
 
     def __init__(
         self,
