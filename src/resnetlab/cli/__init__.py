@@ -48,7 +48,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     values = _read_config(args) if args.config else {}
     if getattr(args, "resume", None):
-        values = {**_resumed_run_values(args.resume), **values}
+        values = {**_resumed_run_values(args.resume, args.command), **values}
     recipe = values.get("recipe") or getattr(args, "recipe", None)
     if recipe:
         values = {**recipe_defaults(recipe), **values}
@@ -80,12 +80,12 @@ def _read_config(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _resumed_run_values(run_dir: str) -> dict[str, Any]:
+def _resumed_run_values(run_dir: str, command: str) -> dict[str, Any]:
     """The settings of the run to resume, as flag defaults (flags given override them, and
     the engine refuses any that would change what the run learns)."""
     from resnetlab.engine.training import resume_config  # torch: only when resuming
 
-    return _as_flag_values(resume_config(run_dir).to_dict())
+    return _as_flag_values(resume_config(run_dir, command).to_dict())
 
 
 def _as_flag_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -140,7 +140,8 @@ def load_image_folder(
         _, val, test = split_subsets(datasets["eval"], split)
     val = datasets.get("val", val)
     test = datasets.get("test", test)
-    mean, std = _train_stats(datasets["train"], split.train, seed)
+    # streaming: the statistics of the plain training images, not of random crops of them
+    mean, std = _train_stats(datasets.get("eval", datasets["train"]), split.train, seed)
     name = root.resolve().name
     return DataBundle(
         name, "image", classes, (channels, size, size), train, val, test, mean, std,

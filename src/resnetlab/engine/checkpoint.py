@@ -27,7 +27,9 @@ def save_checkpoint(
     """
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    metadata = {"format": "pt", HEADER_KEY: json.dumps({"version": FORMAT_VERSION, **header})}
+    # One metadata key: safetensors keeps metadata in a hash map whose order varies from one
+    # process to the next, and the same checkpoint must be the same bytes (see engine.state).
+    metadata = {HEADER_KEY: json.dumps({"version": FORMAT_VERSION, **header})}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -13,6 +14,27 @@ from typing import Any
 import yaml
 
 from resnetlab.errors import ResnetlabError
+
+# Metrics that measure the machine, not the run: checkpoints and fingerprints leave them out.
+TIMINGS = ("samples_per_s", "elapsed_s")
+
+
+def fingerprint(run_dir: str | Path) -> dict[str, Any]:
+    """What the exact-resume promise covers: the sha256 of ``last``/``best.safetensors`` and
+    every epoch's metrics but the timings. A run resumed any number of times on the CPU has
+    the fingerprint of the same run never stopped."""
+    run_dir = Path(run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {
+        **{
+            name: hashlib.sha256((run_dir / f"{name}.safetensors").read_bytes()).hexdigest()
+            for name in ("last", "best")
+        },
+        "metrics": [
+            {key: value for key, value in json.loads(line).items() if key not in TIMINGS}
+            for line in lines
+        ],
+    }
 
 
 def default_run_dir(model: str, data: str) -> Path:

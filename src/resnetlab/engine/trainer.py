@@ -32,15 +32,12 @@ from resnetlab.engine.metrics import topk_accuracy
 from resnetlab.engine.optim import build_scheduler
 from resnetlab.engine.plots import plot_confusion, plot_curves
 from resnetlab.engine.precision import resolve_device, resolve_precision
-from resnetlab.engine.rundir import RunDir, progress_enabled
+from resnetlab.engine.rundir import TIMINGS, RunDir, progress_enabled
 from resnetlab.engine.state import STATE_FILE, capture_rng, restore_rng, save_state
 from resnetlab.engine.stops import StopRequests
 from resnetlab.errors import ResnetlabError, RunStopped
 
 _CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count
-# Metrics that measure the machine, not the run: checkpoints leave them out, so that a resumed
-# run's checkpoints are byte for byte those of a run that never stopped.
-TIMINGS = ("samples_per_s", "elapsed_s")
 
 
 @dataclass
@@ -186,6 +183,7 @@ class Trainer:
                 self._end_epoch(self._epoch_record(tally))
                 tally = None
                 self.save_state(None)
+                self._stop_if_asked()
 
     def _train_epoch(self, tally: EpochTally) -> EpochTally:
         """The rest of the current epoch, from step ``tally.steps`` of it."""
@@ -216,11 +214,16 @@ class Trainer:
             self.save_state(tally)
         elif tally.steps % _CHECK_EVERY == 0:
             self._check_finite(tally)
+        self._stop_if_asked()
+
+    def _stop_if_asked(self) -> None:
+        """After the state is saved: end the run if a signal asked for it (``RunStopped``)."""
+        stop = self.stops.signal
         if stop is not None:
-            where = f"epoch {len(self.history) + 1}, step {self.steps_done}"
             raise RunStopped(
-                f"stopped by {stop.name} at {where}, state saved; resume with: "
-                f"resnetlab {self.cfg.command} --resume {self.run.path}",
+                f"stopped by {stop.name} after epoch {len(self.history)}, step "
+                f"{self.steps_done}, state saved; resume with: resnetlab {self.cfg.command} "
+                f"--resume {self.run.path}",
                 128 + stop.value,
             )
 

@@ -221,12 +221,22 @@ def start_run(cfg: TrainConfig, weights: WeightsFile | None = None) -> Start:
     return Start(cfg, bundle, model, checkpoint_header(cfg, bundle), requested=requested)
 
 
-def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
+def resume_config(run_dir: str | Path, command: str | None = None, **changes: Any) -> TrainConfig:
     """The config that continues the run in ``run_dir`` (a ``FinetuneConfig`` for a
-    fine-tuning run), with ``changes`` (e.g. ``epochs=30``) applied: for ``train(cfg)``."""
+    fine-tuning run), with ``changes`` (e.g. ``epochs=30``) applied: for ``train(cfg)``.
+    ``command`` (``train`` or ``finetune``): refuse a run of the other command."""
     state = load_state(Path(run_dir) / STATE_FILE)
+    _check_command(state, command or state["command"], run_dir)
     cls = FinetuneConfig if state["command"] == FinetuneConfig.command else TrainConfig
     return replace(cls(**state["config"]), resume=str(run_dir), **changes)
+
+
+def _check_command(state: dict[str, Any], command: str, run_dir: str | Path) -> None:
+    if state["command"] != command:
+        raise ResnetlabError(
+            f"--resume {run_dir}: a `{state['command']}` run; continue it with "
+            f"resnetlab {state['command']} --resume {run_dir}"
+        )
 
 
 def resume_run(cfg: TrainConfig) -> Start:
@@ -237,11 +247,7 @@ def resume_run(cfg: TrainConfig) -> Start:
     number of threads are allowed, with a warning that the run is no longer exact.
     """
     state = load_state(Path(cfg.resume) / STATE_FILE)
-    if state["command"] != cfg.command:
-        raise ResnetlabError(
-            f"--resume {cfg.resume}: a `{state['command']}` run; continue it with "
-            f"resnetlab {state['command']} --resume {cfg.resume}"
-        )
+    _check_command(state, cfg.command, cfg.resume)
     given, saved = cfg.to_dict(), state["config"]
     differ = [key for key in given if key not in RESUMABLE and given[key] != saved.get(key)]
     if differ:

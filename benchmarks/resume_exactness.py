@@ -1,0 +1,92 @@
+"""Exact resume on a real image folder: kill training with SIGKILL at a random step, resume it,
+and compare its fingerprint (checkpoint sha256s, metrics without timings) with a run that never
+stopped. Half the trials use the in-memory cached path, half the streaming path with DataLoader
+workers (forced with --cache-mem 0).
+
+    python benchmarks/resume_exactness.py --data ../shared/data/cifar10/train
+
+Prints a table and writes benchmarks/results/resume_exactness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from resnetlab.engine.rundir import fingerprint
+from resnetlab.engine.state import STATE_FILE
+
+PIPELINES = {"cached": [], "streaming": ["--cache-mem", "0", "--workers", "2"]}
+
+
+def run(argv: list[str], where: Path, kill_after: float | None = None) -> bool:
+    """Run ``resnetlab ARGV`` in ``where``; with ``kill_after``, SIGKILL it that many seconds
+    after it first saves its state. True if it was killed."""
+    with (where / "output.txt").open("ab") as log:
+        command = [sys.executable, "-m", "resnetlab", *argv]
+        process = subprocess.Popen(command, cwd=where, stdout=log, stderr=subprocess.STDOUT)
+        state = where / "run" / STATE_FILE
+        while kill_after is not None and process.poll() is None and not state.exists():
+            time.sleep(0.05)
+        if kill_after is not None and process.poll() is None:
+            time.sleep(kill_after)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return True
+        if process.wait() != 0:
+            raise SystemExit(f"{' '.join(argv)} failed: see {where / 'output.txt'}")
+    return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="an image folder, e.g. CIFAR-10's")
+    parser.add_argument("--trials", type=int, default=20, help="kills in all (half per path)")
+    parser.add_argument("--limit-steps", type=int, default=40)
+    parser.add_argument("--save-every", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/resume_exactness.json")
+    args = parser.parse_args()
+    recipe = [
+        "train", "--data", str(Path(args.data).resolve()), "--recipe", "fast", "--epochs", "2",
+        "--limit-steps", str(args.limit_steps), "--save-every", str(args.save_every),
+        "--val-fraction", "0.02", "--quiet", "--out", "run",
+    ]  # fmt: skip
+    rng = random.Random(args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, flags in PIPELINES.items():
+            reference = Path(scratch) / f"{name}-reference"
+            reference.mkdir()
+            started = time.perf_counter()
+            run([*recipe, *flags], reference)
+            seconds = time.perf_counter() - started
+            expected = fingerprint(reference / "run")
+            matched = killed = 0
+            for trial in range(args.trials // 2):
+                where = Path(scratch) / f"{name}-{trial}"
+                where.mkdir()
+                killed += run([*recipe, *flags], where, kill_after=rng.uniform(0, seconds / 2))
+                run(["train", "--resume", "run"], where)
+                matched += fingerprint(where / "run") == expected
+            rows.append({"pipeline": name, "trials": args.trials // 2, "killed": killed,
+                         "matched": matched, "reference_s": round(seconds, 1)})  # fmt: skip
+            print(rows[-1], flush=True)
+    result = {"machine": platform.processor() or platform.machine(), "rows": rows, **vars(args)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    total = sum(r["matched"] for r in rows)
+    print(f"{total} of {sum(r['trials'] for r in rows)} resumed runs matched bit for bit")
+
+
+if __name__ == "__main__":
+    main()
