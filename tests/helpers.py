@@ -1,11 +1,14 @@
-"""Data that several test modules make: small image folders."""
+"""What several test modules share: small image folders, and running the CLI in-process."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from resnetlab.cli import main
 
 
 def make_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
@@ -22,3 +25,20 @@ def make_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) 
             noisy = np.clip(image + rng.integers(0, 60, image.shape), 0, 255).astype(np.uint8)
             Image.fromarray(np.stack([noisy] * 3, axis=-1)).save(folder / f"{i:03d}.png")
     return root
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``resnetlab ARGV`` in-process: (exit status, stdout, stderr)."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit status 2 and a single ``resnetlab: error:`` line holding every needle."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("resnetlab: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

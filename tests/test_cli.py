@@ -9,25 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from resnetlab.cli import main
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("resnetlab: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_train_prints_the_article_format(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 from itertools import pairwise
 from pathlib import Path
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 from resnetlab.commands.train import train
 from resnetlab.engine import checkpoint as ckpt
+from resnetlab.engine import files
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.loop import class_logits, make_loss
 from resnetlab.engine.metrics import classification_report, confusion_matrix, topk_accuracy
@@ -84,10 +86,10 @@ def test_checkpoint_round_trip_and_atomic_write(
     assert torch.equal(loaded["w"], state["w"]) and header["classes"] == ["a"]
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(files.os, "replace", broken)
+    with pytest.raises(ResnetlabError, match=r"m\.safetensors: cannot write .*No space left"):
         ckpt.save_checkpoint(path, {"w": torch.zeros(1)}, {"model": "y"})
     assert torch.equal(load_file(path)["w"], state["w"])  # the earlier file survived
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left

@@ -21,16 +21,21 @@ _SCALARS = {  # metrics.jsonl key -> TensorBoard tag
 }
 
 
-def open_board(run: RunDir, first_epoch: int) -> Any:
-    """A ``SummaryWriter`` on ``RUN_DIR/tensorboard`` whose events from ``first_epoch`` on
-    are purged, so that the curves of a resumed run never double back."""
+def summary_writer() -> type:
+    """torch's ``SummaryWriter``; without the tensorboard package, a one-line error."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ResnetlabError(
             "--tensorboard needs the tensorboard package: pip install 'resnetlab[tensorboard]'"
         ) from None
-    return SummaryWriter(str(run.file(BOARD_FOLDER)), purge_step=first_epoch)
+    return SummaryWriter
+
+
+def open_board(run: RunDir, first_epoch: int) -> Any:
+    """A ``SummaryWriter`` on ``RUN_DIR/tensorboard`` whose events from ``first_epoch`` on
+    are purged, so that the curves of a resumed run never double back."""
+    return summary_writer()(str(run.file(BOARD_FOLDER)), purge_step=first_epoch)
 
 
 def write_epoch(writer: Any, record: dict[str, Any]) -> None:

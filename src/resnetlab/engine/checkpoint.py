@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
+from resnetlab.engine.files import write_atomically
 from resnetlab.errors import ResnetlabError
 
 HEADER_KEY = "resnetlab"
@@ -23,21 +22,17 @@ def save_checkpoint(
 ) -> None:
     """Write ``state_dict`` and ``header`` to ``path`` via a temporary file and an atomic rename.
 
-    A crash mid-write leaves any earlier file at ``path`` intact.
+    A crash mid-write leaves any earlier file at ``path`` intact; a failed write (a full disk)
+    is a one-line ``ResnetlabError`` naming the file.
     """
-    path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     # One metadata key: safetensors keeps metadata in a hash map whose order varies from one
     # process to the next, and the same checkpoint must be the same bytes (see engine.state).
     metadata = {HEADER_KEY: json.dumps({"version": FORMAT_VERSION, **header})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialised here and written by Python, whose OSError names a full disk (safetensors'
+    # own file writer reports it as a SafetensorError).
+    data = save(tensors, metadata=metadata)
+    write_atomically(Path(path), lambda f: f.write(data), "the checkpoint")
 
 
 def read_header(path: str | Path) -> dict[str, Any] | None:
@@ -75,7 +70,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise ResnetlabError(f"--checkpoint: no such file: '{path}'")
-    state_dict, header = load_safetensors(path.read_bytes(), path)
+    data = path.read_bytes()
+    if data.startswith(b"PK\x03\x04"):  # a zip archive: what torch.save writes
+        raise ResnetlabError(
+            f"{path}: a torch.save file (a run's training state?), not a resnetlab checkpoint; "
+            "a run's checkpoints are its best.safetensors and last.safetensors"
+        )
+    state_dict, header = load_safetensors(data, path)
     if header is None:
         raise ResnetlabError(f"{path}: not a resnetlab checkpoint (no '{HEADER_KEY}' header)")
     return state_dict, header

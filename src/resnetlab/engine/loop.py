@@ -61,27 +61,36 @@ def make_loss(kind: str, label_smoothing: float = 0.0) -> LossFn:
 
 class EpochTally:
     """Running sums of one training epoch, kept on the device and read back once per epoch (or
-    when the run's state is saved): the loss, correct predictions, non-finite losses and, with
-    gradient clipping, gradient norms. ``steps``/``samples`` count on the host."""
+    when the run's state is saved): the loss over the samples whose loss was finite, correct
+    predictions, non-finite losses (the first one's step and lr) and, with gradient clipping,
+    gradient norms. ``steps``/``samples`` count on the host."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
+        self.loss_samples = torch.zeros((), dtype=torch.int64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)
         self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=device)
+        self.first_nonfinite_lr = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm_sum = torch.zeros((), device=device)
         self.clipped = torch.zeros((), dtype=torch.int64, device=device)
         self.steps = self.samples = self.skipped = 0
         self.seconds = 0.0
+        self.lr = 0.0  # the latest step's
 
-    def add(self, loss: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Count one step's batch; return whether its loss is finite (on the device)."""
+    def add(
+        self, loss: torch.Tensor, output: torch.Tensor, y: torch.Tensor, lr: float
+    ) -> torch.Tensor:
+        """Count one step's batch, trained at ``lr``; return whether its loss is finite (on the
+        device)."""
+        self.lr = lr
         finite = torch.isfinite(loss.detach())
         self.nonfinite += ~finite
-        self.first_nonfinite = torch.where(
-            (self.first_nonfinite < 0) & ~finite, self.steps, self.first_nonfinite
-        )
+        first = (self.first_nonfinite < 0) & ~finite
+        self.first_nonfinite = torch.where(first, self.steps, self.first_nonfinite)
+        self.first_nonfinite_lr = torch.where(first, lr, self.first_nonfinite_lr)
         self.loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(y)
+        self.loss_samples += finite * len(y)
         hard = y.argmax(1) if y.ndim == 2 else y
         self.correct += (class_logits(output.detach()).argmax(1) == hard).sum()
         self.samples += len(y)
@@ -100,11 +109,10 @@ class EpochTally:
             setattr(self, key, value)
 
     def summary(self) -> dict[str, float | int | None]:
-        """Mean loss, accuracy (%) and samples/s, plus gradient statistics when clipping."""
-        counted = max(self.samples, 1)
+        """Mean (finite) loss, accuracy (%), samples/s and, if any, the steps skipped."""
         summary: dict[str, float | int | None] = {
-            "train_loss": float(self.loss_sum) / counted,
-            "train_acc": 100 * int(self.correct) / counted,
+            "train_loss": float(self.loss_sum) / max(int(self.loss_samples), 1),
+            "train_acc": 100 * int(self.correct) / max(self.samples, 1),
             "samples_per_s": self.samples / max(self.seconds, 1e-9),
         }
         if self.skipped:
@@ -187,18 +195,22 @@ def _step(
     tally: EpochTally,
     options: StepOptions,
 ) -> None:
-    """One optimiser step on one batch (unless the loss is non-finite and skipped)."""
+    """One optimiser step on one batch; one whose loss is non-finite and skipped changes
+    nothing (the forward pass's BatchNorm statistics are put back)."""
     x, y = x.to(precision.device, non_blocking=True), y.to(precision.device, non_blocking=True)
     x = transform(x, indices)
     if options.mix is not None:
         x, y = options.mix(x, y)
     x = precision.batch(x)
+    buffers = [b.clone() for b in model.buffers()] if options.skip_nonfinite else []
     with precision.autocast():
         output = model(x)
         loss = loss_fn(output, y)
-    finite = tally.add(loss, output, y)
+    finite = tally.add(loss, output, y, optimizer.param_groups[0]["lr"])
     optimizer.zero_grad(set_to_none=True)
     if options.skip_nonfinite and not bool(finite):  # a host sync, asked for by --on-nan skip
+        for buffer, saved in zip(model.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
         tally.skipped += 1
         return
     scaler.scale(loss).backward()

@@ -9,6 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from resnetlab.engine.files import writing
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -33,8 +36,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax_loss.legend()
     ax_acc.legend()
     fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
@@ -55,5 +57,13 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
                 colour = "white" if count > peak / 2 else "black"
                 ax.text(p, t, str(count), ha="center", va="center", color=colour, fontsize=8)
     ax.set_title(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` (a failed write is a one-line error) and free it."""
+    try:
+        with writing(path, "the figure"):
+            fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

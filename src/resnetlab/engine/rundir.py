@@ -1,7 +1,11 @@
-"""The run folder: config.yaml, metrics.jsonl, log.txt, and console output mirrored to the log."""
+"""The run folder: config.yaml, metrics.jsonl, log.txt, and console output mirrored to the log.
+
+A write that fails (a full disk, a folder made unwritable) is a one-line error naming the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from resnetlab.engine.files import os_reason, write_atomically, writing
 from resnetlab.errors import ResnetlabError
 
 # Metrics that measure the machine, not the run: checkpoints and fingerprints leave them out.
@@ -59,8 +64,9 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ResnetlabError(f"--out: cannot write to '{self.path}': {reason}") from None
+            raise ResnetlabError(
+                f"--out: cannot write to '{self.path}': {os_reason(exc)}"
+            ) from None
         self._log = open(self.path / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
 
     def file(self, name: str) -> Path:
@@ -70,28 +76,35 @@ class RunDir:
     def print(self, line: str) -> None:
         """Print a line to the console and append it to log.txt."""
         print(line, flush=True)
-        self._log.write(line + "\n")
-        self._log.flush()
+        with writing(self.file("log.txt"), "the log"):
+            self._log.write(line + "\n")
+            self._log.flush()
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write config.yaml; `resnetlab train --config` reads it back."""
-        self.file("config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        path = self.file("config.yaml")
+        with writing(path, "the config"):
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl."""
-        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
+        path = self.file("metrics.jsonl")
+        with writing(path, "the metrics"), open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl by ``records`` (a resumed run drops lines written after the
         state it continues from), via a temporary file and a rename."""
-        tmp = self.file(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
-        os.replace(tmp, self.file("metrics.jsonl"))
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        write_atomically(
+            self.file("metrics.jsonl"), lambda f: f.write(text.encode()), "the metrics"
+        )
 
     def write_json(self, name: str, data: Any) -> None:
         """Write a JSON file in the run folder."""
-        self.file(name).write_text(json.dumps(data, indent=2) + "\n")
+        path = self.file(name)
+        with writing(path, "the file"):
+            path.write_text(json.dumps(data, indent=2) + "\n")
 
     def __enter__(self) -> RunDir:
         return self
@@ -102,10 +115,13 @@ class RunDir:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc is not None:
-            reason = str(exc) if isinstance(exc, ResnetlabError) else repr(exc)
-            self._log.write(f"error: {reason}\n")
-        self._log.close()
+        with contextlib.suppress(OSError):  # a full disk: the console still says why it failed
+            try:
+                if exc is not None:
+                    reason = str(exc) if isinstance(exc, ResnetlabError) else repr(exc)
+                    self._log.write(f"error: {reason}\n")
+            finally:
+                self._log.close()
 
 
 def progress_enabled(quiet: bool) -> bool:

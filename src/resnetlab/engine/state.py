@@ -8,19 +8,28 @@ one: a crash at any instant leaves either the old state or the new one.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
+import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from resnetlab.engine.files import write_atomically
 from resnetlab.errors import ResnetlabError
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
+# What ``Trainer.save_state`` writes and a resumed run reads (besides "format").
+STATE_KEYS = frozenset(
+    {
+        "command", "config", "resolved", "header", "model", "optimizer", "scheduler", "scaler",
+        "phase", "phase_start_step", "epoch", "steps_done", "tally", "best_score", "best_epoch",
+        "skipped_steps", "history", "elapsed_s", "threads", "rng",
+    }
+)  # fmt: skip
 
 
 def capture_rng() -> dict[str, Any]:
@@ -64,43 +73,9 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     A failed write (a full disk, a folder that became unwritable) raises a one-line
     ``ResnetlabError`` naming the file; the previous state at ``path`` is left as it was.
     """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise ResnetlabError(f"{path}: cannot write the training state ({_reason(exc)})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": STATE_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ResnetlabError(
-            f"{path}: cannot write the training state ({_reason(exc)}); the previous state "
-            "is intact"
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(
+        Path(path), partial(torch.save, {"format": STATE_FORMAT, **state}), "the training state"
+    )
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -109,15 +84,34 @@ def load_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ResnetlabError(f"--resume: no training state at '{path}'")
+    unreadable = f"--resume: '{path}' is not a readable training state"
+    _check_archive(path, unreadable)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load reports a damaged file with many exception types
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ResnetlabError(
-            f"--resume: '{path}' is not a readable training state ({first_line})"
-        ) from None
+        raise ResnetlabError(f"{unreadable} ({first_line})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ResnetlabError(
             f"--resume: '{path}' is not a resnetlab training state (format {STATE_FORMAT})"
         )
+    missing = sorted(STATE_KEYS - state.keys())
+    if missing:
+        raise ResnetlabError(
+            f"--resume: '{path}' is not a whole resnetlab training state (no {', '.join(missing)})"
+        )
     return state
+
+
+def _check_archive(path: Path, unreadable: str) -> None:
+    """``torch.save`` writes a zip archive with a CRC-32 per entry, which ``torch.load`` does
+    not check: a truncated, damaged or foreign file is refused here, before it is loaded."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception:  # zipfile reports a damaged archive with many exception types
+        raise ResnetlabError(
+            f"{unreadable} (truncated, damaged or not a torch.save file)"
+        ) from None
+    if damaged is not None:
+        raise ResnetlabError(f"{unreadable} (damaged: '{damaged}' fails its checksum)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -37,7 +38,7 @@ from resnetlab.engine.state import STATE_FILE, capture_rng, restore_rng, save_st
 from resnetlab.engine.stops import StopRequests
 from resnetlab.errors import ResnetlabError, RunStopped
 
-_CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count
+_CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count (--on-nan stop)
 
 
 @dataclass
@@ -71,6 +72,11 @@ def batch_augment(cfg: TrainConfig, bundle: DataBundle) -> BatchAugment | None:
         bundle.mean, bundle.std, crop_padding=cfg.crop_padding, padding_mode=cfg.padding_mode,
         flip=cfg.flip, flip_alternate=cfg.flip_alternate, cutout=cfg.cutout, seed=cfg.seed,
     )  # fmt: skip
+
+
+def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of ``tensors`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 class Trainer:
@@ -212,8 +218,8 @@ class Trainer:
         )
         if stop is not None or due:
             self.save_state(tally)
-        elif tally.steps % _CHECK_EVERY == 0:
-            self._check_finite(tally)
+        elif tally.steps % _CHECK_EVERY == 0 or self.step_options.skip_nonfinite:
+            self._check_finite(tally)  # --on-nan skip counts on the host: no sync, every step
         self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:
@@ -227,30 +233,43 @@ class Trainer:
                 128 + stop.value,
             )
 
-    def _check_finite(self, tally: EpochTally) -> None:
+    def _check_finite(self, tally: EpochTally, *, weights: bool = False) -> None:
         """Stop the run at a non-finite loss (``--on-nan stop``), or after ``--max-nan-steps``
-        skipped steps (``--on-nan skip``); the last good state stays on disk."""
+        skipped steps (``--on-nan skip``); with ``weights`` (before anything is saved), also
+        when the weights or BatchNorm statistics are no longer finite, which an update can do
+        even when its loss was finite. The last good state stays on disk."""
+        epoch = len(self.history) + 1
+        advice = "--clip-grad or a lower --lr may help"
         if self.cfg.on_nan == "skip":
             skipped = self.skipped_steps + tally.skipped
             if skipped > self.cfg.max_nan_steps:
                 raise ResnetlabError(
-                    f"{skipped} steps had a non-finite loss, more than --max-nan-steps "
-                    f"{self.cfg.max_nan_steps}; the last good state is in {self.run.path}"
+                    f"{skipped} steps had a non-finite loss by epoch {epoch}, step "
+                    f"{self.steps_done}, more than --max-nan-steps {self.cfg.max_nan_steps}; "
+                    f"{self._last_good_state()} ({advice})"
                 )
-            return
-        if int(tally.nonfinite):
-            assert self.phase is not None
+        elif int(tally.nonfinite):
             step = self.steps_done - tally.steps + int(tally.first_nonfinite) + 1
             raise ResnetlabError(
-                f"non-finite loss at epoch {len(self.history) + 1}, step {step} "
-                f"(lr {self.phase.optimizer.param_groups[0]['lr']:.4g}); the last good state is "
-                f"in {self.run.path} (--clip-grad or a lower --lr may help; --on-nan skip "
-                "skips such steps)"
+                f"non-finite loss at epoch {epoch}, step {step} "
+                f"(lr {float(tally.first_nonfinite_lr):.4g}); {self._last_good_state()} "
+                f"({advice}; --on-nan skip skips such steps)"
             )
+        if weights and not _all_finite(self.model.state_dict().values()):
+            raise ResnetlabError(
+                f"non-finite weights after epoch {epoch}, step {self.steps_done} "
+                f"(lr {tally.lr:.4g}); {self._last_good_state()} ({advice})"
+            )
+
+    def _last_good_state(self) -> str:
+        """Where a stopped run's last good state is (a state is only saved when good)."""
+        if self.run.file(STATE_FILE).is_file():
+            return f"the last good state is in {self.run.path}"
+        return "no training state was saved before it"
 
     def _epoch_record(self, tally: EpochTally) -> dict[str, Any]:
         """The epoch's line of metrics.jsonl: training sums, validation, lr, speed."""
-        self._check_finite(tally)
+        self._check_finite(tally, weights=True)
         assert self.phase is not None
         self.skipped_steps += tally.skipped
         record = {
@@ -273,9 +292,10 @@ class Trainer:
 
     def save_state(self, tally: EpochTally | None) -> None:
         """Write the training state (``engine.state``): at the end of an epoch (``tally``
-        None) or within one. A non-finite loss since the last state is never saved."""
+        None, its losses and weights checked by ``_epoch_record``) or within one. A non-finite
+        loss since the last state, or non-finite weights, are never saved."""
         if tally is not None:
-            self._check_finite(tally)
+            self._check_finite(tally, weights=True)
         assert self.phase is not None
         state = {
             "command": self.cfg.command,

@@ -14,6 +14,7 @@ from torch import nn
 from resnetlab.data import ImageOptions, data_kind, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import default_cache_dir
+from resnetlab.engine.board import summary_writer
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.finetune import FinetuneConfig, Phase, fit_phases
 from resnetlab.engine.precision import Precision
@@ -63,8 +64,9 @@ class Start:
 
 def check_run(cfg: TrainConfig) -> WeightsFile | None:
     """Refuse a run that cannot work before its run folder is made: invalid flags, a model
-    for another kind of data, batch mixing of data that is not images, or a missing or
-    damaged weights file; return that file, read once, if the run starts from one."""
+    for another kind of data, batch mixing of data that is not images, --tensorboard without
+    its package, or a missing or damaged weights file; return that file, read once, if the run
+    starts from one."""
     cfg.validate()
     if cfg.resume and cfg.out and Path(cfg.out).resolve() != Path(cfg.resume).resolve():
         raise ResnetlabError(f"--out {cfg.out}: a resumed run writes to its own folder, --resume")
@@ -75,6 +77,8 @@ def check_run(cfg: TrainConfig) -> WeightsFile | None:
         raise ResnetlabError(f"--mixup/--cutmix mix images; --data {cfg.data} is {kind} data")
     if cfg.tta is not None and kind != "image":
         raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {kind} data")
+    if cfg.tensorboard:
+        summary_writer()
     return read_weights(cfg.weights) if cfg.weights and not cfg.resume else None
 
 

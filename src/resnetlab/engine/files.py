@@ -1,0 +1,71 @@
+"""Writing a run's files: atomically where a crash must not leave half a file, and with a
+one-line error naming the file when the write fails (a full disk, a folder made unwritable)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from resnetlab.errors import ResnetlabError
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an operating-system call failed, e.g. ``No space left on device``."""
+    return exc.strerror or str(exc)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, or the one that ``torch.save``'s writer reports as a
+    RuntimeError (``unexpected pos ...``), with the OSError as its context."""
+    if isinstance(exc, OSError):
+        return exc
+    context = exc.__context__
+    return context if isinstance(exc, RuntimeError) and isinstance(context, OSError) else None
+
+
+@contextmanager
+def writing(path: Path, what: str, *, atomic: bool = False) -> Iterator[None]:
+    """Turn a failed write of ``what`` to ``path`` into a one-line ``ResnetlabError`` naming
+    the file (``atomic``: saying that any earlier file at ``path`` is intact)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        intact = f"; any earlier {path.name} is intact" if atomic else ""
+        raise ResnetlabError(f"{path}: cannot write {what} ({os_reason(cause)}){intact}") from None
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object], what: str) -> None:
+    """Write ``what`` to ``path`` with ``write(file)``: into a temporary file beside it, flushed
+    and fsynced, then renamed over ``path``. A crash at any instant leaves either the old file
+    or the new one; a failed write is a one-line ``ResnetlabError`` (see ``writing``)."""
+    with writing(path, what, atomic=True):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
