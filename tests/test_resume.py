@@ -23,8 +23,8 @@ from resnetlab.engine.trainer import Trainer
 # Every random stream a run uses: batch order, crops, flips, Cutout (per sample) and MixUp
 # (torch's global generator), on the in-memory path.
 RUN = [
-    "train", "--data", "digits", "--epochs", "4", "--batch-size", "32", "--crop-padding", "1",
-    "--flip", "--cutout", "2", "--mixup", "0.2", "--save-every", "5", "--quiet",
+    "train", "--data", "digits", "--epochs", "3", "--batch-size", "64", "--crop-padding", "1",
+    "--flip", "--cutout", "2", "--mixup", "0.2", "--save-every", "3", "--quiet",
 ]  # fmt: skip
 
 
