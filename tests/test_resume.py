@@ -94,7 +94,7 @@ def test_a_signal_stops_at_a_step_saves_and_says_how_to_resume(
     last = (tmp_path / "output.txt").read_text().strip().splitlines()[-1]
     assert last.startswith(f"resnetlab: stopped by {sig.name}") and "--resume run" in last
     state = load_state(tmp_path / "run" / STATE_FILE)
-    assert state["tally"] is not None  # saved at the step it stopped at, within an epoch
+    assert state["tally"][0] is not None  # saved at the step it stopped at, within an epoch
     if sig == signal.SIGINT:
         finish(["train", "--resume", "run"], tmp_path)
         assert fingerprint(tmp_path / "run") == uninterrupted

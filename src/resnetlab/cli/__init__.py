@@ -108,11 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parse(sys.argv[1:] if argv is None else argv)
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        distributed = sys.modules.get("resnetlab.engine.distributed")  # imported if it ran
+        if distributed is not None and distributed.left_cleanly():
+            _exit_now()
     except RunStopped as stop:
-        print(f"resnetlab: {stop}", file=sys.stderr)
+        _say(f"resnetlab: {stop}")
         return stop.exit_code
     except ResnetlabError as exc:
-        print(f"resnetlab: error: {exc}", file=sys.stderr)
+        _say(f"resnetlab: error: {exc}")
         return 2
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)
@@ -120,6 +123,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_went_away()
     return 0
+
+
+def _exit_now() -> None:
+    """End a distributed run that succeeded (all processes met, its process group is shut
+    down, its files are closed) with status 0, skipping the interpreter's finalisation: there,
+    gloo's threads can still abort the process ("terminate called without an active
+    exception"), and torchrun would report the whole job as failed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _say(line: str) -> None:
+    """Print a line to stderr; under torchrun, from rank 0 only (every rank fails alike)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
 
 
 def _reader_went_away() -> int:

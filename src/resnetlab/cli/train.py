@@ -43,7 +43,13 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
         help="model option, e.g. shortcut=B (repeatable)",
     )
     p.add_argument("--epochs", type=int, default=default("epochs"))
-    p.add_argument("--batch-size", type=int, default=default("batch_size"))
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=default("batch_size"),
+        help="the global batch: under torchrun the processes share it, so a run learns the "
+        "same whatever the number of processes",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=default("optimizer"))
     p.add_argument("--lr", type=float, default=default("lr"), help="peak learning rate")
     p.add_argument("--momentum", type=float, default=default("momentum"))
@@ -214,6 +220,19 @@ def add_long_run_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
         metavar="NORM",
         default=default("clip_grad"),
         help="clip gradients to this global norm; metrics.jsonl gets their mean norm",
+    )
+    g.add_argument(
+        "--resume-any-world",
+        action="store_true",
+        default=default("resume_any_world"),
+        help="resume with another number of torchrun processes (the run is no longer exact)",
+    )
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=default("sync_bn"),
+        help="torchrun on GPUs: SyncBatchNorm (on CPUs BatchNorm statistics are averaged "
+        "over the processes before each evaluation and checkpoint)",
     )
     g.add_argument(
         "--tensorboard",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from resnetlab.engine.distributed import joined
 from resnetlab.engine.finetune import FinetuneConfig, check_resumed_phases, freeze_batchnorm
-from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.rundir import default_run_dir, open_run_dir
 from resnetlab.engine.training import TrainResult, check_run, start_run, train_in_run
 
 
@@ -16,7 +17,8 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     weights = check_run(cfg)
     phases = cfg.phases()
     name = f"finetune-{Path(cfg.weights).stem}"
-    with RunDir(cfg.resume or cfg.out or default_run_dir(name, cfg.data)) as run:
+    folder = cfg.resume or cfg.out or default_run_dir(name, cfg.data)
+    with joined(cfg.device) as world, open_run_dir(folder, world) as run:
         start = start_run(cfg, weights)
         if cfg.bn == "frozen":
             freeze_batchnorm(start.model)

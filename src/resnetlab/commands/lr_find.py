@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.distributed import launched_world
 from resnetlab.engine.finetune import (
     FinetuneConfig,
     freeze_batchnorm,
@@ -84,6 +85,8 @@ def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     strategy (the swept lr is the head's, the backbone keeps its ratio), any other config
     probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch."""
     lr_range = lr_range or LrRange()
+    if launched_world().distributed:
+        raise ResnetlabError("lr-find runs in one process: start it without torchrun")
     weights = check_run(cfg)
     lr_range.validate()
     source = Path(cfg.weights).stem if cfg.weights else cfg.model

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
-from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.distributed import joined
+from resnetlab.engine.rundir import default_run_dir, open_run_dir
 from resnetlab.engine.training import (
     TrainResult,
     check_run,
@@ -24,5 +25,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     weights = check_run(cfg)
     name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
-    with RunDir(cfg.resume or cfg.out or default_run_dir(name, cfg.data)) as run:
+    folder = cfg.resume or cfg.out or default_run_dir(name, cfg.data)
+    with joined(cfg.device) as world, open_run_dir(folder, world) as run:
         return train_in_run(start_run(cfg, weights), run, single_phase(cfg))

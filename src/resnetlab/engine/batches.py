@@ -22,7 +22,12 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, samp
 class BatchOrder:
     """Which samples each batch of an epoch holds: a permutation seeded by (seed, epoch), or
     the dataset's order. ``drop_last`` drops an incomplete last batch, so that every training
-    step sees a full batch (a batch of one breaks BatchNorm); evaluation keeps every sample."""
+    step sees a full batch (a batch of one breaks BatchNorm); evaluation keeps every sample.
+
+    Under ``torchrun``, ``batch_size`` is the global batch and process ``rank`` of ``world``
+    takes every ``world``-th sample of it: together the processes see exactly the batches of
+    one process (as ``DistributedSampler`` shards an epoch, but per batch).
+    """
 
     def __init__(
         self,
@@ -32,9 +37,11 @@ class BatchOrder:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
-        self.drop_last = drop_last
+        self.drop_last, self.rank, self.world = drop_last, rank, world
         self.epoch = self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -53,7 +60,9 @@ class BatchOrder:
             else torch.arange(self.size)
         )
         for batch in range(self.start, len(self)):
-            yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield order[batch * self.batch_size : (batch + 1) * self.batch_size][
+                self.rank :: self.world
+            ]
 
 
 class TensorBatches:

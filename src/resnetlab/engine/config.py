@@ -77,6 +77,9 @@ class TrainConfig:
     max_nan_steps: int = 10  # --on-nan skip: the run stops after this many skipped steps
     clip_grad: float | None = None  # clip gradients to this global norm
     tensorboard: bool = False
+    # many processes (torchrun)
+    sync_bn: bool = False  # GPUs: SyncBatchNorm
+    resume_any_world: bool = False  # resume with another number of processes (not exact)
     # starting weights, and the normalisation they were trained with if they carry none
     weights: str | None = None
     mean: list[float] | None = None

@@ -18,6 +18,7 @@ from resnetlab.engine.precision import Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, indices) -> inputs
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # e.g. a sum over a run's processes
 Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -108,15 +109,21 @@ class EpochTally:
                 value = value.to(getattr(self, key).device)
             setattr(self, key, value)
 
-    def summary(self) -> dict[str, float | int | None]:
-        """Mean (finite) loss, accuracy (%), samples/s and, if any, the steps skipped."""
+    def summary(self, total: Reduce | None = None) -> dict[str, float | int | None]:
+        """Mean (finite) loss, accuracy (%), samples/s and, if any, the steps skipped; with
+        ``total`` (a sum over the processes of a run), over every process's samples."""
+        sums = torch.stack(
+            [self.loss_sum.double(), self.loss_samples.double(), self.correct.double()]
+        ).cpu()
+        sums = torch.cat([sums, torch.tensor([self.samples, self.skipped], dtype=torch.double)])
+        loss_sum, loss_samples, correct, samples, skipped = (total or _same)(sums).tolist()
         summary: dict[str, float | int | None] = {
-            "train_loss": float(self.loss_sum) / max(int(self.loss_samples), 1),
-            "train_acc": 100 * int(self.correct) / max(self.samples, 1),
-            "samples_per_s": self.samples / max(self.seconds, 1e-9),
+            "train_loss": loss_sum / max(loss_samples, 1),
+            "train_acc": 100 * correct / max(samples, 1),
+            "samples_per_s": samples / max(self.seconds, 1e-9),
         }
-        if self.skipped:
-            summary["skipped_steps"] = self.skipped
+        if skipped:
+            summary["skipped_steps"] = int(skipped)
         return summary
 
     def gradient_summary(self) -> dict[str, float]:
@@ -128,6 +135,10 @@ class EpochTally:
         }
 
 
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 @dataclass(frozen=True)
 class StepOptions:
     """How each training step runs: batch mixing, gradient clipping and what a non-finite loss
@@ -137,6 +148,7 @@ class StepOptions:
     mix: Mix | None = None
     clip_grad: float | None = None
     skip_nonfinite: bool = False
+    any_process: Reduce | None = None  # under torchrun: a maximum over the processes
 
 
 def train_one_epoch(
@@ -208,6 +220,8 @@ def _step(
         loss = loss_fn(output, y)
     finite = tally.add(loss, output, y, optimizer.param_groups[0]["lr"])
     optimizer.zero_grad(set_to_none=True)
+    if options.any_process is not None and options.skip_nonfinite:  # all skip, or none
+        finite = options.any_process((~finite).int()) == 0
     if options.skip_nonfinite and not bool(finite):  # a host sync, asked for by --on-nan skip
         for buffer, saved in zip(model.buffers(), buffers, strict=True):
             buffer.copy_(saved)

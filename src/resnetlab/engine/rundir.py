@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from resnetlab.engine.distributed import World
 from resnetlab.engine.files import os_reason, write_atomically, writing
 from resnetlab.errors import ResnetlabError
 
@@ -122,6 +123,39 @@ class RunDir:
                     self._log.write(f"error: {reason}\n")
             finally:
                 self._log.close()
+
+
+class ReplicaRunDir(RunDir):
+    """The run folder as the processes other than rank 0 see it under ``torchrun``: they
+    print and write nothing, so that one process owns every file."""
+
+    def __init__(self, path: str | Path) -> None:  # creates nothing
+        self.path = Path(path)
+
+    def print(self, line: str) -> None:
+        """Rank 0 prints."""
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Rank 0 writes."""
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Rank 0 writes."""
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rank 0 writes."""
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Rank 0 writes."""
+
+    def __exit__(self, *_: object) -> None:
+        """Nothing to close."""
+
+
+def open_run_dir(path: str | Path, world: World) -> RunDir:
+    """The run folder at rank 0's ``path`` (a default name holds rank 0's clock): a
+    ``RunDir`` on rank 0, a ``ReplicaRunDir`` on the other processes."""
+    path = world.broadcast(str(path))
+    return RunDir(path) if world.is_main else ReplicaRunDir(path)
 
 
 def progress_enabled(quiet: bool) -> bool:

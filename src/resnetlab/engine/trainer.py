@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 import warnings
 from collections.abc import Iterable
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
@@ -20,16 +22,16 @@ from resnetlab.engine.batches import BatchOrder, is_in_memory, make_loader
 from resnetlab.engine.board import open_board, write_epoch
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.distributed import launched_world
 from resnetlab.engine.loop import (
     EpochTally,
     Normalizer,
     StepOptions,
-    evaluate_model,
     make_loss,
     predict,
     train_one_epoch,
 )
-from resnetlab.engine.metrics import topk_accuracy
+from resnetlab.engine.metrics import classification_report, topk_accuracy
 from resnetlab.engine.optim import build_scheduler
 from resnetlab.engine.plots import plot_confusion, plot_curves
 from resnetlab.engine.precision import resolve_device, resolve_precision
@@ -101,24 +103,26 @@ class Trainer:
     ) -> None:
         self.bundle, self.cfg, self.run, self.header = bundle, cfg, run, header
         self.requested = requested if requested is not None else cfg.to_dict()
+        self.world = launched_world()
         self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
+        if cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self.precision.prepare(model)
+        self.train_model: nn.Module = self.model  # wrapped per phase under torchrun
         self.normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
         self.augment = batch_augment(cfg, bundle)
         self.step_options = StepOptions(
             mixup_cutmix(bundle.num_classes, cfg.mixup, cfg.cutmix),
             cfg.clip_grad,
             skip_nonfinite=cfg.on_nan == "skip",
+            any_process=self.world.max if self.world.distributed else None,
         )
         self.loss_fn = make_loss(cfg.loss, cfg.label_smoothing)
         self.order = BatchOrder(
             len(bundle.train), self._train_batch_size(), shuffle=True, seed=cfg.seed,
-            drop_last=True,
+            drop_last=True, rank=self.world.rank, world=self.world.size,
         )  # fmt: skip
         self.train_loader = make_loader(bundle.train, self.order, workers=cfg.workers)
-        self.val_loader = None
-        if bundle.val is not None:
-            self.val_loader = make_loader(bundle.val, 2 * cfg.batch_size, workers=cfg.workers)
         self.scaler = torch.amp.GradScaler(
             self.precision.device.type, enabled=self.precision.name == "fp16"
         )
@@ -132,20 +136,27 @@ class Trainer:
             self._restore_progress(resume)
         self.start = time.perf_counter()
         self.last_save = self.start
-        self.board = open_board(run, len(self.history) + 1) if cfg.tensorboard else None
+        wants_board = cfg.tensorboard and self.world.is_main
+        self.board = open_board(run, len(self.history) + 1) if wants_board else None
 
     def _train_batch_size(self) -> int:
         """``--batch-size``, or the whole training split where that is smaller (with a warning):
         training drops an incomplete last batch, and would otherwise have no step at all."""
-        samples = len(self.bundle.train)
+        samples, processes = len(self.bundle.train), self.world.size
+        if self.cfg.batch_size % processes:
+            raise ResnetlabError(
+                f"--batch-size {self.cfg.batch_size} is the global batch: it must divide evenly "
+                f"among the {processes} processes"
+            )
         if self.cfg.batch_size <= samples:
             return self.cfg.batch_size
+        batch = samples - samples % processes
         warnings.warn(
             f"--batch-size {self.cfg.batch_size} is larger than the training split of "
-            f"--data {self.cfg.data} ({samples} samples); training with batches of {samples}",
+            f"--data {self.cfg.data} ({samples} samples); training with batches of {batch}",
             stacklevel=2,
         )
-        return samples
+        return batch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -182,6 +193,7 @@ class Trainer:
             optimizer, self.cfg, self.total_steps(epochs, first_step), self.steps_per_epoch
         )
         self.phase = _Phase(phase, first_step, optimizer, scheduler)
+        self.train_model = self.world.wrap(self.model)  # after the phase set requires_grad
         tally = self._restore_training(self.pending) if resuming else None
         with self.stops:
             while len(self.history) < end_epoch and not self.out_of_steps:
@@ -197,10 +209,10 @@ class Trainer:
         self.order.set_epoch(epoch, tally.steps)
         transform = self.normalize if self.augment is None else partial(self.augment, epoch=epoch)
         budget = None if self.cfg.limit_steps is None else self.cfg.limit_steps - self.steps_done
-        show_bar = progress_enabled(self.cfg.quiet)
+        show_bar = progress_enabled(self.cfg.quiet) and self.world.is_main
         assert self.phase is not None
         return train_one_epoch(
-            self.model, self.train_loader, self.phase.optimizer, self.phase.scheduler,
+            self.train_model, self.train_loader, self.phase.optimizer, self.phase.scheduler,
             self.loss_fn, self.precision, transform,
             scaler=self.scaler, tally=tally, options=self.step_options, max_steps=budget,
             after_step=partial(self._after_step, tally),
@@ -211,11 +223,14 @@ class Trainer:
         """Count the step; stop on a non-finite loss, save the state when it is due, and stop
         cleanly (state saved) when a signal asked for it."""
         self.steps_done += 1
-        stop = self.stops.signal
         minutes = self.cfg.save_every_minutes
-        due = (self.cfg.save_every and self.steps_done % self.cfg.save_every == 0) or (
-            minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
-        )
+        late = minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
+        if self.world.distributed:  # every process stops and saves at the same step
+            agreed = self.world.max(torch.tensor([self.stops.signal or 0, int(late)]))
+            self.stops.signal = signal.Signals(int(agreed[0])) if agreed[0] else None
+            late = bool(agreed[1])
+        stop = self.stops.signal
+        due = late or (self.cfg.save_every and self.steps_done % self.cfg.save_every == 0)
         if stop is not None or due:
             self.save_state(tally)
         elif tally.steps % _CHECK_EVERY == 0 or self.step_options.skip_nonfinite:
@@ -248,7 +263,7 @@ class Trainer:
                     f"{self.steps_done}, more than --max-nan-steps {self.cfg.max_nan_steps}; "
                     f"{self._last_good_state()} ({advice})"
                 )
-        elif int(tally.nonfinite):
+        elif int(self.world.sum(tally.nonfinite.clone())):  # every process stops together
             step = self.steps_done - tally.steps + int(tally.first_nonfinite) + 1
             raise ResnetlabError(
                 f"non-finite loss at epoch {epoch}, step {step} "
@@ -275,7 +290,7 @@ class Trainer:
         record = {
             "epoch": len(self.history) + 1,
             "step": self.steps_done,
-            **tally.summary(),
+            **tally.summary(self.world.sum),
             "lr": self.phase.optimizer.param_groups[0]["lr"],
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
             "val_loss": None,
@@ -283,12 +298,34 @@ class Trainer:
         }
         if self.cfg.clip_grad is not None:
             record.update(tally.gradient_summary())
-        if self.val_loader is not None:
-            logits, targets, record["val_loss"] = predict(
-                self.model, self.val_loader, self.precision, self.normalize, self.loss_fn
-            )
+        self.world.average_batchnorm(self.model)  # before validation and the checkpoints
+        if self.bundle.val is not None:
+            logits, targets, record["val_loss"] = self._predict(self.bundle.val)
             record["val_acc"] = topk_accuracy(logits, targets, 1)
         return record
+
+    def _predict(
+        self, dataset: Dataset, tta: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Class logits and targets of every sample of ``dataset``, and the mean loss: under
+        ``torchrun`` each process predicts every ``size``-th sample, and the parts are
+        gathered, so the metrics cover the whole split, not padded shards."""
+        world = self.world
+        part = Subset(dataset, range(world.rank, len(dataset), world.size))
+        loader = make_loader(part if world.distributed else dataset, 2 * self.cfg.batch_size,
+                             workers=self.cfg.workers)  # fmt: skip
+        logits, targets, loss = predict(
+            self.model, loader, self.precision, self.normalize, self.loss_fn, tta=tta
+        )
+        if not world.distributed:
+            return logits, targets, loss
+        parts = world.gather((logits, targets, loss * len(targets)))
+        total = sum(count for _, _, count in parts)
+        return (
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            total / max(len(dataset), 1),
+        )
 
     def save_state(self, tally: EpochTally | None) -> None:
         """Write the training state (``engine.state``): at the end of an epoch (``tally``
@@ -310,16 +347,18 @@ class Trainer:
             "phase_start_step": self.phase.first_step,
             "epoch": len(self.history),
             "steps_done": self.steps_done,
-            "tally": None if tally is None else tally.state_dict(),
+            "tally": self.world.gather(None if tally is None else tally.state_dict()),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "skipped_steps": self.skipped_steps,
             "history": self.history,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
             "threads": torch.get_num_threads(),
-            "rng": capture_rng(),
+            "world": self.world.size,
+            "rng": self.world.gather(capture_rng()),
         }
-        save_state(self.run.file(STATE_FILE), state)
+        if self.world.is_main:
+            save_state(self.run.file(STATE_FILE), state)
         self.last_save = time.perf_counter()
 
     def _restore_progress(self, state: dict[str, Any]) -> None:
@@ -338,12 +377,13 @@ class Trainer:
         self.phase.optimizer.load_state_dict(state["optimizer"])
         self.phase.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        rank = self.world.rank % state["world"]  # another world: not exact, as --resume warned
+        restore_rng(state["rng"][rank])
         self.pending = None
-        if state["tally"] is None:
+        if state["tally"][0] is None:
             return None
         tally = EpochTally(self.precision.device)
-        tally.load_state_dict(state["tally"])
+        tally.load_state_dict(state["tally"][rank])
         return tally
 
     def _end_epoch(self, record: dict[str, Any]) -> None:
@@ -355,31 +395,33 @@ class Trainer:
         metrics = {key: value for key, value in record.items() if key not in TIMINGS}
         header = {**self.header, "epoch": record["epoch"], "metrics": metrics}
         state = self.model.state_dict()
-        save_checkpoint(self.run.file("last.safetensors"), state, header)
         score = record["val_acc"] if record["val_acc"] is not None else -record["train_loss"]
-        if score > self.best_score:
+        best = score > self.best_score
+        if best:
             self.best_score, self.best_epoch = score, record["epoch"]
-            save_checkpoint(self.run.file("best.safetensors"), state, header)
+        if self.world.is_main:
+            save_checkpoint(self.run.file("last.safetensors"), state, header)
+            if best:
+                save_checkpoint(self.run.file("best.safetensors"), state, header)
 
     def finish(self, title: str) -> dict[str, Any] | None:
         """Plot the curves, reload the best weights and test them (or validate, without a test
         split); write confusion.json/png and print the article's final accuracy line."""
         if self.board is not None:
             self.board.close()
-        plot_curves(self.history, self.run.file("curves.png"), title)
+        if self.world.is_main:
+            plot_curves(self.history, self.run.file("curves.png"), title)
         bundle = self.bundle
         split_name = "test" if bundle.test is not None else "validation"
         dataset = bundle.test if bundle.test is not None else bundle.val
         if dataset is None or not self.history:
             return None
-        state, _ = load_checkpoint(self.run.file("best.safetensors"))
-        self.model.load_state_dict(state)
-        report = evaluate_model(
-            self.model, dataset, bundle.classes, self.precision, self.normalize,
-            batch_size=2 * self.cfg.batch_size, workers=self.cfg.workers,
-            tta=self.cfg.tta == "flip",
-        )  # fmt: skip
-        report["split"] = split_name
+        best = load_checkpoint(self.run.file("best.safetensors"))[0] if self.world.is_main else None
+        self.model.load_state_dict(self.world.broadcast(best))
+        logits, targets, _ = self._predict(dataset, tta=self.cfg.tta == "flip")
+        report = {**classification_report(logits, targets, bundle.classes), "split": split_name}
+        if not self.world.is_main:
+            return report
         self.run.write_json("confusion.json", report)
         plot_confusion(
             report["confusion"], bundle.classes, self.run.file("confusion.png"),

@@ -16,8 +16,9 @@ from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import default_cache_dir
 from resnetlab.engine.board import summary_writer
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
+from resnetlab.engine.distributed import launched_world
 from resnetlab.engine.finetune import FinetuneConfig, Phase, fit_phases
-from resnetlab.engine.precision import Precision
+from resnetlab.engine.precision import Precision, resolve_device
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import STATE_FILE, load_state
 from resnetlab.engine.state_dicts import WeightsFile, read_weights
@@ -33,7 +34,7 @@ Config = TypeVar("Config", bound=TrainConfig)
 RESUMABLE = frozenset(
     {
         "epochs", "limit_steps", "quiet", "workers", "out", "resume", "cache_dir",
-        "save_every", "save_every_minutes", "tensorboard",
+        "save_every", "save_every_minutes", "tensorboard", "resume_any_world",
     }
 )  # fmt: skip
 
@@ -77,6 +78,11 @@ def check_run(cfg: TrainConfig) -> WeightsFile | None:
         raise ResnetlabError(f"--mixup/--cutmix mix images; --data {cfg.data} is {kind} data")
     if cfg.tta is not None and kind != "image":
         raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {kind} data")
+    if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
+        raise ResnetlabError(
+            "--sync-bn needs GPUs (SyncBatchNorm); on CPUs the processes average their "
+            "BatchNorm statistics before each evaluation and checkpoint"
+        )
     if cfg.tensorboard:
         summary_writer()
     return read_weights(cfg.weights) if cfg.weights and not cfg.resume else None
@@ -91,7 +97,13 @@ def _check_data_kind(model: str, cfg: TrainConfig, kind: str) -> None:
 
 
 def load_bundle(cfg: TrainConfig) -> DataBundle:
-    """The data named by ``cfg.data``, split as ``cfg`` asks."""
+    """The data named by ``cfg.data``, split as ``cfg`` asks (under ``torchrun``, rank 0
+    first: it builds the decoded-image cache that the other processes then read)."""
+    with launched_world().main_first():
+        return _load_bundle(cfg)
+
+
+def _load_bundle(cfg: TrainConfig) -> DataBundle:
     return load_data(
         cfg.data,
         target=cfg.target,
@@ -293,6 +305,18 @@ def _warn_if_inexact(cfg: TrainConfig, state: dict[str, Any]) -> None:
                 "schedule changes, so the run will not match an uninterrupted one exactly",
                 stacklevel=3,
             )
+    world = launched_world()
+    if state["world"] != world.size:
+        if not cfg.resume_any_world:
+            raise ResnetlabError(
+                f"--resume {cfg.resume}: the run had {state['world']} processes, this one "
+                f"{world.size}; --resume-any-world continues it anyway (no longer exactly)"
+            )
+        warnings.warn(
+            f"--resume: {world.size} processes, the run had {state['world']}; the batches "
+            "each process sees change, so the run will not match an uninterrupted one",
+            stacklevel=3,
+        )
     if state["threads"] != torch.get_num_threads():
         warnings.warn(
             f"--resume: {torch.get_num_threads()} threads, the run had {state['threads']}; "

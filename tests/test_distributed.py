@@ -1,0 +1,137 @@
+"""Training under torchrun: 2 CPU processes over gloo, as one would run them by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnetlab.engine.rundir import fingerprint
+from resnetlab.engine.state import STATE_FILE, load_state
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+DIGITS = ["--data", "digits", "--batch-size", "64", "--quiet"]
+
+
+def torchrun(argv: list[str], where: Path, processes: int = 2) -> subprocess.Popen[bytes]:
+    """``torchrun --nproc_per_node=N tests/dist_worker.py ARGV`` in ``where``, in its own
+    process group (so that a test can kill every process at once), output in where/out.txt."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+        "--standalone", str(WORKER), *argv,
+    ]  # fmt: skip
+    log = (where / "out.txt").open("ab")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, cwd=where, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def finished(argv: list[str], where: Path, processes: int = 2) -> Path:
+    """Run to the end; the run folder (``--out run``)."""
+    code = torchrun([*argv, "--out", "run"], where, processes).wait(timeout=300)
+    assert code == 0, (where / "out.txt").read_text()[-3000:]
+    return where / "run"
+
+
+def test_two_processes_train_agree_and_exit_cleanly_every_time(tmp_path: Path) -> None:
+    """A 2-process run trains (rank 0 alone printing), its processes end with the same
+    weights, and a finished run exits with status 0 every time: gloo's threads can abort an
+    interpreter that finalises while they run (see cli._exit_now). The repeats start the two
+    processes as torchrun would, without its launcher, to save its start-up."""
+    run = finished(["train", *DIGITS, "--epochs", "2"], tmp_path)
+    output = (tmp_path / "out.txt").read_text()
+    assert "distributed: 2 processes (2 on this machine), gloo, 1 threads each" in output
+    assert output.count("Epoch [1/2]") == 1
+    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").open()]
+    assert losses[1] < losses[0] * 0.5
+    assert (run / "rank0.sha256").read_text() == (run / "rank1.sha256").read_text()
+    assert not list(run.glob(".*.tmp"))
+    argv = [*DIGITS, "--epochs", "1", "--limit-steps", "1", "--val-fraction", "0"]
+    for attempt in range(10):
+        codes, output = two_processes(["train", *argv, "--out", f"exit{attempt}"], tmp_path)
+        assert codes == [0, 0] and "terminate called" not in output, output[-2000:]
+
+
+def two_processes(argv: list[str], where: Path) -> tuple[list[int], str]:
+    """Exit statuses and output of ``resnetlab ARGV`` in 2 processes that meet over gloo."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "resnetlab", *argv],
+            cwd=where,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+        )
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
+    return [p.returncode for p in processes], "".join(outputs)
+
+
+def test_two_processes_make_the_step_of_one_with_the_same_global_batch(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    """Without BatchNorm statistics (frozen), one SGD step on 2 processes with global batch
+    64 gives the weights of one step in 1 process with batch 64."""
+    argv = [
+        "finetune", "--weights", str(run_dir / "best.safetensors"), *DIGITS, "--bn", "frozen",
+        "--strategy", "full", "--optimizer", "sgd", "--lr", "0.1", "--epochs", "1",
+        "--limit-steps", "1",
+    ]  # fmt: skip
+    weights = []
+    for processes in (1, 2):
+        where = tmp_path / str(processes)
+        where.mkdir()
+        weights.append(load_file(finished(argv, where, processes) / "last.safetensors"))
+    start = load_file(run_dir / "best.safetensors")
+    assert not torch.equal(weights[1]["fc.weight"], start["fc.weight"])  # it did train
+    for key, one in weights[0].items():
+        assert torch.allclose(weights[1][key], one, rtol=0, atol=1e-6), key
+
+
+def test_a_killed_two_process_run_resumes_exactly(tmp_path: Path) -> None:
+    argv = ["train", *DIGITS, "--epochs", "2", "--save-every", "4", "--crop-padding", "1"]
+    (tmp_path / "whole").mkdir()
+    expected = fingerprint(finished(argv, tmp_path / "whole"))
+    where = tmp_path / "killed"
+    where.mkdir()
+    process = torchrun([*argv, "--out", "run"], where)
+    state = where / "run" / STATE_FILE
+    while not state.exists() and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both processes
+    process.wait()
+    killed_at = load_state(state)["steps_done"]
+    assert 0 < killed_at < 44 and load_state(state)["world"] == 2
+    finished(["train", "--resume", "run"], where)
+    assert fingerprint(where / "run") == expected
+    assert "resuming after epoch" in (where / "run" / "log.txt").read_text()
+    alone = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "train", "--resume", "run"],
+        cwd=where, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert alone.returncode == 2
+    assert "the run had 2 processes, this one 1; --resume-any-world" in alone.stderr
+
+
+def test_sync_bn_on_cpus_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetlab.cli import main
+
+    assert main(["train", "--data", "digits", "--sync-bn", "--device", "cpu"]) == 2
+    assert "--sync-bn needs GPUs" in capsys.readouterr().err
