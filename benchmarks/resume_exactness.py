@@ -63,24 +63,25 @@ def main() -> None:
     ]  # fmt: skip
     rng = random.Random(args.seed)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, flags in PIPELINES.items():
-            reference = Path(scratch) / f"{name}-reference"
-            reference.mkdir()
-            started = time.perf_counter()
-            run([*recipe, *flags], reference)
-            seconds = time.perf_counter() - started
-            expected = fingerprint(reference / "run")
-            matched = killed = 0
-            for trial in range(args.trials // 2):
-                where = Path(scratch) / f"{name}-{trial}"
-                where.mkdir()
-                killed += run([*recipe, *flags], where, kill_after=rng.uniform(0, seconds / 2))
-                run(["train", "--resume", "run"], where)
-                matched += fingerprint(where / "run") == expected
-            rows.append({"pipeline": name, "trials": args.trials // 2, "killed": killed,
-                         "matched": matched, "reference_s": round(seconds, 1)})  # fmt: skip
-            print(rows[-1], flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix="resume-exactness-"))  # kept: each run's output
+    print(f"runs in {scratch}", flush=True)
+    for name, flags in PIPELINES.items():
+        reference = scratch / f"{name}-reference"
+        reference.mkdir()
+        started = time.perf_counter()
+        run([*recipe, *flags], reference)
+        seconds = time.perf_counter() - started
+        expected = fingerprint(reference / "run")
+        matched = killed = 0
+        for trial in range(args.trials // 2):
+            where = scratch / f"{name}-{trial}"
+            where.mkdir()
+            killed += run([*recipe, *flags], where, kill_after=rng.uniform(0, seconds / 2))
+            run(["train", "--resume", "run"], where)
+            matched += fingerprint(where / "run") == expected
+        rows.append({"pipeline": name, "trials": args.trials // 2, "killed": killed,
+                     "matched": matched, "reference_s": round(seconds, 1)})  # fmt: skip
+        print(rows[-1], flush=True)
     result = {"machine": platform.processor() or platform.machine(), "rows": rows, **vars(args)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

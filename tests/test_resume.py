@@ -133,6 +133,24 @@ def test_the_streaming_path_with_workers_resumes_exactly(
     assert fingerprint(tmp_path / "crashed") == fingerprint(tmp_path / "whole")
 
 
+def test_a_run_stopped_at_its_step_limit_still_ends_its_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state of the last step (--limit-steps), saved before the epoch's record and
+    checkpoints: the resumed run writes them, as the run that never stopped did."""
+    argv = [
+        "train", "--model", "resnet_tabular", "--data", "tabular-synthetic", "--epochs", "2",
+        "--limit-steps", "8", "--save-every", "4", "--quiet",
+    ]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    crash_after_state(monkeypatch, at_step=8)
+    with pytest.raises(MemoryError):
+        main([*argv, "--out", str(tmp_path / "crashed")])
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "crashed")]) == 0
+    assert fingerprint(tmp_path / "crashed") == fingerprint(tmp_path / "whole")
+
+
 def test_a_fine_tuning_run_resumes_in_its_second_phase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits_checkpoint: Path
 ) -> None:

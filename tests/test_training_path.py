@@ -194,7 +194,7 @@ def test_another_folder_is_evaluated_whole(
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "resnetlab", "models", "--json"],
+        [sys.executable, "-m", "resnetlab", "models", "--family", "tabular", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=tmp_path,

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.streaming import mixup_cutmix
-from resnetlab.engine.batches import BatchOrder, is_in_memory, make_loader
+from resnetlab.engine.batches import BatchOrder, TensorBatches, is_in_memory, make_loader
 from resnetlab.engine.board import open_board, write_epoch
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.engine.config import TrainConfig
@@ -123,6 +123,7 @@ class Trainer:
             drop_last=True, rank=self.world.rank, world=self.world.size,
         )  # fmt: skip
         self.train_loader = make_loader(bundle.train, self.order, workers=cfg.workers)
+        self.val_loader = None if bundle.val is None else self._eval_loader(bundle.val)
         self.scaler = torch.amp.GradScaler(
             self.precision.device.type, enabled=self.precision.name == "fp16"
         )
@@ -196,7 +197,8 @@ class Trainer:
         self.train_model = self.world.wrap(self.model)  # after the phase set requires_grad
         tally = self._restore_training(self.pending) if resuming else None
         with self.stops:
-            while len(self.history) < end_epoch and not self.out_of_steps:
+            # an epoch that a resumed state left unfinished ends even at --limit-steps
+            while len(self.history) < end_epoch and (tally is not None or not self.out_of_steps):
                 tally = self._train_epoch(tally or EpochTally(self.precision.device))
                 self._end_epoch(self._epoch_record(tally))
                 tally = None
@@ -299,32 +301,36 @@ class Trainer:
         if self.cfg.clip_grad is not None:
             record.update(tally.gradient_summary())
         self.world.average_batchnorm(self.model)  # before validation and the checkpoints
-        if self.bundle.val is not None:
-            logits, targets, record["val_loss"] = self._predict(self.bundle.val)
+        if self.val_loader is not None:
+            logits, targets, record["val_loss"] = self._predict(self.val_loader)
             record["val_acc"] = topk_accuracy(logits, targets, 1)
         return record
 
-    def _predict(
-        self, dataset: Dataset, tta: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Class logits and targets of every sample of ``dataset``, and the mean loss: under
-        ``torchrun`` each process predicts every ``size``-th sample, and the parts are
-        gathered, so the metrics cover the whole split, not padded shards."""
+    def _eval_loader(self, dataset: Dataset) -> TensorBatches | DataLoader:
+        """Batches of ``dataset`` for evaluation: under ``torchrun``, of every ``size``-th
+        sample from this process's rank on (``_predict`` gathers the parts)."""
         world = self.world
-        part = Subset(dataset, range(world.rank, len(dataset), world.size))
-        loader = make_loader(part if world.distributed else dataset, 2 * self.cfg.batch_size,
-                             workers=self.cfg.workers)  # fmt: skip
+        if world.distributed:
+            dataset = Subset(dataset, range(world.rank, len(dataset), world.size))
+        return make_loader(dataset, 2 * self.cfg.batch_size, workers=self.cfg.workers)
+
+    def _predict(
+        self, loader: TensorBatches | DataLoader, tta: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Class logits and targets of every sample of an ``_eval_loader``'s dataset, and the
+        mean loss, gathered from every process: the metrics cover the whole split, not padded
+        shards."""
         logits, targets, loss = predict(
             self.model, loader, self.precision, self.normalize, self.loss_fn, tta=tta
         )
-        if not world.distributed:
+        if not self.world.distributed:
             return logits, targets, loss
-        parts = world.gather((logits, targets, loss * len(targets)))
-        total = sum(count for _, _, count in parts)
+        parts = self.world.gather((logits, targets, loss * len(targets)))
+        samples = sum(len(part[1]) for part in parts)
         return (
-            torch.cat([p[0] for p in parts]),
-            torch.cat([p[1] for p in parts]),
-            total / max(len(dataset), 1),
+            torch.cat([part[0] for part in parts]),
+            torch.cat([part[1] for part in parts]),
+            sum(part[2] for part in parts) / max(samples, 1),
         )
 
     def save_state(self, tally: EpochTally | None) -> None:
@@ -418,7 +424,8 @@ class Trainer:
             return None
         best = load_checkpoint(self.run.file("best.safetensors"))[0] if self.world.is_main else None
         self.model.load_state_dict(self.world.broadcast(best))
-        logits, targets, _ = self._predict(dataset, tta=self.cfg.tta == "flip")
+        tta = self.cfg.tta == "flip"
+        logits, targets, _ = self._predict(self._eval_loader(dataset), tta=tta)
         report = {**classification_report(logits, targets, bundle.classes), "split": split_name}
         if not self.world.is_main:
             return report
