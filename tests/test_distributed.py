@@ -64,12 +64,20 @@ def test_two_processes_train_agree_and_exit_cleanly_every_time(tmp_path: Path) -
 
 def two_processes(argv: list[str], where: Path) -> tuple[list[int], str]:
     """Exit statuses and output of ``resnetlab ARGV`` in 2 processes that meet over gloo."""
+    processes = start_two(argv, where)
+    outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
+    return [p.returncode for p in processes], "".join(outputs)
+
+
+def start_two(argv: list[str], where: Path) -> list[subprocess.Popen[bytes]]:
+    """``resnetlab ARGV`` in 2 processes started as torchrun would start them (without its
+    launcher, whose start-up costs seconds), meeting over gloo on a free local port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}  # fmt: skip
-    processes = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "resnetlab", *argv],
             cwd=where,
@@ -79,8 +87,6 @@ def two_processes(argv: list[str], where: Path) -> tuple[list[int], str]:
         )
         for rank in range(2)
     ]
-    outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
-    return [p.returncode for p in processes], "".join(outputs)
 
 
 def test_two_processes_make_the_step_of_one_with_the_same_global_batch(
@@ -128,6 +134,23 @@ def test_a_killed_two_process_run_resumes_exactly(tmp_path: Path) -> None:
     )  # fmt: skip
     assert alone.returncode == 2
     assert "the run had 2 processes, this one 1; --resume-any-world" in alone.stderr
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path: Path) -> None:
+    """SIGTERM to rank 1 alone: the processes agree on the step (a reduced flag), save one
+    state and both exit with 143; no process waits for the other in a collective."""
+    processes = start_two(["train", *DIGITS, "--epochs", "3", "--save-every", "4", "--out",
+                           "run"], tmp_path)  # fmt: skip
+    state = tmp_path / "run" / STATE_FILE
+    while not state.exists() and processes[0].poll() is None:
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
+    assert [p.returncode for p in processes] == [143, 143], outputs
+    assert "resnetlab: stopped by SIGTERM" in outputs[0] and "--resume run" in outputs[0]
+    assert outputs[1] == ""  # rank 1 prints nothing
+    saved = load_state(state)
+    assert saved["world"] == 2 and saved["tally"][1] is not None
 
 
 def test_sync_bn_on_cpus_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
