@@ -23,7 +23,12 @@ from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import STATE_FILE, load_state
 from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer
-from resnetlab.engine.weights import LoadReport, load_pretrained, source_preprocessing
+from resnetlab.engine.weights import (
+    LoadReport,
+    load_pretrained,
+    model_for_header,
+    source_preprocessing,
+)
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model, get_model_spec
 
@@ -286,10 +291,7 @@ def resume_run(cfg: TrainConfig) -> Start:
             "continuation needs the same data"
         )
     bundle = replace(bundle, mean=header["mean"], std=header["std"])
-    model = create_model(
-        header["model"], num_classes=header["num_classes"], in_chans=header["in_chans"],
-        **header["model_options"],
-    )  # fmt: skip
+    model = model_for_header(header)
     requested = {**saved, **{key: given[key] for key in RESUMABLE - {"resume", "out"}}}
     return Start(resolved, bundle, model, header, requested=requested, resume=state)
 

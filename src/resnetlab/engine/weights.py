@@ -224,6 +224,17 @@ def _source_dims(
     )
 
 
+def model_for_header(header: dict[str, Any]) -> nn.Module:
+    """The untrained network that a checkpoint header describes (architecture, options,
+    classes, input channels)."""
+    return create_model(
+        header["model"],
+        num_classes=header["num_classes"],
+        in_chans=header["in_chans"],
+        **header["model_options"],
+    )
+
+
 def model_from_checkpoint(
     path: str | Path, expect_model: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -235,12 +246,7 @@ def model_from_checkpoint(
         raise ResnetlabError(
             f"--checkpoint '{path}' holds a {name} model, not --model {expect_model}"
         )
-    model = create_model(
-        name,
-        num_classes=header["num_classes"],
-        in_chans=header["in_chans"],
-        **header["model_options"],
-    )
+    model = model_for_header(header)
     report = load_weights(model, state, source=str(path), model_name=name)
     misfits = report.adapted + report.reinitialised
     if misfits:
