@@ -1,4 +1,5 @@
-"""What several test modules share: small image folders, and running the CLI in-process."""
+"""What several test modules share: small image folders, running the CLI in-process, and a
+simulated crash."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from resnetlab.cli import main
+from resnetlab.engine.trainer import Trainer
 
 
 def make_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
@@ -42,3 +44,15 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def crash_after_state(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    """Make the next run in this process die right after it saves the state at ``at_step``."""
+    save = Trainer.save_state
+
+    def save_then_crash(self: Trainer, tally: object) -> None:
+        save(self, tally)
+        if self.steps_done == at_step:
+            raise MemoryError("simulated crash")
+
+    monkeypatch.setattr(Trainer, "save_state", save_then_crash)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_folder
+from helpers import crash_after_state, make_folder
 
 from resnetlab.cli import main
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.state import STATE_FILE, load_state
-from resnetlab.engine.trainer import Trainer
 
 # Every random stream a run uses: batch order, crops, flips, Cutout (per sample) and MixUp
 # (torch's global generator), on the in-memory path.
@@ -98,18 +97,6 @@ def test_a_signal_stops_at_a_step_saves_and_says_how_to_resume(
     if sig == signal.SIGINT:
         finish(["train", "--resume", "run"], tmp_path)
         assert fingerprint(tmp_path / "run") == uninterrupted
-
-
-def crash_after_state(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
-    """Make the next run in this process die right after it saves the state at ``at_step``."""
-    save = Trainer.save_state
-
-    def save_then_crash(self: Trainer, tally: object) -> None:
-        save(self, tally)
-        if self.steps_done == at_step:
-            raise MemoryError("simulated crash")
-
-    monkeypatch.setattr(Trainer, "save_state", save_then_crash)
 
 
 def test_the_streaming_path_with_workers_resumes_exactly(

@@ -31,7 +31,15 @@ from resnetlab.cli import main
 from resnetlab.engine.batches import make_loader
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.files import writing
-from resnetlab.engine.loop import EpochTally, LossFn, StepOptions, make_loss, train_one_epoch
+from resnetlab.engine.loop import (
+    EpochTally,
+    LossFn,
+    Normalizer,
+    StepOptions,
+    TrainStep,
+    make_loss,
+    train_one_epoch,
+)
 from resnetlab.engine.precision import resolve_precision
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import STATE_FILE, STATE_KEYS, load_state
@@ -108,12 +116,19 @@ def train_steps(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     tally = EpochTally(CPU)
     states = [copy.deepcopy(model.state_dict())]
-    train_one_epoch(
-        model, make_loader(rows, 16), optimizer, scheduler, loss_fn,
-        resolve_precision("fp32", CPU, "tabular"), lambda x, _: x,
-        scaler=torch.amp.GradScaler("cpu", enabled=False), tally=tally, options=options,
-        after_step=lambda: states.append(copy.deepcopy(model.state_dict())),
+    step = TrainStep(
+        model, optimizer, loss_fn, resolve_precision("fp32", CPU, "tabular"),
+        Normalizer([0.0] * 10, [1.0] * 10, (10,)),
+        scaler=torch.amp.GradScaler("cpu", enabled=False), options=options,
     )  # fmt: skip
+    train_one_epoch(
+        step,
+        make_loader(rows, 16),
+        scheduler,
+        epoch=1,
+        tally=tally,
+        after_step=lambda: states.append(copy.deepcopy(model.state_dict())),
+    )
     return model, states, tally
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,20 +29,24 @@ def test_alternating_flips_get_each_samples_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[torch.Tensor, list[bool], int]] = []
-    augment = BatchAugment.__call__
+    drawn: list[tuple[torch.Tensor, int]] = []  # the batch being augmented: indices, epoch
+    draw, apply = BatchAugment.draw, BatchAugment.apply
 
-    def spy(
-        self: BatchAugment, x: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0
-    ) -> torch.Tensor:
-        out = augment(self, x, indices, epoch)
-        assert indices is not None
+    def spy_draw(self: BatchAugment, indices: torch.Tensor, epoch: int, shape: torch.Size) -> Any:
+        drawn.append((indices, epoch))
+        return draw(self, indices, epoch, shape)
+
+    def spy_apply(self: BatchAugment, x: torch.Tensor, draws: Any) -> torch.Tensor:
+        out = apply(self, x, draws)
+        indices, epoch = drawn.pop()
         mirror = normalize_batch(x.flip(-1), self.mean, self.std)
         calls.append(
             (indices, [torch.equal(o, m) for o, m in zip(out, mirror, strict=True)], epoch)
         )
         return out
 
-    monkeypatch.setattr(BatchAugment, "__call__", spy)
+    monkeypatch.setattr(BatchAugment, "draw", spy_draw)
+    monkeypatch.setattr(BatchAugment, "apply", spy_apply)
     cfg = TrainConfig(
         data="digits", epochs=2, batch_size=64, flip_alternate=True,
         out=str(tmp_path / "run"), quiet=True,

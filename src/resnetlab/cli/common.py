@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from resnetlab.engine.config import PRECISIONS
+from resnetlab.engine.config import AUTO_RULE, COMPILE_CHOICES, PRECISIONS
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -28,3 +28,14 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def add_compile_flag(p: argparse.ArgumentParser, default: str | None) -> None:
+    """``--compile auto|on|off``; the rule for ``auto`` is in its help."""
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        default=default,
+        help=f"torch.compile the training step (inference: with freezing); {AUTO_RULE} "
+        f"(default: {default})",
+    )

@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import fields
 
-from resnetlab.cli.common import add_runtime_flags
+from resnetlab.cli.common import add_compile_flag, add_runtime_flags
 from resnetlab.cli.train import add_weights_flags
 from resnetlab.engine.config import TTAS
 
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=TTAS, help="test-time augmentation: flip = average with mirror")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_flags(p)
+    add_compile_flag(p, "off")
     p.set_defaults(func=run)
 
 

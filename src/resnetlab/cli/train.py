@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from resnetlab.cli.common import add_runtime_flags, parse_option
+from resnetlab.cli.common import add_compile_flag, add_runtime_flags, parse_option
 from resnetlab.engine.config import (
     AUTO_AUGMENTS,
     LOSSES,
@@ -90,6 +90,7 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
     p.add_argument("--quiet", action="store_true", default=default("quiet"), help="no progress bar")
     add_image_flags(p, default)
     add_runtime_flags(p)
+    add_compile_flag(p, default("compile"))
 
 
 def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:

@@ -11,6 +11,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from resnetlab.data import BUILTIN_DATASETS, ImageOptions, load_data
 from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.compiled import should_compile
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.loop import Normalizer, evaluate_model
 from resnetlab.engine.precision import resolve_device, resolve_precision
@@ -46,6 +47,7 @@ class EvalConfig:
     precision: str = "auto"
     device: str = "auto"
     workers: int = 0
+    compile: str = "off"
 
 
 def is_training_data(header: dict[str, Any], source: str | None) -> bool:
@@ -127,7 +129,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {bundle.kind} data")
     result = evaluate_model(
         model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers,
-        tta=cfg.tta == "flip",
+        tta=cfg.tta == "flip", compile=should_compile(cfg.compile, bundle.kind),
     )  # fmt: skip
     result.update(source, split=split)
     return result

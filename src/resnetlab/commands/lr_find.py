@@ -29,6 +29,7 @@ from resnetlab.engine.finetune import (
     phase_mode,
     phase_param_groups,
 )
+from resnetlab.engine.loop import EpochTally, TrainStep
 from resnetlab.engine.optim import make_optimizer
 from resnetlab.engine.rundir import RunDir, default_run_dir
 from resnetlab.engine.state_dicts import WeightsFile
@@ -130,27 +131,28 @@ def _lr_find(
 def _sweep(
     trainer: Trainer, optimizer: torch.optim.Optimizer, ratios: list[float], lr_range: LrRange
 ) -> tuple[list[float], list[float], list[float], bool]:
-    """``(lrs, losses, smoothed losses, diverged)``: one training step per lr of the range
-    (epochs repeat as needed), until the end or until the loss diverges."""
-    model, precision = trainer.model, trainer.precision
-    model.train()
+    """``(lrs, losses, smoothed losses, diverged)``: one training step (`train`'s own, compiled
+    with ``--compile on``) per lr of the range (epochs repeat as needed), until the end or
+    until the loss diverges."""
+    trainer.model.train()
+    step_once = TrainStep(
+        trainer.model, optimizer, trainer.loss_fn, trainer.precision, trainer.transform,
+        scaler=trainer.scaler, options=trainer.step_options,
+        compile=trainer.cfg.compile == "on", report=trainer.run.print,
+    )  # fmt: skip
     batches = itertools.chain.from_iterable(itertools.repeat(trainer.train_loader))
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
     average, beta = 0.0, 1 - 1 / max(2.0, SMOOTHING_WINDOW * lr_range.steps)
-    for step, (x, y, _) in zip(range(lr_range.steps), batches, strict=False):
+    for step, (x, y, indices) in zip(range(lr_range.steps), batches, strict=False):
         lrs.append(lr_range.lr(step))
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lrs[-1] * ratio
-        x, y = precision.batch(trainer.normalize(x.to(precision.device))), y.to(precision.device)
-        with precision.autocast():
-            loss = trainer.loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss).backward()
-        trainer.scaler.step(optimizer)
-        trainer.scaler.update()
-        losses.append(float(loss.detach()))
+        tally = EpochTally(trainer.precision.device)
+        step_once(x, y, indices, 1, tally)
+        finite = not int(tally.nonfinite)
+        losses.append(float(tally.loss_sum) / tally.samples if finite else math.inf)
         average = beta * average + (1 - beta) * losses[-1]  # debiased as in Adam
         smoothed.append(average / (1 - beta ** (step + 1)))
         if not math.isfinite(losses[-1]) or smoothed[-1] > DIVERGENCE * min(smoothed):

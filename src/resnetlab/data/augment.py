@@ -11,6 +11,7 @@ reproducible from its seed on any device, and resumes exactly at any step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,17 +43,28 @@ class _Draws:
     """Random integers for the samples of one batch, each a function of (seed, epoch, sample
     index, stream): the same sample gets the same numbers in any batch, on any resume."""
 
-    def __init__(self, indices: torch.Tensor, seed: int, epoch: int, device: torch.device):
-        self.indices, self.seed, self.epoch, self.device = indices, seed, epoch, device
+    def __init__(self, indices: torch.Tensor, seed: int, epoch: int):
+        self.indices, self.seed, self.epoch = indices, seed, epoch
 
     def ints(self, stream: int, high: int) -> torch.Tensor:
         """One integer in ``[0, high)`` per sample, for this epoch."""
-        hashed = sample_hash(self.indices, derive_seed(self.seed, self.epoch, stream))
-        return (hashed % high).to(self.device)
+        return sample_hash(self.indices, derive_seed(self.seed, self.epoch, stream)) % high
 
     def fixed_ints(self, stream: int, high: int) -> torch.Tensor:
         """One integer in ``[0, high)`` per sample, the same in every epoch."""
-        return (sample_hash(self.indices, derive_seed(self.seed, stream)) % high).to(self.device)
+        return sample_hash(self.indices, derive_seed(self.seed, stream)) % high
+
+
+class AugmentDraws(NamedTuple):
+    """A batch's random numbers, one per sample (None where that augmentation is off): the
+    crop's top-left corner in the padded image, whether to flip, and Cutout's top-left
+    corner (which may lie outside the image)."""
+
+    crop_top: torch.Tensor | None
+    crop_left: torch.Tensor | None
+    flip: torch.Tensor | None
+    cutout_top: torch.Tensor | None
+    cutout_left: torch.Tensor | None
 
 
 class BatchAugment:
@@ -63,7 +75,8 @@ class BatchAugment:
     zero (black) or reflected padding, flip, normalise with ``mean``/``std``, then Cutout,
     which zeroes a ``cutout x cutout`` square centred anywhere in the image (it may be clipped
     at the border) after normalisation, i.e. fills it with the mean colour, as DeVries &
-    Taylor 2017 did.
+    Taylor 2017 did. It is a ``Transform`` of the training step: ``draw`` makes the random
+    numbers on the host, ``apply`` is tensor operations only (and compiles).
 
     ``flip_alternate`` replaces the coin toss per image by alternation (Jordan 2024): each image
     is flipped in every other epoch, starting from a pseudo-random choice fixed by its dataset
@@ -96,40 +109,53 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, indices: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         """Augment and normalise a batch of the samples at dataset positions ``indices``."""
-        x = to_unit_float(x)
-        draw = _Draws(indices, self.seed, epoch, x.device)
-        if self.crop_padding:
-            x = self._crop(x, draw)
-        if self.flip:
-            x = self._flip(x, draw, epoch)
-        x = normalize_batch(x, self.mean, self.std)
-        return self._cutout(x, draw) if self.cutout else x
+        return self.apply(x, self.draw(indices, epoch, x.shape))
 
-    def _crop(self, x: torch.Tensor, draw: _Draws) -> torch.Tensor:
-        """Pad by ``crop_padding`` and gather one randomly shifted H x W window per image."""
+    def draw(self, indices: torch.Tensor, epoch: int, shape: torch.Size) -> AugmentDraws:
+        """The random numbers for a batch of ``shape`` (N, C, H, W) of the samples
+        ``indices`` in ``epoch``, on the host."""
+        draw = _Draws(indices, self.seed, epoch)
+        height, width = shape[-2:]
+        crop = 2 * self.crop_padding + 1
+        if self.flip_alternate:
+            flip = (draw.fixed_ints(_FLIP_START, 2) + epoch) % 2 == 1
+        else:
+            flip = draw.ints(_FLIP, 2) == 1
+        return AugmentDraws(
+            draw.ints(_CROP_ROW, crop) if self.crop_padding else None,
+            draw.ints(_CROP_COL, crop) if self.crop_padding else None,
+            flip if self.flip else None,
+            draw.ints(_CUTOUT_ROW, height) - self.cutout // 2 if self.cutout else None,
+            draw.ints(_CUTOUT_COL, width) - self.cutout // 2 if self.cutout else None,
+        )
+
+    def apply(self, x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
+        """The augmented, normalised batch, given ``draw``'s numbers."""
+        draws = AugmentDraws(*(d if d is None else d.to(x.device) for d in draws))
+        x = to_unit_float(x)
+        if draws.crop_top is not None and draws.crop_left is not None:
+            x = self._crop(x, draws.crop_top, draws.crop_left)
+        if draws.flip is not None:
+            x = torch.where(draws.flip[:, None, None, None], x.flip(3), x)
+        x = normalize_batch(x, self.mean, self.std)
+        if draws.cutout_top is not None and draws.cutout_left is not None:
+            x = self._cutout(x, draws.cutout_top, draws.cutout_left)
+        return x
+
+    def _crop(self, x: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """Pad by ``crop_padding`` and gather one H x W window per image, at (top, left)."""
         n, _, height, width = x.shape
         pad, device = self.crop_padding, x.device
         padded = F.pad(x, (pad, pad, pad, pad), mode=_PADDING_MODES[self.padding_mode])
-        rows = draw.ints(_CROP_ROW, 2 * pad + 1)[:, None] + torch.arange(height, device=device)
-        cols = draw.ints(_CROP_COL, 2 * pad + 1)[:, None] + torch.arange(width, device=device)
-        batch = torch.arange(n, device=x.device)[:, None, None]
+        rows = top[:, None] + torch.arange(height, device=device)
+        cols = left[:, None] + torch.arange(width, device=device)
+        batch = torch.arange(n, device=device)[:, None, None]
         # advanced indices around a slice put the channel last: (N, H, W, C) -> (N, C, H, W)
         return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
-    def _flip(self, x: torch.Tensor, draw: _Draws, epoch: int) -> torch.Tensor:
-        """Mirror the chosen images left-right: a coin per image and epoch, or, alternating,
-        a coin per image for its first epoch."""
-        if self.flip_alternate:
-            chosen = (draw.fixed_ints(_FLIP_START, 2) + epoch) % 2 == 1
-        else:
-            chosen = draw.ints(_FLIP, 2) == 1
-        return torch.where(chosen[:, None, None, None], x.flip(3), x)
-
-    def _cutout(self, x: torch.Tensor, draw: _Draws) -> torch.Tensor:
-        """Zero a ``cutout``-sided square per image, centred on a uniformly drawn pixel."""
+    def _cutout(self, x: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """Zero a ``cutout``-sided square per image from (top, left), clipped at the border."""
         _, _, height, width = x.shape
-        top = draw.ints(_CUTOUT_ROW, height) - self.cutout // 2
-        left = draw.ints(_CUTOUT_COL, width) - self.cutout // 2
         rows = torch.arange(height, device=x.device) - top[:, None]
         cols = torch.arange(width, device=x.device) - left[:, None]
         in_rows = (rows >= 0) & (rows < self.cutout)

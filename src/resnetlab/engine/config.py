@@ -15,6 +15,15 @@ PADDING_MODES = ("zeros", "reflect")
 AUTO_AUGMENTS = ("trivial", "randaugment")
 TTAS = ("flip",)
 ON_NAN = ("stop", "skip")
+COMPILE_CHOICES = ("auto", "on", "off")
+# --compile auto: image runs of at least this many optimiser steps (about 3 minutes of
+# compiling, measured by `resnetlab bench`, paid back by a gain of 10% or more; see --help)
+AUTO_MIN_STEPS = 2000
+AUTO_RULE = (
+    f"auto compiles image runs of at least {AUTO_MIN_STEPS:,} optimiser steps (and evaluation "
+    "of image sets), where `resnetlab bench` measured a gain of more than 10%% net of "
+    "compile time; tables, sequences and shorter runs stay eager"
+)
 AUTO_MODEL = "auto"  # --model auto: the architecture of the --weights file
 
 
@@ -43,6 +52,7 @@ class TrainConfig:
     loss: str = "ce"
     precision: str = "auto"
     device: str = "auto"
+    compile: str = "off"
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -102,6 +112,7 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.compile in COMPILE_CHOICES, "--compile must be auto, on or off"),
             (self.crop_padding >= 0, f"--crop-padding must be >= 0 (got {self.crop_padding})"),
             (self.cutout >= 0, f"--cutout must be >= 0 (got {self.cutout})"),
             (self.padding_mode in PADDING_MODES, "--padding-mode must be zeros or reflect"),

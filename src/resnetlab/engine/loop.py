@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -13,26 +14,48 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from resnetlab.engine.batches import TensorBatches, make_loader
+from resnetlab.engine.compiled import FirstCallTimed, compile_frozen, compile_static
 from resnetlab.engine.metrics import classification_report
 from resnetlab.engine.precision import Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, indices) -> inputs
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # e.g. a sum over a run's processes
 Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+class Transform(Protocol):
+    """Model input from a raw batch, in two parts: ``draw``, the batch's random numbers (a
+    function of its samples' dataset indices and the epoch alone), and ``apply``, made of
+    tensor operations only, so that it can be compiled."""
+
+    def draw(self, indices: torch.Tensor, epoch: int, shape: torch.Size) -> Any:
+        """The random numbers for a batch of ``shape`` of the samples ``indices``."""
+        ...
+
+    def apply(self, x: torch.Tensor, draws: Any) -> torch.Tensor:
+        """The transformed batch (float32), given ``draw``'s numbers."""
+        ...
+
+
 class Normalizer:
-    """Standardise batches with the training split's per-channel (or per-feature) statistics."""
+    """Standardise batches with the training split's per-channel (or per-feature) statistics
+    (a ``Transform`` without random numbers)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], input_shape: Sequence[int]):
         view = (1, -1, *([1] * (len(input_shape) - 1)))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(view)
         self.std = torch.tensor(std, dtype=torch.float32).view(view)
 
-    def __call__(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
-        """``(x - mean) / std`` in float32; uint8 images are first scaled to [0, 1]. The
-        samples' ``indices`` are not needed (``Transform``'s signature)."""
+    def draw(self, indices: torch.Tensor, epoch: int, shape: torch.Size) -> None:
+        """Nothing: normalisation draws no random numbers."""
+        return None
+
+    def apply(self, x: torch.Tensor, draws: None = None) -> torch.Tensor:
+        """``(x - mean) / std`` in float32; uint8 images are first scaled to [0, 1]."""
+        return self(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` in float32; uint8 images are first scaled to [0, 1]."""
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
@@ -151,41 +174,118 @@ class StepOptions:
     any_process: Reduce | None = None  # under torchrun: a maximum over the processes
 
 
+class TrainStep:
+    """One optimiser step on one batch: transform, mixing, forward pass and loss, backward
+    pass, clipping and update, with no read back to the host (unless ``--on-nan skip`` asks).
+
+    With ``compile``, the transform's tensor part and the forward pass with its loss (so also
+    the backward pass) run as ``torch.compile`` graphs of static shape; the first step, which
+    compiles them, reports its time through ``report``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        precision: Precision,
+        transform: Transform,
+        *,
+        scaler: torch.amp.GradScaler,
+        options: StepOptions = StepOptions(),
+        compile: bool = False,
+        report: Callable[[str], None] = print,
+    ) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.precision, self.transform, self.scaler, self.options = (
+            precision, transform, scaler, options
+        )  # fmt: skip
+        self._apply: Callable[[torch.Tensor, Any], torch.Tensor] = transform.apply
+        self._forward = self._forward_loss
+        self._train = FirstCallTimed(self._train_on, "the training step", report)
+        if compile:
+            self._apply = compile_static(transform.apply)
+            self._forward = compile_static(self._forward_loss)
+        else:
+            self._train.seconds = 0.0  # nothing to compile, nothing to report
+
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the model's output for model input ``x`` and targets ``y``."""
+        x = self.precision.batch(x)
+        with self.precision.autocast():
+            output = self.model(x)
+            loss = self.loss_fn(output, y)
+        return loss, output
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, epoch: int,
+        tally: EpochTally,
+    ) -> float:  # fmt: skip
+        """Train on the batch ``(x, y)`` of the samples ``indices`` in ``epoch``, counted in
+        ``tally``; return the seconds this call spent compiling (only the first, compiled). A
+        step whose loss is non-finite and skipped changes nothing (the forward pass's
+        BatchNorm statistics are put back)."""
+        compiling = self._train.seconds is None
+        self._train(x, y, indices, epoch, tally)
+        return (self._train.seconds or 0.0) if compiling else 0.0
+
+    def _train_on(
+        self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, epoch: int,
+        tally: EpochTally,
+    ) -> None:  # fmt: skip
+        options = self.options
+        device = self.precision.device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = self._apply(x, self.transform.draw(indices, epoch, x.shape))
+        if options.mix is not None:
+            x, y = options.mix(x, y)
+        buffers = [b.clone() for b in self.model.buffers()] if options.skip_nonfinite else []
+        loss, output = self._forward(x, y)
+        finite = tally.add(loss, output, y, self.optimizer.param_groups[0]["lr"])
+        self.optimizer.zero_grad(set_to_none=True)
+        if options.any_process is not None and options.skip_nonfinite:  # all skip, or none
+            finite = options.any_process((~finite).int()) == 0
+        if options.skip_nonfinite and not bool(finite):  # a host sync, asked for by --on-nan skip
+            for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
+                buffer.copy_(saved)
+            tally.skipped += 1
+            return
+        self.scaler.scale(loss).backward()
+        if options.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norm = nn.utils.clip_grad_norm_(params, options.clip_grad)
+            tally.grad_norm_sum += norm.float()
+            tally.clipped += norm > options.clip_grad
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
 def train_one_epoch(
-    model: nn.Module,
+    step: TrainStep,
     loader: TensorBatches | DataLoader,
-    optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: LossFn,
-    precision: Precision,
-    transform: Transform,
     *,
-    scaler: torch.amp.GradScaler,
+    epoch: int,
     tally: EpochTally,
-    options: StepOptions = StepOptions(),
     max_steps: int | None = None,
     after_step: Callable[[], None] | None = None,
     progress: str | None = None,
 ) -> EpochTally:
-    """The rest of one pass over ``loader`` (or ``max_steps`` more optimiser steps), counted
-    in ``tally``; ``after_step`` runs after each step (saving, stopping).
-
-    ``transform`` turns a raw batch on the device and its samples' indices into model input
-    (normalisation, and batch augmentation); ``options.mix`` (MixUp/CutMix) then mixes images
-    and turns labels into soft targets.
-    """
-    model.train()
+    """The rest of one pass over ``loader`` (or ``max_steps`` more optimiser steps) of epoch
+    number ``epoch``, counted in ``tally``; ``after_step`` runs after each step (saving,
+    stopping)."""
+    step.model.train()
     start, steps = time.perf_counter(), 0
     bar = tqdm(loader, desc=progress, leave=False, disable=progress is None, unit="batch")
     try:
         for x, y, indices in bar:
             if max_steps is not None and steps >= max_steps:
                 break
-            _step(model, x, y, indices, optimizer, loss_fn, precision, transform, scaler, tally,
-                  options)  # fmt: skip
+            compiling = step(x, y, indices, epoch, tally)
             scheduler.step()
             steps += 1
-            tally.seconds += time.perf_counter() - start
+            tally.seconds += time.perf_counter() - start - compiling
             start = time.perf_counter()
             if after_step is not None:
                 after_step()
@@ -194,53 +294,26 @@ def train_one_epoch(
     return tally
 
 
-def _step(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    indices: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-    precision: Precision,
-    transform: Transform,
-    scaler: torch.amp.GradScaler,
-    tally: EpochTally,
-    options: StepOptions,
-) -> None:
-    """One optimiser step on one batch; one whose loss is non-finite and skipped changes
-    nothing (the forward pass's BatchNorm statistics are put back)."""
-    x, y = x.to(precision.device, non_blocking=True), y.to(precision.device, non_blocking=True)
-    x = transform(x, indices)
-    if options.mix is not None:
-        x, y = options.mix(x, y)
-    x = precision.batch(x)
-    buffers = [b.clone() for b in model.buffers()] if options.skip_nonfinite else []
-    with precision.autocast():
-        output = model(x)
-        loss = loss_fn(output, y)
-    finite = tally.add(loss, output, y, optimizer.param_groups[0]["lr"])
-    optimizer.zero_grad(set_to_none=True)
-    if options.any_process is not None and options.skip_nonfinite:  # all skip, or none
-        finite = options.any_process((~finite).int()) == 0
-    if options.skip_nonfinite and not bool(finite):  # a host sync, asked for by --on-nan skip
-        for buffer, saved in zip(model.buffers(), buffers, strict=True):
-            buffer.copy_(saved)
-        tally.skipped += 1
-        return
-    scaler.scale(loss).backward()
-    if options.clip_grad is not None:
-        scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = nn.utils.clip_grad_norm_(params, options.clip_grad)
-        tally.grad_norm_sum += norm.float()
-        tally.clipped += norm > options.clip_grad
-    scaler.step(optimizer)
-    scaler.update()
+class InferenceModel:
+    """A model ready to predict: in eval mode and, with ``compile``, compiled with freezing
+    (``compile_frozen``; the first call, which compiles it, reports its time through
+    ``report``). A compiled model takes batches of one size: ``predict`` pads the last."""
+
+    def __init__(
+        self, model: nn.Module, compile: bool = False, report: Callable[[str], None] = print
+    ) -> None:
+        self.model, self.compiled = model.eval(), compile
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = model
+        if compile:
+            self._forward = FirstCallTimed(compile_frozen(model), "the model for inference", report)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
 
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module,
+    model: nn.Module | InferenceModel,
     loader: TensorBatches | DataLoader,
     precision: Precision,
     normalize: Normalizer,
@@ -251,20 +324,31 @@ def predict(
 
     With ``tta``, logits are averaged over the image and its horizontal mirror.
     """
-    model.eval()
-    logits, targets, total_loss = [], [], 0.0
+    forward = model if isinstance(model, InferenceModel) else InferenceModel(model)
+    logits, targets, total_loss, size = [], [], 0.0, 0
     for x, y, _ in loader:
+        size = size or len(x)
         x = precision.batch(normalize(x.to(precision.device, non_blocking=True)))
+        if forward.compiled:
+            x = padded(x, size)
         with precision.autocast():
-            output = model(x)
+            output = forward(x)
             if tta:
-                output = (output + model(x.flip(-1))) / 2
+                output = (output + forward(x.flip(-1))) / 2
+        output = output[: len(y)].float()
         if loss_fn is not None:
-            total_loss += float(loss_fn(output.float(), y.to(output.device))) * len(y)
-        logits.append(class_logits(output.float()).cpu())
+            total_loss += float(loss_fn(output, y.to(output.device))) * len(y)
+        logits.append(class_logits(output).cpu())
         targets.append(y.cpu())
     y_all = torch.cat(targets)
     return torch.cat(logits), y_all, total_loss / max(len(y_all), 1)
+
+
+def padded(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` with its last sample repeated up to ``size`` samples (a static batch shape)."""
+    if len(x) >= size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])])
 
 
 def evaluate_model(
@@ -276,8 +360,11 @@ def evaluate_model(
     batch_size: int = 256,
     workers: int = 0,
     tta: bool = False,
+    compile: bool = False,
 ) -> dict:
-    """Top-1/top-5, per-class accuracy and confusion matrix of ``model`` on ``dataset``."""
+    """Top-1/top-5, per-class accuracy and confusion matrix of ``model`` on ``dataset`` (with
+    ``compile``, the model compiled with freezing)."""
     loader = make_loader(dataset, batch_size, workers=workers)
-    logits, targets, _ = predict(model, loader, precision, normalize, tta=tta)
+    forward = InferenceModel(model, compile)
+    logits, targets, _ = predict(forward, loader, precision, normalize, tta=tta)
     return classification_report(logits, targets, classes)

@@ -21,12 +21,14 @@ from resnetlab.data.streaming import mixup_cutmix
 from resnetlab.engine.batches import BatchOrder, TensorBatches, is_in_memory, make_loader
 from resnetlab.engine.board import open_board, write_epoch
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.engine.compiled import should_compile
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.distributed import launched_world
 from resnetlab.engine.loop import (
     EpochTally,
     Normalizer,
     StepOptions,
+    TrainStep,
     make_loss,
     predict,
     train_one_epoch,
@@ -45,12 +47,13 @@ _CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count 
 
 @dataclass
 class _Phase:
-    """The phase being trained: its number, first step, optimiser and lr schedule."""
+    """The phase being trained: its number, first step, optimiser, lr schedule and step."""
 
     index: int
     first_step: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: TrainStep
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -108,9 +111,8 @@ class Trainer:
         if cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self.precision.prepare(model)
-        self.train_model: nn.Module = self.model  # wrapped per phase under torchrun
         self.normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
-        self.augment = batch_augment(cfg, bundle)
+        self.transform = batch_augment(cfg, bundle) or self.normalize
         self.step_options = StepOptions(
             mixup_cutmix(bundle.num_classes, cfg.mixup, cfg.cutmix),
             cfg.clip_grad,
@@ -131,6 +133,7 @@ class Trainer:
         self.best_score, self.best_epoch, self.steps_done = float("-inf"), 0, 0
         self.skipped_steps, self.elapsed_before = 0, 0.0
         self.stops = StopRequests()
+        self.compiled = should_compile(cfg.compile, bundle.kind, self.total_steps(cfg.epochs, 0))
         self.phase: _Phase | None = None
         self.pending = resume
         if resume is not None:
@@ -193,8 +196,13 @@ class Trainer:
         scheduler = build_scheduler(
             optimizer, self.cfg, self.total_steps(epochs, first_step), self.steps_per_epoch
         )
-        self.phase = _Phase(phase, first_step, optimizer, scheduler)
-        self.train_model = self.world.wrap(self.model)  # after the phase set requires_grad
+        step = TrainStep(
+            self.world.wrap(self.model),  # after the phase set requires_grad
+            optimizer, self.loss_fn, self.precision, self.transform,
+            scaler=self.scaler, options=self.step_options, compile=self.compiled,
+            report=self.run.print,
+        )  # fmt: skip
+        self.phase = _Phase(phase, first_step, optimizer, scheduler, step)
         tally = self._restore_training(self.pending) if resuming else None
         with self.stops:
             # an epoch that a resumed state left unfinished ends even at --limit-steps
@@ -209,14 +217,12 @@ class Trainer:
         """The rest of the current epoch, from step ``tally.steps`` of it."""
         epoch = len(self.history) + 1
         self.order.set_epoch(epoch, tally.steps)
-        transform = self.normalize if self.augment is None else partial(self.augment, epoch=epoch)
         budget = None if self.cfg.limit_steps is None else self.cfg.limit_steps - self.steps_done
         show_bar = progress_enabled(self.cfg.quiet) and self.world.is_main
         assert self.phase is not None
         return train_one_epoch(
-            self.train_model, self.train_loader, self.phase.optimizer, self.phase.scheduler,
-            self.loss_fn, self.precision, transform,
-            scaler=self.scaler, tally=tally, options=self.step_options, max_steps=budget,
+            self.phase.step, self.train_loader, self.phase.scheduler,
+            epoch=epoch, tally=tally, max_steps=budget,
             after_step=partial(self._after_step, tally),
             progress=f"epoch {epoch}/{self.cfg.epochs}" if show_bar else None,
         )  # fmt: skip

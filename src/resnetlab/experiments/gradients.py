@@ -24,6 +24,7 @@ from resnetlab.engine.loop import (
     EpochTally,
     LossFn,
     Normalizer,
+    TrainStep,
     make_loss,
     train_one_epoch,
 )
@@ -150,12 +151,13 @@ def _train(
     order = BatchOrder(len(dataset), cfg.batch_size, shuffle=True, seed=cfg.seed)
     loader = make_loader(dataset, order)
     scaler = torch.amp.GradScaler(precision.device.type, enabled=False)
+    step = TrainStep(model, optimizer, loss_fn, precision, normalize, scaler=scaler)
     done = 0
     while done < cfg.steps:
         order.set_epoch(order.epoch + 1)
         tally = train_one_epoch(
-            model, loader, optimizer, scheduler, loss_fn, precision, normalize,
-            scaler=scaler, tally=EpochTally(precision.device), max_steps=cfg.steps - done,
+            step, loader, scheduler, epoch=order.epoch, tally=EpochTally(precision.device),
+            max_steps=cfg.steps - done,
         )  # fmt: skip
         done += tally.steps
 

@@ -1,0 +1,77 @@
+"""`resnetlab bench`."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "bench",
+        help="training or inference speed next to the loops users write, and the hardware's",
+        description="Measure, in one process and in interleaved rounds, the machine's bf16 and "
+        "fp32 matmul TFLOP/s and the images per second of: the tutorial's fp32 loop "
+        "(seed-style), the loop a user would write with bf16 autocast and channels-last "
+        "(benchmarks/user_loop.py), resnetlab's own step, and resnetlab compiled.",
+    )
+    p.add_argument("--model", default="resnet20", help="any image model of the registry")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--batch", type=int, help="batch size (default: 128 train, 32 infer)")
+    p.add_argument("--input-size", type=int, help="square image size (default: the model's own)")
+    p.add_argument("--steps", type=int, default=4, help="steps per round (default: 4)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per row (default: 5)")
+    p.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="leave out the compiled row"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument(
+        "--user-loop",
+        metavar="FILE",
+        help="the user's loops (default: benchmarks/user_loop.py of a resnetlab checkout)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the subcommand with parsed ``args``."""
+    from resnetlab.commands.bench import BenchConfig, bench
+
+    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+    print(format_table(bench(cfg)))
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The bench's results as the table it prints."""
+    shape = "x".join(map(str, result["input_shape"]))
+    peaks = result["matmul_tflops"]
+    best = max(peaks, key=peaks.get)
+    lines = [
+        f"{result['model']} {result['mode']}, batch {result['batch']}, {shape}, "
+        f"{result['macs_per_image'] / 1e6:,.1f}M multiply-adds per image | "
+        f"{result['machine']}, {result['threads']} threads, torch {result['torch']}",
+        f"matmul ceiling: bf16 {peaks['bf16']:.3f}, fp32 {peaks['fp32']:.3f} TFLOP/s "
+        f"(peak % is of {best}, the faster here)",
+        f"{'row':<20} {'precision':<9} {'img/s':>9} {'x seed':>7} {'x user':>7} "
+        f"{'peak %':>7} {'warm-up s':>10}",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"{row['row']:<20} {row['precision']:<9} {row['images_per_s']:>9.1f} "
+            f"{_ratio(row['vs_seed']):>7} {_ratio(row['vs_user']):>7} "
+            f"{100 * row['peak_share']:>6.1f}% {row['warmup_s']:>10.1f}"
+        )
+    lines.append("rows:")
+    lines.extend(f"  {row['row']}: {row['what']}" for row in result["rows"])
+    if result["user_loop"]:
+        lines.append(f"  seed-style and user loops: {result['user_loop']}")
+    else:
+        lines.append("  (no seed-style or user row: pass --user-loop benchmarks/user_loop.py)")
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
