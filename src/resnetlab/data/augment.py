@@ -130,28 +130,34 @@ class BatchAugment:
         )
 
     def apply(self, x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
-        """The augmented, normalised batch, given ``draw``'s numbers."""
+        """The augmented, normalised batch, given ``draw``'s numbers. Crop and flip are one
+        gather, done before the conversion to float (on uint8 images, a quarter of the
+        bytes)."""
         draws = AugmentDraws(*(d if d is None else d.to(x.device) for d in draws))
-        x = to_unit_float(x)
-        if draws.crop_top is not None and draws.crop_left is not None:
-            x = self._crop(x, draws.crop_top, draws.crop_left)
-        if draws.flip is not None:
-            x = torch.where(draws.flip[:, None, None, None], x.flip(3), x)
+        if draws.flip is not None or draws.crop_top is not None:
+            x = self._crop_and_flip(x, draws)
         x = normalize_batch(x, self.mean, self.std)
         if draws.cutout_top is not None and draws.cutout_left is not None:
             x = self._cutout(x, draws.cutout_top, draws.cutout_left)
         return x
 
-    def _crop(self, x: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-        """Pad by ``crop_padding`` and gather one H x W window per image, at (top, left)."""
+    def _crop_and_flip(self, x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
+        """One H x W window per image of the image padded by ``crop_padding``, at the drawn
+        corner (the top-left one without padding), mirrored where drawn so."""
         n, _, height, width = x.shape
-        pad, device = self.crop_padding, x.device
-        padded = F.pad(x, (pad, pad, pad, pad), mode=_PADDING_MODES[self.padding_mode])
-        rows = top[:, None] + torch.arange(height, device=device)
-        cols = left[:, None] + torch.arange(width, device=device)
+        device = x.device
+        rows = torch.arange(height, device=device).expand(n, height)
+        cols = torch.arange(width, device=device).expand(n, width)
+        if draws.flip is not None:  # the window's column j is column W - 1 - j
+            cols = torch.where(draws.flip[:, None], width - 1 - cols, cols)
+        if draws.crop_top is not None and draws.crop_left is not None:
+            pad = self.crop_padding
+            x = F.pad(x, (pad, pad, pad, pad), mode=_PADDING_MODES[self.padding_mode])
+            rows = rows + draws.crop_top[:, None]
+            cols = cols + draws.crop_left[:, None]
         batch = torch.arange(n, device=device)[:, None, None]
         # advanced indices around a slice put the channel last: (N, H, W, C) -> (N, C, H, W)
-        return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
     def _cutout(self, x: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
         """Zero a ``cutout``-sided square per image from (top, left), clipped at the border."""
