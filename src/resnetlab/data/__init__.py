@@ -42,8 +42,8 @@ def load_data(
     image_options: ImageOptions | None = None,
 ) -> DataBundle:
     """Load ``source``: a built-in name, a ``.csv`` file (``target`` names the label column),
-    an image folder or a clip folder (``data.video``). Data without its own split is split by ``val_fraction``/
-    ``test_fraction``, seeded and stratified.
+    an image folder or a clip folder (``data.video``). Data without its own split is split
+    by ``val_fraction``/``test_fraction``, seeded and stratified.
 
     For images and clips, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the
     input shape (of each frame);

@@ -17,6 +17,7 @@ def tensor_mean_std(x: torch.Tensor, chunk: int = 256) -> tuple[list[float], lis
     pixels are taken as ``x / 255``. Summed in chunks of ``chunk`` samples (clips are large).
     The std is the population std, floored at ``STD_FLOOR``.
     """
+
     def channels(part: torch.Tensor) -> torch.Tensor:  # (C, everything else), float64
         part = part.double() / 255 if part.dtype == torch.uint8 else part.double()
         return part.transpose(0, 1).reshape(x.shape[1], -1)

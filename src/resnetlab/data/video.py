@@ -51,6 +51,7 @@ def make_moving_digits(
     permutation per clip), which destroys the motion and keeps everything else.
     """
     rng = np.random.default_rng(seed)
+    shuffler = np.random.default_rng([seed, 1])  # its own stream: the same clips either way
     side = digits.shape[-1]
     room = size - side  # positions a digit can take along one axis
     steps = frames - 1
@@ -72,7 +73,7 @@ def make_moving_digits(
             row, col = (across, position) if axis[i] == 0 else (position, across)
             clips[i, t, row : row + side, col : col + side] = digit
         if shuffle_frames:
-            clips[i] = clips[i, rng.permutation(frames)]
+            clips[i] = clips[i, shuffler.permutation(frames)]
     return torch.from_numpy(clips[:, None]), torch.from_numpy(label.astype(np.int64))
 
 
