@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import assert_one_line_error, randomize_batch_norms, run_cli, shapes
+from helpers import assert_one_line_error, make_folder, randomize_batch_norms, run_cli, shapes
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -144,6 +144,8 @@ def make_clip_folder(root: Path) -> Path:
 def test_a_clip_folder_loads_as_one_clip_tensor(tmp_path: Path) -> None:
     root = make_clip_folder(tmp_path / "clips")
     assert data_kind(str(root)) == "video"
+    split_images = make_folder(tmp_path / "images" / "train")
+    assert data_kind(str(split_images.parent)) == data_kind(str(split_images)) == "image"
     bundle = load_data(str(root), val_fraction=0.0, test_fraction=0.0, image_size=8)
     assert bundle.kind == "video" and bundle.classes == ["dark", "light"]
     assert bundle.input_shape == (1, 5, 8, 8) and len(bundle.train) == 12
@@ -188,7 +190,8 @@ def test_the_video_experiment_in_a_tiny_configuration(
     out = tmp_path / "video"
     code, stdout, err = run_cli(
         capsys, "experiment", "video", "--image-size", "16", "--epochs", "1",
-        "--limit-steps", "2", "--batch-size", "8", "--out", str(out), "--quiet",
+        "--limit-steps", "2", "--batch-size", "8", "--val-fraction", "0.02",
+        "--test-fraction", "0.05", "--out", str(out), "--quiet",
     )  # fmt: skip
     assert code == 0, err
     assert stdout.count("Accuracy of the network on the test images:") == 3
@@ -201,5 +204,5 @@ def test_the_video_experiment_in_a_tiny_configuration(
     tested = [
         json.loads((Path(run["run_dir"]) / "confusion.json").read_text()) for run in result["runs"]
     ]
-    assert {sum(map(sum, t["confusion"])) for t in tested} == {400}  # one test split
+    assert {sum(map(sum, t["confusion"])) for t in tested} == {100}  # one test split
     assert (out / "video.png").stat().st_size > 0 and (out / "video.md").is_file()

@@ -94,8 +94,11 @@ def resize_clips(clips: torch.Tensor, size: int, chunk: int = 256) -> torch.Tens
 
 
 def is_clip_folder(root: Path) -> bool:
-    """Whether ``root`` is a clip folder: its class folders hold no image files themselves,
-    and at least one holds a ``.npy``/``.pt`` clip or a folder of frames."""
+    """Whether ``root`` is a clip folder: not split into ``train/``... (an image folder's
+    layout), its class folders hold no image files themselves, and at least one holds a
+    ``.npy``/``.pt`` clip or a folder of frames."""
+    if (root / "train").is_dir():
+        return False
     classes = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     found = False
     for folder in classes:
