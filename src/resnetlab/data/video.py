@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from resnetlab.data.augment import to_unit_float
 from resnetlab.data.bundle import DataBundle, bundle_from_tensors
 from resnetlab.data.decode import BadImage, decode_image, is_image_file
+from resnetlab.data.folder import SPLIT_FOLDERS
 from resnetlab.errors import ResnetlabError
 
 CLIP_SUFFIXES = (".npy", ".pt")
@@ -94,10 +95,10 @@ def resize_clips(clips: torch.Tensor, size: int, chunk: int = 256) -> torch.Tens
 
 
 def is_clip_folder(root: Path) -> bool:
-    """Whether ``root`` is a clip folder: not split into ``train/``... (an image folder's
-    layout), its class folders hold no image files themselves, and at least one holds a
-    ``.npy``/``.pt`` clip or a folder of frames."""
-    if (root / "train").is_dir():
+    """Whether ``root`` is a clip folder: without ``train/``, ``val/`` or ``test/`` (an image
+    folder's split layout), its class folders hold no image files themselves, and at least
+    one holds a ``.npy``/``.pt`` clip or a folder of frames."""
+    if any((root / split).is_dir() for split in SPLIT_FOLDERS):
         return False
     classes = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     found = False

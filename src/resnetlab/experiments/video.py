@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
@@ -181,6 +182,7 @@ def plot_video(result: VideoResult, path: Path) -> None:
         ax.axhline(result.chance, color="gray", ls="--", lw=1, label="chance")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation")
     curves.legend(fontsize=8)
     bars.set(ylabel="test accuracy (%)", title="test (same split for all three)")
