@@ -189,7 +189,7 @@ def test_the_video_experiment_in_a_tiny_configuration(
 ) -> None:
     out = tmp_path / "video"
     code, stdout, err = run_cli(
-        capsys, "experiment", "video", "--image-size", "16", "--epochs", "1",
+        capsys, "experiment", "video", "--image-size", "8", "--epochs", "1",
         "--limit-steps", "2", "--batch-size", "8", "--val-fraction", "0.02",
         "--test-fraction", "0.05", "--out", str(out), "--quiet",
     )  # fmt: skip
