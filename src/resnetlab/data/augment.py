@@ -73,12 +73,14 @@ class BatchAugment:
 
     ``aug(x, indices, epoch)`` takes uint8 (or [0, 1] float) images (N, C, H, W), or clips
     (N, C, T, H, W), and returns normalised float32 ones of the same shape. A clip is augmented
-    as a whole: every frame gets its clip's crop, flip and Cutout square. Order: crop with ``crop_padding`` pixels of
-    zero (black) or reflected padding, flip, normalise with ``mean``/``std``, then Cutout,
-    which zeroes a ``cutout x cutout`` square centred anywhere in the image (it may be clipped
-    at the border) after normalisation, i.e. fills it with the mean colour, as DeVries &
-    Taylor 2017 did. It is a ``Transform`` of the training step: ``draw`` makes the random
-    numbers on the host, ``apply`` is tensor operations only (and compiles).
+    as a whole: every frame gets its clip's crop, flip and Cutout square.
+
+    Order: crop with ``crop_padding`` pixels of zero (black) or reflected padding, flip,
+    normalise with ``mean``/``std``, then Cutout, which zeroes a ``cutout x cutout`` square
+    centred anywhere in the image (it may be clipped at the border) after normalisation, i.e.
+    fills it with the mean colour, as DeVries & Taylor 2017 did. It is a ``Transform`` of the
+    training step: ``draw`` makes the random numbers on the host, ``apply`` is tensor
+    operations only (and compiles).
 
     ``flip_alternate`` replaces the coin toss per image by alternation (Jordan 2024): each image
     is flipped in every other epoch, starting from a pseudo-random choice fixed by its dataset
