@@ -1,5 +1,5 @@
-"""What several test modules share: small image folders, running the CLI in-process, and a
-simulated crash."""
+"""What several test modules share: small image folders, running the CLI in-process, a
+simulated crash, and comparing networks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from resnetlab.cli import main
 from resnetlab.engine.trainer import Trainer
@@ -56,3 +58,18 @@ def crash_after_state(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
             raise MemoryError("simulated crash")
 
     monkeypatch.setattr(Trainer, "save_state", save_then_crash)
+
+
+def shapes(model: nn.Module) -> list[tuple[str, torch.Size]]:
+    """State-dict keys with their shapes, in order."""
+    return [(key, value.shape) for key, value in model.state_dict().items()]
+
+
+def randomize_batch_norms(model: nn.Module) -> None:
+    """Give every BatchNorm non-trivial statistics and affine parameters."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)

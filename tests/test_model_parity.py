@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from torch import nn
+from helpers import randomize_batch_norms, shapes
 
 from resnetlab.models import create_model, list_models
 
@@ -20,21 +20,6 @@ IMAGENET = [
     "wide_resnet50_2",
     "wide_resnet101_2",
 ]
-
-
-def shapes(model: nn.Module) -> list[tuple[str, torch.Size]]:
-    """State-dict keys with their shapes, in order."""
-    return [(key, value.shape) for key, value in model.state_dict().items()]
-
-
-def randomize_batch_norms(model: nn.Module) -> None:
-    """Give every BatchNorm non-trivial statistics and affine parameters."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.1, 0.1)
 
 
 def test_the_imagenet_family_is_exactly_torchvisions_list() -> None:

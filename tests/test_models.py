@@ -81,7 +81,7 @@ def test_preact_parameter_counts() -> None:
 
 def test_every_family_is_registered() -> None:
     families = {get_model_spec(name).family for name in list_models()}
-    assert families == {"imagenet", "cifar", "plain", "preact", "sequence", "tabular"}
+    assert families == {"imagenet", "cifar", "plain", "preact", "sequence", "tabular", "video"}
     assert len(list_models("imagenet")) == 9
     assert list_models("plain") == ["plain20", "plain32", "plain44", "plain56", "plain110"]
 

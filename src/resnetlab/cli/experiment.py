@@ -1,4 +1,5 @@
-"""`resnetlab experiment {degradation,gradients,case-study}`: the evidence behind ResNets."""
+"""`resnetlab experiment {degradation,gradients,case-study,video}`: the evidence behind
+ResNets."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from resnetlab.experiments.config import (
     CaseStudyConfig,
     DegradationConfig,
     GradientConfig,
+    VideoConfig,
 )
 
 
@@ -53,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand to ``sub``."""
     p = sub.add_parser(
         "experiment",
-        help="reproduce the evidence: degradation, gradients, case-study",
+        help="reproduce the evidence: degradation, gradients, case-study, video",
         description="Experiments that show why residual connections matter (see docs/guide.md).",
     )
     experiments = p.add_subparsers(
@@ -63,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_degradation(experiments)
     _register_gradients(experiments)
     _register_case_study(experiments)
+    _register_video(experiments)
     p.set_defaults(func=run)
 
 
@@ -150,6 +153,33 @@ def _register_case_study(experiments: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: runs/<date-time>-case-study)")
 
 
+def _register_video(experiments: argparse._SubParsersAction) -> None:
+    d = VideoConfig()
+    p = experiments.add_parser(
+        "video",
+        help="a 3-D ResNet against two controls that cannot see time (moving-digits)",
+        description="Train a small 3-D ResNet on moving-digits, the same network on clips with "
+        "shuffled frames, and a 2-D ResNet frame by frame (logits averaged), on one test split; "
+        "write video.png/.md/.json.",
+    )
+    p.add_argument("--model", default=d.model, help="3-D network (default: %(default)s)")
+    p.add_argument(
+        "--frame-model", default=d.frame_model, help="per-frame network (default: %(default)s)"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=d.image_size, help="frame side (default: %(default)s)"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="(default: %(default)s)")
+    p.add_argument("--limit-steps", type=int, help="stop each run after N steps")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    _add_common(p, d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_runtime_flags(p)
+
+
 def _add_common(p: argparse.ArgumentParser, seed: int) -> None:
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--out", help="output folder (default: runs/<date-time>-<experiment>)")
@@ -171,7 +201,11 @@ def run(args: argparse.Namespace) -> None:
         from resnetlab.experiments.gradients import run_gradients
 
         run_gradients(_config(GradientConfig, args))
-    else:
+    elif args.experiment == "case-study":
         from resnetlab.experiments.case_study import run_case_study
 
         run_case_study(_config(CaseStudyConfig, args))
+    else:
+        from resnetlab.experiments.video import run_video
+
+        run_video(_config(VideoConfig, args))

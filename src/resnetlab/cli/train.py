@@ -31,7 +31,8 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
     p.add_argument(
         "--data",
         default=default("data"),
-        help="built-in name (digits, mnist5k, tabular-synthetic), a CSV file or an image folder",
+        help="built-in name (digits, mnist5k, tabular-synthetic, moving-digits, "
+        "moving-digits-shuffled), a CSV file, an image folder or a clip folder",
     )
     p.add_argument("--target", help="CSV: the label column")
     p.add_argument(
@@ -83,7 +84,8 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
         "--input-size",
         dest="image_size",
         type=int,
-        help="resize images to this square size (default: the weights' own, else the data's)",
+        help="resize images (clips: each frame) to this square size (default: the weights' "
+        "own, else the data's)",
     )
     p.add_argument("--out", help="run folder (default: runs/<date>-<model>-<data>)")
     p.add_argument("--limit-steps", type=int, help="stop after N optimiser steps (smoke tests)")

@@ -66,7 +66,9 @@ def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
     of the file list (see ``splits.restore_split``). Any other source is loaded whole, as the
     training split of a bundle without val/test splits."""
     data = header["data"]
-    image_size = header["input_shape"][-1] if header["data_kind"] == "image" else None
+    image_size = {"image": header["input_shape"][-1], "video": data["image_size"]}.get(
+        header["data_kind"]
+    )
     if is_training_data(header, source):
         fractions = {"val_fraction": data["val_fraction"], "test_fraction": data["test_fraction"]}
         options = ImageOptions(

@@ -14,6 +14,7 @@ from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import ImageOptions, load_image_folder, scan_image_folder
 from resnetlab.data.splits import check_fractions, split_indices
 from resnetlab.data.tabular import load_csv, read_csv_table
+from resnetlab.data.video import is_clip_folder, load_clip_folder
 from resnetlab.errors import ResnetlabError
 
 __all__ = [
@@ -40,11 +41,12 @@ def load_data(
     in_chans: int | None = None,
     image_options: ImageOptions | None = None,
 ) -> DataBundle:
-    """Load ``source``: a built-in name, a ``.csv`` file (``target`` names the label column)
-    or an image folder. Data without its own split is split by ``val_fraction``/
-    ``test_fraction``, seeded and stratified.
+    """Load ``source``: a built-in name, a ``.csv`` file (``target`` names the label column),
+    an image folder or a clip folder (``data.video``). Data without its own split is split
+    by ``val_fraction``/``test_fraction``, seeded and stratified.
 
-    For images, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the input shape;
+    For images and clips, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the
+    input shape (of each frame);
     for tables, ``in_chans`` (if given) is the number of features a model expects.
     ``image_options`` sets caching, bad-file handling and extra split folders for image folders.
     """
@@ -53,7 +55,7 @@ def load_data(
     is_csv = source not in BUILTIN_KINDS and kind == "tabular"
     if target is not None and not is_csv:
         raise ResnetlabError(f"--target applies to CSV files only, not to {source!r}")
-    if kind == "image":
+    if kind in ("image", "video"):
         _check_image_options(image_size, in_chans)
     elif image_size is not None:
         raise ResnetlabError(f"--image-size: {source!r} is tabular data, not images")
@@ -62,6 +64,8 @@ def load_data(
         bundle = load_builtin(source, image_size=image_size, in_chans=in_chans, **splits)
     elif is_csv:
         bundle = load_csv(source, target, **splits)
+    elif kind == "video":
+        bundle = load_clip_folder(source, image_size=image_size, in_chans=in_chans, **splits)
     else:
         bundle = load_image_folder(
             source, image_size=image_size, in_chans=in_chans,
@@ -75,12 +79,13 @@ def load_data(
 
 
 def data_kind(source: str) -> str:
-    """``image`` or ``tabular``; an error for a path that is missing or of no known kind."""
+    """``image``, ``video`` or ``tabular``; an error for a path that is missing or of no
+    known kind."""
     if source in BUILTIN_KINDS:
         return BUILTIN_KINDS[source]
     path = Path(source)
     if path.is_dir():
-        return "image"
+        return "video" if is_clip_folder(path) else "image"
     if path.is_file() and path.suffix.lower() == ".csv":
         return "tabular"
     if not path.exists():

@@ -29,10 +29,11 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
 def normalize_batch(
     x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
-    """``(x / 255 - mean) / std`` per channel for a uint8 (or [0, 1] float) batch (N, C, H, W)."""
+    """``(x / 255 - mean) / std`` per channel for a uint8 (or [0, 1] float) batch (N, C, ...)."""
     x = to_unit_float(x)
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    view = (1, -1, *[1] * (x.ndim - 2))
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(view)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(view)
     return (x - mean) / std
 
 
@@ -70,13 +71,16 @@ class AugmentDraws(NamedTuple):
 class BatchAugment:
     """Random crop (padding + shift), horizontal flip, normalisation and Cutout for a batch.
 
-    ``aug(x, indices, epoch)`` takes uint8 (or [0, 1] float) images (N, C, H, W) and returns
-    normalised float32 images of the same shape. Order: crop with ``crop_padding`` pixels of
-    zero (black) or reflected padding, flip, normalise with ``mean``/``std``, then Cutout,
-    which zeroes a ``cutout x cutout`` square centred anywhere in the image (it may be clipped
-    at the border) after normalisation, i.e. fills it with the mean colour, as DeVries &
-    Taylor 2017 did. It is a ``Transform`` of the training step: ``draw`` makes the random
-    numbers on the host, ``apply`` is tensor operations only (and compiles).
+    ``aug(x, indices, epoch)`` takes uint8 (or [0, 1] float) images (N, C, H, W), or clips
+    (N, C, T, H, W), and returns normalised float32 ones of the same shape. A clip is augmented
+    as a whole: every frame gets its clip's crop, flip and Cutout square.
+
+    Order: crop with ``crop_padding`` pixels of zero (black) or reflected padding, flip,
+    normalise with ``mean``/``std``, then Cutout, which zeroes a ``cutout x cutout`` square
+    centred anywhere in the image (it may be clipped at the border) after normalisation, i.e.
+    fills it with the mean colour, as DeVries & Taylor 2017 did. It is a ``Transform`` of the
+    training step: ``draw`` makes the random numbers on the host, ``apply`` is tensor
+    operations only (and compiles).
 
     ``flip_alternate`` replaces the coin toss per image by alternation (Jordan 2024): each image
     is flipped in every other epoch, starting from a pseudo-random choice fixed by its dataset
@@ -130,16 +134,18 @@ class BatchAugment:
         )
 
     def apply(self, x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
-        """The augmented, normalised batch, given ``draw``'s numbers. Crop and flip are one
-        gather, done before the conversion to float (on uint8 images, a quarter of the
-        bytes)."""
+        """The augmented, normalised batch, given ``draw``'s numbers; a clip (N, C, T, H, W)
+        gets the same crop, flip and Cutout in every frame. Crop and flip are one gather, done
+        before the conversion to float (on uint8 images, a quarter of the bytes)."""
         draws = AugmentDraws(*(d if d is None else d.to(x.device) for d in draws))
+        shape = x.shape
+        x = x.flatten(1, -3)  # a clip's frames as channels: (N, C*T, H, W)
         if draws.flip is not None or draws.crop_top is not None:
             x = self._crop_and_flip(x, draws)
-        x = normalize_batch(x, self.mean, self.std)
+        x = normalize_batch(x.reshape(shape), self.mean, self.std).flatten(1, -3)
         if draws.cutout_top is not None and draws.cutout_left is not None:
             x = self._cutout(x, draws.cutout_top, draws.cutout_left)
-        return x
+        return x.reshape(shape)
 
     def _crop_and_flip(self, x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
         """One H x W window per image of the image padded by ``crop_padding``, at the drawn

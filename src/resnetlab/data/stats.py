@@ -10,16 +10,22 @@ STD_FLOOR = 1e-6  # keeps constant features and blank channels from dividing by 
 MAX_STATS_ITEMS = 2000  # images decoded one by one: a seeded sample of this many is plenty
 
 
-def tensor_mean_std(x: torch.Tensor) -> tuple[list[float], list[float]]:
+def tensor_mean_std(x: torch.Tensor, chunk: int = 256) -> tuple[list[float], list[float]]:
     """Mean and std of a batch ``(N, C, ...)`` per channel (dim 1), over all other dims.
 
-    For images that is per channel over all pixels; for tables ``(N, F)`` per feature.
+    For images that is per channel over all pixels; for tables ``(N, F)`` per feature. uint8
+    pixels are taken as ``x / 255``. Summed in chunks of ``chunk`` samples (clips are large).
     The std is the population std, floored at ``STD_FLOOR``.
     """
-    x = x.double()
-    dims = [d for d in range(x.dim()) if d != 1]
-    mean = x.mean(dim=dims)
-    std = x.std(dim=dims, correction=0).clamp_min(STD_FLOOR)
+
+    def channels(part: torch.Tensor) -> torch.Tensor:  # (C, everything else), float64
+        part = part.double() / 255 if part.dtype == torch.uint8 else part.double()
+        return part.transpose(0, 1).reshape(x.shape[1], -1)
+
+    count = x.numel() // max(x.shape[1], 1)
+    mean = sum(channels(part).sum(1) for part in x.split(chunk)) / count
+    squares = sum((channels(part) - mean[:, None]).square().sum(1) for part in x.split(chunk))
+    std = (squares / count).sqrt().clamp_min(STD_FLOOR)
     return mean.tolist(), std.tolist()
 
 

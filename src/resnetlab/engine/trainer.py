@@ -68,10 +68,10 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
 
 
 def batch_augment(cfg: TrainConfig, bundle: DataBundle) -> BatchAugment | None:
-    """Batched crop/flip/cutout for images held in memory, or None (nothing asked, or the
-    images stream through per-image transforms instead)."""
+    """Batched crop/flip/cutout for images or clips held in memory, or None (nothing asked, or
+    the images stream through per-image transforms instead)."""
     wanted = cfg.crop_padding or cfg.flip or cfg.flip_alternate or cfg.cutout
-    if not wanted or bundle.kind != "image" or not is_in_memory(bundle.train):
+    if not wanted or bundle.kind not in ("image", "video") or not is_in_memory(bundle.train):
         return None
     return BatchAugment(
         bundle.mean, bundle.std, crop_padding=cfg.crop_padding, padding_mode=cfg.padding_mode,

@@ -30,6 +30,7 @@ from resnetlab.models.registry import (
 from resnetlab.models.resnet import ResNet
 from resnetlab.models.sequence import Residual1dBlock, ResNet1d
 from resnetlab.models.tabular import TabularBlock, TabularResNet
+from resnetlab.models.video import VideoBasicBlock, VideoResNet
 
 __all__ = [
     "BasicBlock",
@@ -47,6 +48,8 @@ __all__ = [
     "ShortcutA",
     "TabularBlock",
     "TabularResNet",
+    "VideoBasicBlock",
+    "VideoResNet",
     "classifier_prefix",
     "count_macs",
     "count_parameters",

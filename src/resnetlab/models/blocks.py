@@ -245,7 +245,7 @@ def init_weights(model: nn.Module, *, linear: bool) -> None:
     otherwise they keep PyTorch's default. BatchNorm keeps its default gamma 1, beta 0.
     """
     for module in model.modules():
-        if isinstance(module, nn.Conv1d | nn.Conv2d):
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif linear and isinstance(module, nn.Linear):
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")

@@ -17,14 +17,14 @@ class ModelSpec:
 
     name: str
     builder: Callable[..., nn.Module]
-    family: str  # "imagenet", "cifar", "plain", "preact", "sequence" or "tabular"
-    input_shape: tuple[int, ...]  # default input, without batch: (C, H, W), (C, L) or (F,)
+    family: str  # "imagenet", "cifar", "plain", "preact", "sequence", "tabular" or "video"
+    input_shape: tuple[int, ...]  # default input, without batch: (C, H, W), (C, T, H, W), ...
     num_classes: int  # default number of classes
 
     @property
     def data_kind(self) -> str:
-        """The kind of data the model takes: ``image``, ``sequence`` or ``tabular``."""
-        return self.family if self.family in ("sequence", "tabular") else "image"
+        """The kind of data the model takes: ``image``, ``sequence``, ``tabular`` or ``video``."""
+        return self.family if self.family in ("sequence", "tabular", "video") else "image"
 
     @property
     def in_chans(self) -> int:
