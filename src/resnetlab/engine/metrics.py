@@ -1,4 +1,5 @@
-"""Classification metrics from logits: top-1, top-5, per-class accuracy, confusion matrix."""
+"""Classification metrics from logits (top-1, top-5, per-class accuracy, confusion matrix) and
+regression metrics (RMSE, MAE, R²)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,16 @@ def classification_report(
     if len(classes) >= 10:
         report["top5"] = topk_accuracy(logits, target, 5)
     return report
+
+
+def regression_report(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+    """RMSE, MAE and R² (None when the targets are constant) of ``predicted``, in the
+    target's own units."""
+    error = (predicted.double() - target.double()).flatten()
+    spread = float(((target.double() - target.double().mean()) ** 2).sum())
+    return {
+        "samples": len(target),
+        "rmse": float(error.pow(2).mean().sqrt()),
+        "mae": float(error.abs().mean()),
+        "r2": 1 - float(error.pow(2).sum()) / spread if spread > 0 else None,
+    }
