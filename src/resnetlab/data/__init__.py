@@ -42,8 +42,9 @@ def load_data(
     table_options: TableOptions | None = None,
 ) -> DataBundle:
     """Load ``source``: a built-in name, a table file (``.csv``, ``.tsv``, ``.parquet``;
-    ``target`` names the label column, ``table_options`` say how to read it) or an image folder. Data without its own split is split by ``val_fraction``/
-    ``test_fraction``, seeded and stratified.
+    ``target`` names the label column, ``table_options`` say how to read it) or an image
+    folder. Data without its own split is split by ``val_fraction``/``test_fraction``, seeded
+    and stratified.
 
     For images, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the input shape;
     for tables, ``in_chans`` (if given) is the number of features a model expects.
@@ -89,7 +90,9 @@ def data_kind(source: str) -> str:
             f"--data: no such file or directory: {source!r} "
             f"(built-in data sets: {', '.join(BUILTIN_DATASETS)})"
         )
-    raise ResnetlabError(f"--data: {source!r} is neither an image folder nor a table file (.csv, .tsv, .parquet)")
+    raise ResnetlabError(
+        f"--data: {source!r} is neither an image folder nor a table file (.csv, .tsv, .parquet)"
+    )
 
 
 def _check_image_options(image_size: int | None, in_chans: int | None) -> None:

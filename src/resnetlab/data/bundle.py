@@ -45,6 +45,13 @@ class DataBundle:
         """Number of classes."""
         return len(self.classes)
 
+    @property
+    def target_scale(self) -> tuple[float, float]:
+        """Regression: the ``(mean, std)`` that standardised the target (``y`` is in units
+        of ``std`` from ``mean``)."""
+        assert self.table is not None and self.task == "regression"
+        return self.table["target_mean"], self.table["target_std"]
+
 
 class MappedDataset(Dataset):
     """``(transform(x), y)`` for each ``(x, y)`` of ``base``, computed when an item is read."""

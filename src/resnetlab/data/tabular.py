@@ -22,7 +22,7 @@ from resnetlab.data.preprocess import (
     fit_preprocessing,
     is_categorical,
 )
-from resnetlab.data.splits import split_indices, split_subsets
+from resnetlab.data.splits import SplitIndices, split_indices, split_subsets
 from resnetlab.errors import ResnetlabError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -133,7 +133,10 @@ def infer_task(column: pd.Series, name: str) -> tuple[str, str]:
     distinct = len(np.unique(present))
     if distinct <= MAX_CLASSES:
         return "classification", f"target {name!r} holds {distinct} distinct whole numbers"
-    return "regression", f"target {name!r} holds {distinct} (> {MAX_CLASSES}) distinct whole numbers"
+    return (
+        "regression",
+        f"target {name!r} holds {distinct} (> {MAX_CLASSES}) distinct whole numbers",
+    )
 
 
 def load_table(
@@ -144,10 +147,12 @@ def load_table(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    split: SplitIndices | None = None,
 ) -> DataBundle:
     """Load a table: the target and task, rows without a target dropped (``--strict``:
-    refused), a seeded split (stratified by class, or by target quintile for regression),
-    then the preprocessing fitted on the training rows (or ``options.fitted``) applied to all."""
+    refused), a seeded split (stratified by class, or by target quintile for regression; or
+    ``split``, positions among the rows with a target), then the preprocessing fitted on the
+    training rows (or ``options.fitted``) applied to all."""
     frame = read_table(path, options.delimiter)
     if target is None:
         raise ResnetlabError(f"--target is required for tables (columns: {', '.join(frame)})")
@@ -168,7 +173,7 @@ def load_table(
         raise ResnetlabError(f"{path}: no feature columns besides the target {target!r}")
     regression = fitted["task"] == "regression"
     strata = np.digitize(y, np.quantile(y, np.linspace(0, 1, _REGRESSION_STRATA + 1)[1:-1]))
-    split = split_indices(
+    split = split or split_indices(
         strata if regression else y, val_fraction=val_fraction, test_fraction=test_fraction,
         seed=seed, class_names=None if regression else classes,
     )  # fmt: skip
@@ -178,9 +183,11 @@ def load_table(
             **fitted,
             **_target_record(y[split.train], classes, regression),
             **fit_preprocessing(
-                train_rows, categorical=options.categorical,
-                max_categories=options.max_categories, numeric_transform=options.numeric_transform,
-            ),  # fmt: skip
+                train_rows,
+                categorical=options.categorical,
+                max_categories=options.max_categories,
+                numeric_transform=options.numeric_transform,
+            ),
         }
     if regression:
         y = ((y - fitted["target_mean"]) / fitted["target_std"]).astype(np.float32)
@@ -292,8 +299,3 @@ def read_feature_columns(path: str | Path, names: list[str]) -> np.ndarray:
         return frame[names].to_numpy(dtype=np.float32)
     except ValueError:
         raise ResnetlabError(f"{path}: the columns {', '.join(names)} must be numbers") from None
-
-
-def in_target_units(values: torch.Tensor, table: dict[str, Any]) -> torch.Tensor:
-    """Standardised regression outputs or targets back in the target's own units."""
-    return values.double() * table["target_std"] + table["target_mean"]

@@ -17,8 +17,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from resnetlab.data.bundle import DataBundle, dataset_tensors
-from resnetlab.data.tabular import in_target_units
-from resnetlab.engine.metrics import classification_report, regression_report
+from resnetlab.engine.metrics import classification_report, headline, regression_report
 from resnetlab.engine.rundir import RunDir
 
 LOGISTIC = "logistic regression"
@@ -65,23 +64,14 @@ def fit_baselines(
         model.fit(x_train, y_train)
         if bundle.task == "regression":
             predicted = torch.from_numpy(model.predict(x_eval))
-            target = torch.from_numpy(y_eval)
             reports[name] = regression_report(
-                in_target_units(predicted, bundle.table), in_target_units(target, bundle.table)
+                predicted, torch.from_numpy(y_eval), bundle.target_scale
             )
         else:
             probabilities = np.clip(model.predict_proba(x_eval), 1e-12, None)
             logits = torch.from_numpy(np.log(probabilities))
             reports[name] = classification_report(logits, torch.from_numpy(y_eval), bundle.classes)
     return reports
-
-
-def headline(report: dict[str, Any]) -> str:
-    """A report's main numbers: accuracy, or RMSE, MAE and R²."""
-    if "rmse" in report:
-        r2 = "-" if report["r2"] is None else f"{report['r2']:.3f}"
-        return f"RMSE {report['rmse']:.4g}, MAE {report['mae']:.4g}, R² {r2}"
-    return f"accuracy {report['accuracy']:.1f}%"
 
 
 def compare_with_baselines(bundle: DataBundle, network: dict[str, Any], run: RunDir) -> None:

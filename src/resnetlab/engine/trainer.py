@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
-from resnetlab.data.tabular import in_target_units
 from resnetlab.data.streaming import mixup_cutmix
 from resnetlab.engine.batches import BatchOrder, TensorBatches, is_in_memory, make_loader
 from resnetlab.engine.board import open_board, write_epoch
@@ -225,7 +224,9 @@ class Trainer:
             while len(self.history) < end_epoch and (
                 tally is not None or not (self.out_of_steps or self.stopped_early)
             ):
-                tally = self._train_epoch(tally or EpochTally(self.precision.device, self.regression))
+                tally = self._train_epoch(
+                    tally or EpochTally(self.precision.device, self.regression)
+                )
                 self._end_epoch(self._epoch_record(tally))
                 tally = None
                 self.save_state(None)
@@ -331,16 +332,11 @@ class Trainer:
         if self.val_loader is not None:
             outputs, targets, record["val_loss"] = self._predict(self.val_loader)
             if self.regression:
-                report = self._regression_report(outputs, targets)
+                report = regression_report(outputs, targets, self.bundle.target_scale)
                 record.update({f"val_{key}": report[key] for key in ("rmse", "mae", "r2")})
             else:
                 record["val_acc"] = topk_accuracy(outputs, targets, 1)
         return record
-
-    def _regression_report(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """RMSE, MAE and R² of standardised outputs, in the target's own units."""
-        table = self.bundle.table
-        return regression_report(in_target_units(outputs, table), in_target_units(targets, table))
 
     def _eval_loader(self, dataset: Dataset) -> TensorBatches | DataLoader:
         """Batches of ``dataset`` for evaluation: under ``torchrun``, of every ``size``-th
@@ -460,7 +456,9 @@ class Trainer:
     @property
     def _by_accuracy(self) -> bool:
         """Whether the best epoch is the one of highest validation accuracy (else lowest loss)."""
-        return self.val_loader is not None and not self.regression and self.cfg.best_by == "accuracy"
+        return (
+            self.val_loader is not None and not self.regression and self.cfg.best_by == "accuracy"
+        )
 
     def _score(self, record: dict[str, Any]) -> float:
         """Higher is better: validation accuracy (``--best-by accuracy``), or minus the
@@ -486,11 +484,16 @@ class Trainer:
         tta = self.cfg.tta == "flip"
         outputs, targets, _ = self._predict(self._eval_loader(dataset), tta=tta)
         if self.regression:
-            report = {**self._regression_report(outputs, targets), "split": split_name}
+            report = {
+                **regression_report(outputs, targets, self.bundle.target_scale),
+                "split": split_name,
+            }
             if self.world.is_main:
                 self.run.write_json("test_metrics.json", report)
                 self.run.print(f"Best epoch: {self.best_epoch} (best.safetensors)")
-                self.run.print(f"RMSE of the network on the {split_name} rows: {report['rmse']:.4g}")
+                self.run.print(
+                    f"RMSE of the network on the {split_name} rows: {report['rmse']:.4g}"
+                )
             return report
         report = {**classification_report(outputs, targets, bundle.classes), "split": split_name}
         if not self.world.is_main:
