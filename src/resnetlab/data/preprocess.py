@@ -84,13 +84,13 @@ def _fit_categorical(name: str, column: pd.Series, max_categories: int) -> dict[
     categories = sorted(set(present))
     if not categories:
         return "every value is missing"
+    if len(present) >= 10 and len(categories) >= NEAR_UNIQUE * len(present):
+        return f"a distinct value on {len(categories)} of {len(present)} rows (an ID or free text?)"
     if len(categories) > max_categories:
         return (
             f"{len(categories)} distinct values, more than --max-categories {max_categories} "
             "(an ID or free text?)"
         )
-    if len(present) >= 10 and len(categories) >= NEAR_UNIQUE * len(present):
-        return f"a distinct value on {len(categories)} of {len(present)} rows (an ID or free text?)"
     if len(categories) == 1 and len(present) == len(values):
         return f"constant ({categories[0]!r})"
     return {
