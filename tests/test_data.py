@@ -211,7 +211,7 @@ def test_csv_with_string_target(tmp_path: Path) -> None:
     assert bundle.classes == ["ant", "cat", "dog"]
     assert bundle.feature_names == ["a", "b", "c"]
     assert bundle.test is None and (len(bundle.train), len(bundle.val)) == (24, 6)
-    x, y = bundle.train.dataset.tensors
+    _, y = bundle.train.dataset.tensors
     x_train, _ = split_tensors(bundle.train)
     mean, std = x_train.double().mean(0), x_train.double().std(0, unbiased=False)
     assert mean.tolist() == pytest.approx([0, 0, 0], abs=1e-6)  # standardised on the train rows

@@ -22,6 +22,7 @@ from resnetlab.data import TableOptions, load_data
 from resnetlab.data.preprocess import quantile_normal
 from resnetlab.data.tabular import infer_task, read_inputs, read_table
 from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.engine.loop import make_loss
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.errors import ResnetlabError
 
@@ -189,10 +190,26 @@ def test_cli_errors_for_tables_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write(people(40).drop(columns=["id"]), tmp_path / "p.csv")
+    write(linear(100), tmp_path / "linear.csv")
     code, _, err = run_cli(capsys, "train", "--data", "p.csv", "--target", "label", "--loss", "mse")
     assert_one_line_error(code, err, "--loss mse does not fit classification")
+    code, _, err = run_cli(capsys, "train", "--data", "linear.csv", "--target", "y",
+                           "--class-weight", "balanced")  # fmt: skip
+    assert_one_line_error(code, err, "--class-weight applies to classes; --data linear.csv is")
     code, _, err = run_cli(capsys, "train", "--data", "digits", "--baselines")
     assert_one_line_error(code, err, "--baselines applies to tables; --data digits is image data")
+
+
+def test_class_weights_weigh_each_sample_by_its_class() -> None:
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 2), torch.tensor([0, 0, 0, 0, 1, 1])
+    weight = torch.tensor([0.75, 1.5])  # balanced: 6 / (2 * 4) and 6 / (2 * 2)
+    per_sample = torch.nn.functional.cross_entropy(logits, y, reduction="none") * weight[y]
+    ce = make_loss("ce", class_weight=weight)(logits, y)
+    assert float(ce) == pytest.approx(float(per_sample.sum() / weight[y].sum()))
+    single = logits[:, 1:] - logits[:, :1]
+    bce = make_loss("bce", class_weight=weight)(single, y)
+    assert float(bce) == pytest.approx(float(per_sample.mean()), rel=1e-5)
 
 
 # --- training, the checkpoint, eval and predict ------------------------------------------
@@ -207,6 +224,7 @@ def test_preprocessing_round_trips_through_the_checkpoint(
     source = write(frame, tmp_path / "people.csv")
     code, out, err = run_cli(
         capsys, "train", "--data", source, "--target", "label", "--epochs", "12",
+        "--class-weight", "balanced",
         "--out", "run", "--quiet",
     )  # fmt: skip
     assert code == 0, err
@@ -297,8 +315,8 @@ def test_early_stopping_stops_at_the_epoch_of_lowest_validation_loss(noise: Path
 def test_an_early_stopping_run_resumes_exactly(
     noise: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Killed after an epoch without progress (its state saved): the resumed run counts on from the saved
-    patience counter, and stops where the run that never stopped did."""
+    """Killed after an epoch without progress (its state saved): the resumed run counts on
+    from the saved patience counter, and stops where the run that never stopped did."""
     whole = noise.parent / "whole"
     best = load_checkpoint(whole / "best.safetensors")[1]["epoch"]
     steps_per_epoch = json.loads((whole / "metrics.jsonl").read_text().splitlines()[0])["step"]
