@@ -24,6 +24,7 @@ from resnetlab.data.tabular import infer_task, read_inputs, read_table
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.loop import make_loss
 from resnetlab.engine.rundir import fingerprint
+from resnetlab.engine.trainer import epoch_line
 from resnetlab.errors import ResnetlabError
 
 
@@ -272,6 +273,14 @@ def test_regression_on_a_linear_table(tmp_path: Path, capsys: pytest.CaptureFixt
     write(frame.head(3).drop(columns=["y"]), tmp_path / "three.csv")
     values = [item["value"] for item in predict_inputs("run/best.safetensors", ["three.csv"])]
     assert np.allclose(values, frame["y"].head(3), atol=4 * report["rmse"])
+
+
+def test_throughput_is_printed_only_for_epochs_long_enough_to_time() -> None:
+    record = {"epoch": 3, "train_loss": 0.5, "val_acc": None, "lr": 0.001, "elapsed_s": 4.0}
+    short = epoch_line({**record, "samples_per_s": 131656.0, "train_s": 0.004}, 10)
+    long = epoch_line({**record, "samples_per_s": 2000.0, "train_s": 1.5}, 10)
+    assert short == "Epoch [3/10], Loss: 0.5000, LR: 0.001, 0:00:04"
+    assert long == "Epoch [3/10], Loss: 0.5000, LR: 0.001, 2000 samples/s, 0:00:04"
 
 
 # --- early stopping and the best epoch ---------------------------------------------------
