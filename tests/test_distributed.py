@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.state import STATE_FILE, load_state
 
@@ -158,3 +161,18 @@ def test_sync_bn_on_cpus_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["train", "--data", "digits", "--sync-bn", "--device", "cpu"]) == 2
     assert "--sync-bn needs GPUs" in capsys.readouterr().err
+
+
+def test_every_torchrun_process_stops_at_the_same_epoch(tmp_path: Path) -> None:
+    """The validation loss is gathered over both processes, so both stop together (were it
+    not, one would wait for the other forever) once the patience has run out."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(80, 4)), columns=["a", "b", "c", "d"])
+    frame["t"] = rng.integers(0, 2, 80)
+    frame.to_csv(tmp_path / "small.csv", index=False)
+    argv = ["train", "--data", "small.csv", "--target", "t", "--patience", "1", "--quiet"]
+    codes, output = two_processes([*argv, "--out", "run"], tmp_path)
+    assert codes == [0, 0], output[-2000:]
+    history = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    best = load_checkpoint(tmp_path / "run" / "best.safetensors")[1]["epoch"]
+    assert len(history) == best + 1 < 200 and output.count("Early stop") == 1

@@ -171,7 +171,7 @@ def test_bce_loss_trains_a_single_logit_head(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("changes", "flag"),
-    [({"epochs": 0}, "--epochs"), ({"lr": -0.1}, "--lr"), ({"batch_size": 0}, "--batch-size")],
+    [({"epochs": 0}, "--epochs"), ({"lr": -0.1}, "--lr"), ({"batch_size": -1}, "--batch-size")],
 )
 def test_bad_config_names_the_flag(changes: dict, flag: str) -> None:
     with pytest.raises(ResnetlabError, match=flag):

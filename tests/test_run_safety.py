@@ -84,8 +84,10 @@ def poison_loss(
     finite: list[tuple[int, float, int]] = []
     real_make_loss = make_loss
 
-    def make(kind: str, label_smoothing: float = 0.0) -> LossFn:
-        loss_fn, step = real_make_loss(kind, label_smoothing), 0
+    def make(
+        kind: str, label_smoothing: float = 0.0, class_weight: torch.Tensor | None = None
+    ) -> LossFn:
+        loss_fn, step = real_make_loss(kind, label_smoothing, class_weight), 0
 
         def poisoned(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             nonlocal step

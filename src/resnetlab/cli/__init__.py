@@ -42,20 +42,31 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse ``argv``. Defaults are layered: the command's own, then ``--recipe``'s, then the
-    ``--config`` file's; flags given on the command line override them all."""
+    """Parse ``argv``. Defaults are layered: the command's own, then ``--recipe``'s (`train`
+    on a table file: ``tabular``), then the ``--config`` file's; flags given on the command
+    line override them all."""
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
     values = _read_config(args) if args.config else {}
     if getattr(args, "resume", None):
         values = {**_resumed_run_values(args.resume, args.command), **values}
-    recipe = values.get("recipe") or getattr(args, "recipe", None)
+    recipe = values.get("recipe") or getattr(args, "recipe", None) or _default_recipe(args, values)
     if recipe:
-        values = {**recipe_defaults(recipe), **values}
+        values = {**_as_flag_values(recipe_defaults(recipe)), "recipe": recipe, **values}
     if not values:
         return args
     subparsers[args.command].set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def _default_recipe(args: argparse.Namespace, values: dict[str, Any]) -> str | None:
+    """``tabular`` for `train` on a table file (``.csv``, ``.parquet``...), else None."""
+    if args.command != "train":
+        return None
+    from resnetlab.data.tabular import is_table_file  # torch: `train` imports it anyway
+
+    data = values.get("data") or args.data
+    return "tabular" if data and is_table_file(data) else None
 
 
 def _read_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate a checkpoint",
-        description="Top-1, top-5, per-class accuracy and confusion matrix.",
+        description="Top-1, top-5, per-class accuracy and confusion matrix (regression: RMSE, "
+        "MAE and R²).",
     )
     p.add_argument("--checkpoint", help="a .safetensors checkpoint from `train` or `finetune`")
     add_weights_flags(p)
@@ -61,6 +62,13 @@ def run(args: argparse.Namespace) -> None:
         return
     if "loaded" in report:
         print(report["loaded"])
+    if "rmse" in report:
+        from resnetlab.engine.metrics import headline
+
+        print(
+            f"{report['model']} on {report['samples']} {report['split']} rows: {headline(report)}"
+        )
+        return
     print(
         f"{report['model']} on {report['samples']} {report['split']} samples: "
         f"accuracy {report['accuracy']:.2f}%"

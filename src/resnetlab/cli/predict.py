@@ -8,9 +8,16 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand to ``sub``."""
-    p = sub.add_parser("predict", help="top-k classes for image files or CSV rows")
+    p = sub.add_parser(
+        "predict", help="top-k classes (or a regression's values) for image files or table rows"
+    )
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or CSV files")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files or table files (.csv, .tsv, .parquet)",
+    )
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto")
@@ -26,5 +33,8 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(results))
         return
     for item in results:
+        if "value" in item:
+            print(f"{item['input']}: {item['value']:.6g}")
+            continue
         ranked = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in item["top"])
         print(f"{item['input']}: {ranked}")

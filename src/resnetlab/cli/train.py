@@ -10,11 +10,15 @@ from typing import Any, TypeVar
 from resnetlab.cli.common import add_compile_flag, add_runtime_flags, parse_option
 from resnetlab.engine.config import (
     AUTO_AUGMENTS,
+    BEST_BY,
+    CLASS_WEIGHTS,
     LOSSES,
+    NUMERIC_TRANSFORMS,
     ON_NAN,
     OPTIMIZERS,
     PADDING_MODES,
     SCHEDULES,
+    TASKS,
     TTAS,
     TrainConfig,
 )
@@ -32,9 +36,10 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
         "--data",
         default=default("data"),
         help="built-in name (digits, mnist5k, tabular-synthetic, moving-digits, "
-        "moving-digits-shuffled), a CSV file, an image folder or a clip folder",
+        "moving-digits-shuffled), a table (.csv, .tsv, .parquet), an image folder or a clip "
+        "folder",
     )
-    p.add_argument("--target", help="CSV: the label column")
+    p.add_argument("--target", help="tables: the column to predict")
     p.add_argument(
         "--model-option",
         dest="model_options",
@@ -49,7 +54,7 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
         type=int,
         default=default("batch_size"),
         help="the global batch: under torchrun the processes share it, so a run learns the "
-        "same whatever the number of processes",
+        "same whatever the number of processes; 0: from the data size (--recipe tabular)",
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=default("optimizer"))
     p.add_argument("--lr", type=float, default=default("lr"), help="peak learning rate")
@@ -74,7 +79,22 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
         "--loss",
         choices=LOSSES,
         default=default("loss"),
-        help="ce = cross-entropy; bce = one-logit binary cross-entropy (2 classes)",
+        help="classification: ce = cross-entropy (default), bce = one-logit binary "
+        "cross-entropy (2 classes); regression: mse (default) or huber",
+    )
+    p.add_argument(
+        "--best-by",
+        choices=BEST_BY,
+        default=default("best_by"),
+        help="the best checkpoint: highest validation accuracy or lowest validation loss "
+        "(regression: always the loss)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=default("patience"),
+        metavar="EPOCHS",
+        help="early stopping: stop after this many epochs without a better best epoch",
     )
     p.add_argument("--seed", type=int, default=default("seed"))
     p.add_argument("--val-fraction", type=float, default=default("val_fraction"))
@@ -91,6 +111,7 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
     p.add_argument("--limit-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     p.add_argument("--quiet", action="store_true", default=default("quiet"), help="no progress bar")
     add_image_flags(p, default)
+    add_table_flags(p, default)
     add_runtime_flags(p)
     add_compile_flag(p, default("compile"))
 
@@ -102,7 +123,8 @@ def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -
         "--recipe",
         choices=tuple(RECIPES),
         default=default("recipe"),
-        help="paper = He et al. 2015 sec. 4.2; fast = best accuracy in a CPU budget "
+        help="paper = He et al. 2015 sec. 4.2; fast = best accuracy in a CPU budget; "
+        "tabular = AdamW with early stopping, the default for table files "
         "(flags given still override)",
     )
     g.add_argument(
@@ -168,10 +190,54 @@ def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -
         "--strict",
         action="store_true",
         default=default("strict"),
-        help="stop before training if any image file is bad",
+        help="stop before training if any image file is bad, or any table row lacks a target",
     )
     g.add_argument("--val-dir", default=default("val_dir"), help="a separate validation folder")
     g.add_argument("--test-dir", default=default("test_dir"), help="a separate test folder")
+
+
+def add_table_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
+    """Reading and preprocessing tables, the task, class weights and the baselines."""
+    g = p.add_argument_group("tables: reading, preprocessing, task, comparison")
+    g.add_argument("--delimiter", default=default("delimiter"), help="(default: sniffed)")
+    g.add_argument(
+        "--categorical",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=default("categorical"),
+        metavar="COL,...",
+        help="also one-hot encode these columns (text columns always are)",
+    )
+    g.add_argument(
+        "--max-categories",
+        type=int,
+        default=default("max_categories"),
+        help="a categorical column with more distinct values is dropped, with a warning",
+    )
+    g.add_argument(
+        "--numeric-transform",
+        choices=NUMERIC_TRANSFORMS,
+        default=default("numeric_transform"),
+        help="numeric columns: standardise, or map through the training quantiles to a normal",
+    )
+    g.add_argument(
+        "--task",
+        choices=TASKS,
+        default=default("task"),
+        help="(default: regression for a fractional target or one of more than 20 whole numbers)",
+    )
+    g.add_argument(
+        "--class-weight",
+        choices=CLASS_WEIGHTS,
+        default=default("class_weight"),
+        help="weight each class's loss by n / (classes x its rows)",
+    )
+    g.add_argument(
+        "--baselines",
+        action="store_true",
+        default=default("baselines"),
+        help="also fit scikit-learn's linear model and gradient boosting on the same split; "
+        "writes baselines.json",
+    )
 
 
 def _defaults(d: TrainConfig | None) -> Callable[[str], Any]:

@@ -9,11 +9,13 @@ from typing import Any
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from resnetlab.data import BUILTIN_DATASETS, ImageOptions, load_data
+from resnetlab.data import BUILTIN_DATASETS, ImageOptions, TableOptions, load_data
 from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.batches import make_loader
 from resnetlab.engine.compiled import should_compile
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
-from resnetlab.engine.loop import Normalizer, evaluate_model
+from resnetlab.engine.loop import Normalizer, evaluate_model, predict
+from resnetlab.engine.metrics import regression_report
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.engine.state_dicts import read_weights
 from resnetlab.engine.training import load_for_weights
@@ -64,7 +66,8 @@ def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
     """Load ``source`` for a checkpoint. The training data (the default) is split exactly as
     the run split it: its recorded split folders, and for image folders the recorded split
     of the file list (see ``splits.restore_split``). Any other source is loaded whole, as the
-    training split of a bundle without val/test splits."""
+    training split of a bundle without val/test splits. Tables get the checkpoint's fitted
+    preprocessing."""
     data = header["data"]
     image_size = {"image": header["input_shape"][-1], "video": data["image_size"]}.get(
         header["data_kind"]
@@ -85,6 +88,7 @@ def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
         image_size=image_size,
         in_chans=header["in_chans"],
         image_options=options,
+        table_options=TableOptions(fitted=header.get("table")),
         **fractions,
     )
     if bundle.classes != header["classes"]:
@@ -108,7 +112,8 @@ def pick_split(bundle: DataBundle, split: str, why_absent: str = "") -> Dataset:
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Top-1, top-5 (10+ classes), per-class accuracy and confusion matrix on one split."""
+    """Top-1, top-5 (10+ classes), per-class accuracy and confusion matrix on one split; for a
+    regression checkpoint, RMSE, MAE and R² in the target's units."""
     if (cfg.checkpoint is None) == (cfg.weights is None):
         raise ResnetlabError("eval needs either --checkpoint or --weights (one of them)")
     if cfg.checkpoint is not None:
@@ -129,10 +134,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
     if cfg.tta is not None and bundle.kind != "image":
         raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {bundle.kind} data")
-    result = evaluate_model(
-        model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers,
-        tta=cfg.tta == "flip", compile=should_compile(cfg.compile, bundle.kind),
-    )  # fmt: skip
+    if bundle.task == "regression":
+        loader = make_loader(dataset, cfg.batch_size, workers=cfg.workers)
+        outputs, targets, _ = predict(model, loader, precision, normalize, regression=True)
+        result = regression_report(outputs, targets, bundle.target_scale)
+    else:
+        result = evaluate_model(
+            model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers,
+            tta=cfg.tta == "flip", compile=should_compile(cfg.compile, bundle.kind),
+        )  # fmt: skip
     result.update(source, split=split)
     return result
 

@@ -1,4 +1,5 @@
-"""`resnetlab predict`: top-k classes with probabilities for image files or CSV rows."""
+"""`resnetlab predict`: top-k classes with probabilities for image files or table rows (a
+regression checkpoint: the predicted value of each row)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import torch
 
 from resnetlab.data.decode import BadImage, decode_image, is_image_file
-from resnetlab.data.tabular import read_csv_features
+from resnetlab.data.tabular import is_table_file, read_feature_columns, read_inputs
 from resnetlab.engine.loop import Normalizer, class_logits
 from resnetlab.engine.precision import resolve_device
 from resnetlab.engine.weights import model_from_checkpoint
@@ -24,9 +25,12 @@ def _inputs_as_batch(paths: list[str], header: dict[str, Any]) -> tuple[torch.Te
         if not path.is_file():
             raise ResnetlabError(f"INPUT: no such file: '{name}'")
         if header["data_kind"] == "tabular":
-            if path.suffix.lower() != ".csv":
-                raise ResnetlabError(f"INPUT '{name}': this checkpoint takes CSV rows")
-            features = torch.from_numpy(read_csv_features(path, header["feature_names"]))
+            if not is_table_file(path):
+                raise ResnetlabError(f"INPUT '{name}': this checkpoint takes table rows (.csv...)")
+            if header.get("table") is not None:
+                features = torch.from_numpy(read_inputs(path, header["table"]))
+            else:  # built-in data: raw feature columns, normalised by the header's statistics
+                features = torch.from_numpy(read_feature_columns(path, header["feature_names"]))
             rows.extend(features)
             labels.extend(f"{name}:{i + 2}" for i in range(len(features)))
         elif header["data_kind"] == "image":
@@ -47,8 +51,9 @@ def _inputs_as_batch(paths: list[str], header: dict[str, Any]) -> tuple[torch.Te
 def predict_inputs(
     checkpoint: str, inputs: list[str], *, topk: int = 3, device: str = "auto"
 ) -> list[dict[str, Any]]:
-    """For each input (an image, or each row of a CSV file): the ``topk`` classes and their
-    probabilities, using the checkpoint's own preprocessing."""
+    """For each input (an image, or each row of a table): the ``topk`` classes and their
+    probabilities (regression: the predicted ``value``), using the checkpoint's own
+    preprocessing."""
     if topk < 1:
         raise ResnetlabError(f"--topk must be at least 1 (got {topk})")
     model, header = model_from_checkpoint(checkpoint)
@@ -56,7 +61,15 @@ def predict_inputs(
     dev = resolve_device(device)
     model = model.to(dev).eval()
     normalize = Normalizer(header["mean"], header["std"], header["input_shape"])
-    probs = class_logits(model(normalize(x.to(dev)))).softmax(dim=1).cpu()
+    output = model(normalize(x.to(dev))).float().cpu()
+    if header.get("task") == "regression":
+        table = header["table"]
+        values = table["target_mean"] + table["target_std"] * output[:, 0].double()
+        return [
+            {"input": label, "value": value}
+            for label, value in zip(labels, values.tolist(), strict=True)
+        ]
+    probs = class_logits(output).softmax(dim=1)
     k = min(topk, probs.shape[1])
     top = probs.topk(k, dim=1)
     classes = header["classes"]

@@ -13,7 +13,7 @@ from resnetlab.data.builtin import (
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import ImageOptions, load_image_folder, scan_image_folder
 from resnetlab.data.splits import check_fractions, split_indices
-from resnetlab.data.tabular import load_csv, read_csv_table
+from resnetlab.data.tabular import TableOptions, is_table_file, load_table
 from resnetlab.data.video import is_clip_folder, load_clip_folder
 from resnetlab.errors import ResnetlabError
 
@@ -21,10 +21,10 @@ __all__ = [
     "BUILTIN_DATASETS",
     "DataBundle",
     "ImageOptions",
+    "TableOptions",
     "data_kind",
     "load_data",
     "make_case_study_data",
-    "read_csv_table",
     "scan_image_folder",
     "split_indices",
 ]
@@ -40,10 +40,12 @@ def load_data(
     image_size: int | None = None,
     in_chans: int | None = None,
     image_options: ImageOptions | None = None,
+    table_options: TableOptions | None = None,
 ) -> DataBundle:
-    """Load ``source``: a built-in name, a ``.csv`` file (``target`` names the label column),
-    an image folder or a clip folder (``data.video``). Data without its own split is split
-    by ``val_fraction``/``test_fraction``, seeded and stratified.
+    """Load ``source``: a built-in name, a table file (``.csv``, ``.tsv``, ``.parquet``;
+    ``target`` names the label column, ``table_options`` say how to read it), an image folder
+    or a clip folder (``data.video``). Data without its own split is split by
+    ``val_fraction``/``test_fraction``, seeded and stratified.
 
     For images and clips, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the
     input shape (of each frame);
@@ -52,9 +54,9 @@ def load_data(
     """
     check_fractions(val_fraction, test_fraction)
     kind = data_kind(source)
-    is_csv = source not in BUILTIN_KINDS and kind == "tabular"
-    if target is not None and not is_csv:
-        raise ResnetlabError(f"--target applies to CSV files only, not to {source!r}")
+    is_file = source not in BUILTIN_KINDS and kind == "tabular"
+    if target is not None and not is_file:
+        raise ResnetlabError(f"--target applies to table files only, not to {source!r}")
     if kind in ("image", "video"):
         _check_image_options(image_size, in_chans)
     elif image_size is not None:
@@ -62,8 +64,8 @@ def load_data(
     splits = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
     if source in BUILTIN_KINDS:
         bundle = load_builtin(source, image_size=image_size, in_chans=in_chans, **splits)
-    elif is_csv:
-        bundle = load_csv(source, target, **splits)
+    elif is_file:
+        bundle = load_table(source, target, table_options or TableOptions(), **splits)
     elif kind == "video":
         bundle = load_clip_folder(source, image_size=image_size, in_chans=in_chans, **splits)
     else:
@@ -86,14 +88,16 @@ def data_kind(source: str) -> str:
     path = Path(source)
     if path.is_dir():
         return "video" if is_clip_folder(path) else "image"
-    if path.is_file() and path.suffix.lower() == ".csv":
+    if path.is_file() and is_table_file(path):
         return "tabular"
     if not path.exists():
         raise ResnetlabError(
             f"--data: no such file or directory: {source!r} "
             f"(built-in data sets: {', '.join(BUILTIN_DATASETS)})"
         )
-    raise ResnetlabError(f"--data: {source!r} is neither an image folder nor a .csv file")
+    raise ResnetlabError(
+        f"--data: {source!r} is neither an image folder nor a table file (.csv, .tsv, .parquet)"
+    )
 
 
 def _check_image_options(image_size: int | None, in_chans: int | None) -> None:

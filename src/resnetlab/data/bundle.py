@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from resnetlab.data.splits import split_indices, split_subsets
 from resnetlab.data.stats import dataset_mean_std, tensor_mean_std
@@ -36,11 +36,21 @@ class DataBundle:
     feature_names: list[str] = field(default_factory=list)  # tabular only: column order
     pipeline: str = "in-memory tensors"  # how samples are produced, printed at the start of a run
     split_record: dict[str, Any] | None = None  # image folders: see ``splits.record_split``
+    task: str = "classification"  # or "regression": y is then the standardised target (float)
+    table: dict[str, Any] | None = None  # tables read from files: see ``data.preprocess``
+    class_counts: list[int] | None = None  # tables: training rows per class (class weights)
 
     @property
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+    @property
+    def target_scale(self) -> tuple[float, float]:
+        """Regression: the ``(mean, std)`` that standardised the target (``y`` is in units
+        of ``std`` from ``mean``)."""
+        assert self.table is not None and self.task == "regression"
+        return self.table["target_mean"], self.table["target_std"]
 
 
 class MappedDataset(Dataset):
@@ -55,6 +65,12 @@ class MappedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.base[index]
         return self.transform(x), y
+
+
+def dataset_tensors(dataset: Dataset, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``(x, y)`` of ``dataset`` stacked into two tensors, read once."""
+    batches = list(DataLoader(dataset, batch_size=1024, num_workers=workers))
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
 def bundle_from_tensors(

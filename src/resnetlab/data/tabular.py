@@ -1,158 +1,301 @@
-"""CSV tables: numeric feature columns plus one target column naming the class."""
+"""Tables (CSV through pandas, Parquet through pyarrow): the task from the target column, the
+split, then preprocessing fitted on the training rows (``data.preprocess``)."""
 
 from __future__ import annotations
 
 import csv
-import math
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from torch.utils.data import TensorDataset
 
-from resnetlab.data.bundle import DataBundle, bundle_from_tensors
+from resnetlab.data.bundle import DataBundle
+from resnetlab.data.preprocess import (
+    apply_preprocessing,
+    category_strings,
+    feature_names,
+    fit_preprocessing,
+    is_categorical,
+)
+from resnetlab.data.splits import SplitIndices, split_indices, split_subsets
 from resnetlab.errors import ResnetlabError
 
-MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
-Row = tuple[int, list[str]]  # (line number in the file, fields)
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+MAX_CLASSES = 20  # an integer target with more distinct values is a regression target
+DELIMITERS = ",;\t|"
+_SNIFF_BYTES = 65536
+_REGRESSION_STRATA = 5  # regression splits are stratified by target quintile
 
 
-def read_csv_table(
-    path: str | Path, target: str | None
-) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Read ``path`` into features and class indices of the ``target`` column.
+@dataclass(frozen=True)
+class TableOptions:
+    """How to read a table: its delimiter, which columns are categories, how to scale numbers,
+    the task (None: the rule of ``infer_task``) and, with ``strict``, whether rows without a
+    target are refused. ``fitted`` (a checkpoint's ``table`` header) is applied, not refitted."""
 
-    Returns ``(x, y, classes, feature_names)``: ``x`` float32 (rows x features, in column
-    order), ``y`` int64, ``classes`` sorted by name (integers numerically). Every error (empty
-    file, ragged row, missing value, non-numeric feature) names the file or column at fault.
-    """
-    name = str(path)
-    header, rows = _read_rows(Path(path))
-    if target is None:
-        raise ResnetlabError(f"--target is required for CSV data (columns: {', '.join(header)})")
-    if target not in header:
-        raise ResnetlabError(
-            f"--target: column {target!r} not in {name} (columns: {', '.join(header)})"
-        )
-    features = [column for column in header if column != target]
-    if not features:
-        raise ResnetlabError(f"{name}: no feature columns besides the target {target!r}")
-    x = _feature_matrix(name, header, rows, features)
-    y, classes = _encode_classes(_column_values(name, header, rows, target), target)
-    return x, y, classes, features
+    delimiter: str | None = None
+    categorical: tuple[str, ...] = ()
+    max_categories: int = 50
+    numeric_transform: str = "standard"
+    task: str | None = None
+    strict: bool = False
+    fitted: dict[str, Any] | None = field(default=None, compare=False)
 
 
-def read_csv_features(path: str | Path, feature_names: list[str]) -> np.ndarray:
-    """The ``feature_names`` columns of ``path``, in that order, as float32 rows.
-
-    Other columns (such as the target) are ignored; a missing feature column is an error.
-    """
-    header, rows = _read_rows(Path(path))
-    absent = [column for column in feature_names if column not in header]
-    if absent:
-        raise ResnetlabError(
-            f"{path}: no column(s) {', '.join(absent)} (the model takes {', '.join(feature_names)})"
-        )
-    return _feature_matrix(str(path), header, rows, feature_names)
+def is_table_file(source: str | Path) -> bool:
+    """Whether ``source`` names a file of a table format resnetlab reads."""
+    return Path(source).suffix.lower() in TABLE_SUFFIXES
 
 
-def load_csv(
-    path: str | Path, target: str | None, *, val_fraction: float, test_fraction: float, seed: int
-) -> DataBundle:
-    """Load a CSV table as tabular data: split, with per-feature training statistics."""
-    x, y, classes, features = read_csv_table(path, target)
-    return bundle_from_tensors(
-        Path(path).name,
-        "tabular",
-        torch.from_numpy(x),
-        torch.from_numpy(y),
-        classes,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        feature_names=features,
-    )
-
-
-def _encode_classes(values: list[str], target: str) -> tuple[np.ndarray, list[str]]:
-    """Class index of each value and the sorted class names (integers sorted numerically)."""
-    names = set(values)
-    if all(_is_int(value) for value in names):
-        classes = sorted(names, key=lambda value: (int(value), value))
+def read_table(path: str | Path, delimiter: str | None = None) -> pd.DataFrame:
+    """The table in ``path`` (Parquet, or delimited text whose delimiter is sniffed unless
+    given), with stripped column names; every reading error is one line naming the file."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        frame = _read_parquet(path)
     else:
-        classes = sorted(names)
-    if len(classes) < 2:
-        raise ResnetlabError(f"--target: column {target!r} has only one class ({classes[0]!r})")
-    index = {name: i for i, name in enumerate(classes)}
-    return np.array([index[value] for value in values], dtype=np.int64), classes
+        frame = _read_text(path, delimiter)
+    frame.columns = [str(name).strip() for name in frame.columns]
+    duplicates = sorted({name for name in frame.columns if list(frame.columns).count(name) > 1})
+    if duplicates:
+        raise ResnetlabError(f"{path}: duplicate column name(s): {', '.join(duplicates)}")
+    if frame.empty:
+        raise ResnetlabError(f"{path}: no data rows below the header")
+    return frame
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[Row]]:
-    """The header and the ``(line number, fields)`` of every non-blank row of ``path``."""
+def _read_parquet(path: Path) -> pd.DataFrame:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            lines = [(reader.line_num, row) for row in reader if any(f.strip() for f in row)]
+        import pyarrow  # noqa: F401  (pandas' Parquet engine)
+    except ImportError:
+        raise ResnetlabError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'resnetlab[parquet]'"
+        ) from None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ResnetlabError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+
+
+def _read_text(path: Path, delimiter: str | None) -> pd.DataFrame:
+    try:
+        with path.open(encoding="utf-8-sig") as file:
+            sample = file.read(_SNIFF_BYTES)
     except UnicodeDecodeError as exc:
         raise ResnetlabError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
     except OSError as exc:
         raise ResnetlabError(f"{path}: cannot read the file ({exc.strerror})") from None
-    if not lines:
+    if not sample.strip():
         raise ResnetlabError(f"{path}: the file is empty")
-    header = [column.strip() for column in lines[0][1]]
-    duplicates = sorted({column for column in header if header.count(column) > 1})
-    if duplicates:
+    sep = delimiter or sniff_delimiter(sample)
+    header = next(csv.reader([sample.lstrip().splitlines()[0]], delimiter=sep))
+    names = [name.strip() for name in header]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:  # pandas would silently rename them "a.1"
         raise ResnetlabError(f"{path}: duplicate column name(s): {', '.join(duplicates)}")
-    rows = lines[1:]
-    if not rows:
-        raise ResnetlabError(f"{path}: no data rows below the header")
-    for number, row in rows:
-        if len(row) != len(header):
-            raise ResnetlabError(
-                f"{path}: line {number} has {len(row)} fields, the header has {len(header)}"
-            )
-    return header, rows
-
-
-def _column_values(name: str, header: list[str], rows: list[Row], column: str) -> list[str]:
-    """The stripped values of ``column``, or an error naming the first missing one."""
-    at = header.index(column)
-    for line, row in rows:
-        if row[at].strip().lower() in MISSING_MARKERS:
-            raise ResnetlabError(
-                f"{name}: column {column!r} has a missing value on line {line}; "
-                "fill or drop it first"
-            )
-    return [row[at].strip() for _, row in rows]
-
-
-def _feature_matrix(
-    name: str, header: list[str], rows: list[Row], columns: list[str]
-) -> np.ndarray:
-    """``columns`` as a float32 matrix (rows x columns), or an error naming the bad column."""
-    return np.stack(
-        [_numeric_column(name, c, _column_values(name, header, rows, c)) for c in columns], axis=1
-    ).astype(np.float32)
-
-
-def _numeric_column(name: str, column: str, values: list[str]) -> np.ndarray:
-    """``values`` as float64, or an error naming the column and its first non-numeric value."""
-    numbers = np.empty(len(values))
-    for i, value in enumerate(values):
-        try:
-            numbers[i] = float(value)
-        except ValueError:
-            raise ResnetlabError(
-                f"{name}: column {column!r} is not numeric (e.g. value {value!r}); encode it first"
-            ) from None
-        if not math.isfinite(numbers[i]):
-            raise ResnetlabError(f"{name}: column {column!r} has a non-finite value {value!r}")
-    return numbers
-
-
-def _is_int(value: str) -> bool:
-    """Whether ``value`` is written as an integer (``"3"``, ``"-1"``)."""
     try:
-        int(value)
+        return pd.read_csv(
+            path, sep=sep, encoding="utf-8-sig", skipinitialspace=True, skip_blank_lines=True,
+            na_values=["?", "NA", "N/A", "null", "None", "nan", ""],
+        )  # fmt: skip
+    except pd.errors.EmptyDataError:
+        raise ResnetlabError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise ResnetlabError(f"{path}: {_first_line(exc)} (--delimiter {sep!r})") from None
+
+
+def sniff_delimiter(sample: str) -> str:
+    """The delimiter of a text table (one of ``DELIMITERS``); a comma when it cannot tell."""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def infer_task(column: pd.Series, name: str) -> tuple[str, str]:
+    """``(task, why)`` by the rule: text or booleans are classes; whole numbers with at most
+    ``MAX_CLASSES`` distinct values are classes, with more a quantity; other numbers are a
+    quantity (regression)."""
+    if is_categorical(column):
+        return "classification", f"target {name!r} holds text"
+    present = column.dropna().to_numpy(dtype=float)
+    if not np.equal(np.mod(present, 1), 0).all():
+        return "regression", f"target {name!r} holds fractional numbers"
+    distinct = len(np.unique(present))
+    if distinct <= MAX_CLASSES:
+        return "classification", f"target {name!r} holds {distinct} distinct whole numbers"
+    return (
+        "regression",
+        f"target {name!r} holds {distinct} (> {MAX_CLASSES}) distinct whole numbers",
+    )
+
+
+def load_table(
+    path: str | Path,
+    target: str | None,
+    options: TableOptions,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    split: SplitIndices | None = None,
+) -> DataBundle:
+    """Load a table: the target and task, rows without a target dropped (``--strict``:
+    refused), a seeded split (stratified by class, or by target quintile for regression; or
+    ``split``, positions among the rows with a target), then the preprocessing fitted on the
+    training rows (or ``options.fitted``) applied to all."""
+    frame = read_table(path, options.delimiter)
+    if target is None:
+        raise ResnetlabError(f"--target is required for tables (columns: {', '.join(frame)})")
+    if target not in frame.columns:
+        raise ResnetlabError(
+            f"--target: column {target!r} not in {Path(path).name} (columns: {', '.join(frame)})"
+        )
+    frame = _rows_with_target(frame, target, options.strict, path)
+    fitted = options.fitted
+    if fitted is None:
+        task, why = infer_task(frame[target], target)
+        if options.task is not None:
+            task, why = options.task, f"--task {options.task}"
+        fitted = {"task": task, "task_rule": why, "target": target}
+    y, classes = _encode_target(frame[target], fitted, target)
+    features = frame.drop(columns=[target])
+    if features.columns.empty:
+        raise ResnetlabError(f"{path}: no feature columns besides the target {target!r}")
+    regression = fitted["task"] == "regression"
+    strata = np.digitize(y, np.quantile(y, np.linspace(0, 1, _REGRESSION_STRATA + 1)[1:-1]))
+    split = split or split_indices(
+        strata if regression else y, val_fraction=val_fraction, test_fraction=test_fraction,
+        seed=seed, class_names=None if regression else classes,
+    )  # fmt: skip
+    if "columns" not in fitted:
+        train_rows = features.iloc[split.train]
+        fitted = {
+            **fitted,
+            **_target_record(y[split.train], classes, regression),
+            **fit_preprocessing(
+                train_rows,
+                categorical=options.categorical,
+                max_categories=options.max_categories,
+                numeric_transform=options.numeric_transform,
+            ),
+        }
+    if regression:
+        y = ((y - fitted["target_mean"]) / fitted["target_std"]).astype(np.float32)
+    x = apply_preprocessing(features, fitted, _row_namer(path, frame))
+    train, val, test = split_subsets(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), split)
+    names = feature_names(fitted)
+    counts = None if regression else np.bincount(y[split.train], minlength=len(classes)).tolist()
+    return DataBundle(
+        Path(path).name, "tabular", classes, (len(names),), train, val, test,
+        [0.0] * len(names), [1.0] * len(names), names,
+        task=fitted["task"], table=fitted, class_counts=counts,
+    )  # fmt: skip
+
+
+def _target_record(y: np.ndarray, classes: list[str], regression: bool) -> dict[str, Any]:
+    """What the header keeps of the target: the training rows' mean and std, or the classes."""
+    if regression:
+        return {"target_mean": float(y.mean()), "target_std": float(y.std()) or 1.0}
+    return {"classes": classes}
+
+
+def _rows_with_target(
+    frame: pd.DataFrame, target: str, strict: bool, path: str | Path
+) -> pd.DataFrame:
+    """``frame`` without the rows whose target is missing (a warning with their count);
+    ``strict``: an error naming the first such line."""
+    missing = frame[target].isna().to_numpy()
+    if not missing.any():
+        return frame
+    where = _row_namer(path, frame)(int(np.flatnonzero(missing)[0]))
+    if strict:
+        raise ResnetlabError(
+            f"{where}: no value for the target {target!r} ({int(missing.sum())} rows lack one; "
+            "without --strict they are dropped)"
+        )
+    warnings.warn(
+        f"{Path(path).name}: {int(missing.sum())} rows without a target {target!r} dropped "
+        f"(the first: {where})",
+        stacklevel=3,
+    )
+    return frame[~missing]
+
+
+def _encode_target(
+    column: pd.Series, fitted: dict[str, Any], target: str
+) -> tuple[np.ndarray, list[str]]:
+    """The target as float64 values (regression; ``classes`` empty), or as class indices into
+    ``classes``: ``fitted``'s when it has them, else the column's own."""
+    if fitted["task"] == "regression":
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+        if np.isnan(values).any():
+            bad = column.iloc[int(np.flatnonzero(np.isnan(values))[0])]
+            raise ResnetlabError(f"regression: target {target!r} is not numeric (e.g. {bad!r})")
+        return values, []
+    names = category_strings(column)
+    classes = fitted.get("classes") or _sorted_classes(set(names))
+    if len(classes) < 2:
+        raise ResnetlabError(f"--target: column {target!r} has only one class ({classes[0]!r})")
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(names) - index.keys())
+    if unknown:
+        raise ResnetlabError(
+            f"--target: column {target!r} has class(es) the model does not know: "
+            f"{', '.join(unknown[:5])} (it knows {', '.join(classes)})"
+        )
+    return np.array([index[name] for name in names], dtype=np.int64), classes
+
+
+def _sorted_classes(names: set[str]) -> list[str]:
+    """Class names sorted by name, or numerically when every one is an integer."""
+    try:
+        return sorted(names, key=int)
     except ValueError:
-        return False
-    return True
+        return sorted(names)
+
+
+def _row_namer(path: str | Path, frame: pd.DataFrame) -> Any:
+    """``where(i)``: the file and, for text tables, the line of the ``i``-th row of ``frame``
+    (-1: the file alone). Lines count the header; blank lines are not counted."""
+    name, text = Path(path).name, Path(path).suffix.lower() != ".parquet"
+    positions = frame.index.to_numpy()
+
+    def where(i: int) -> str:
+        if i < 0:
+            return name
+        at = int(positions[i])
+        return f"{name}: line {at + 2}" if text else f"{name}: row {at + 1}"
+
+    return where
+
+
+def read_inputs(path: str | Path, fitted: dict[str, Any]) -> np.ndarray:
+    """The model inputs of every row of the table ``path``, preprocessed as ``fitted`` says
+    (a checkpoint's ``table`` header); columns may come in any order, the target may be absent."""
+    frame = read_table(path)
+    return apply_preprocessing(frame, fitted, _row_namer(path, frame))
+
+
+def read_feature_columns(path: str | Path, names: list[str]) -> np.ndarray:
+    """The ``names`` columns of the table ``path``, as float32 rows (a model trained on
+    built-in data, which has no fitted preprocessing)."""
+    frame = read_table(path)
+    absent = [name for name in names if name not in frame.columns]
+    if absent:
+        raise ResnetlabError(
+            f"{path}: no column(s) {', '.join(absent)} (the model takes {', '.join(names)})"
+        )
+    try:
+        return frame[names].to_numpy(dtype=np.float32)
+    except ValueError:
+        raise ResnetlabError(f"{path}: the columns {', '.join(names)} must be numbers") from None

@@ -9,7 +9,11 @@ from resnetlab.errors import ResnetlabError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
-LOSSES = ("ce", "bce")
+LOSSES = ("ce", "bce", "mse", "huber")  # the first two classify, the others regress
+CLASS_WEIGHTS = ("balanced",)
+TASKS = ("classification", "regression")
+NUMERIC_TRANSFORMS = ("standard", "quantile")
+BEST_BY = ("accuracy", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PADDING_MODES = ("zeros", "reflect")
 AUTO_AUGMENTS = ("trivial", "randaugment")
@@ -39,7 +43,7 @@ class TrainConfig:
     target: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # 0: from the training split's size (``training.auto_batch_size``)
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
@@ -49,7 +53,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
-    loss: str = "ce"
+    loss: str | None = None  # None: ce for classification, mse for regression
     precision: str = "auto"
     device: str = "auto"
     compile: str = "off"
@@ -79,6 +83,17 @@ class TrainConfig:
     val_dir: str | None = None
     test_dir: str | None = None
     recipe: str | None = None
+    # tables: reading, preprocessing, the task, class weights, the comparison with scikit-learn
+    delimiter: str | None = None  # None: sniffed
+    categorical: list[str] | None = None  # also one-hot these (numeric) columns
+    max_categories: int = 50
+    numeric_transform: str = "standard"
+    task: str | None = None  # None: from the target column (``data.tabular.infer_task``)
+    class_weight: str | None = None
+    baselines: bool = False
+    # which epoch is best (a validation split's accuracy or loss), and early stopping
+    best_by: str = "accuracy"  # regression: always the loss
+    patience: int | None = None  # stop after this many epochs without a better best
     # long runs: the training state, resuming it, non-finite losses, clipping, TensorBoard
     resume: str | None = None  # a run folder to continue
     save_every: int | None = None  # also save the state every N optimiser steps
@@ -100,7 +115,7 @@ class TrainConfig:
         run reads its --weights with ``read_weights`` before making its folder)."""
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.batch_size >= 0, f"--batch-size must be >= 0 (got {self.batch_size})"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
@@ -110,7 +125,7 @@ class TrainConfig:
             (self.limit_steps is None or self.limit_steps >= 1, "--limit-steps must be >= 1"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+            (self.loss in (None, *LOSSES), f"--loss must be one of {', '.join(LOSSES)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.compile in COMPILE_CHOICES, "--compile must be auto, on or off"),
             (self.crop_padding >= 0, f"--crop-padding must be >= 0 (got {self.crop_padding})"),
@@ -123,7 +138,7 @@ class TrainConfig:
             (0 <= self.random_erasing <= 1, "--random-erasing must be a probability in [0, 1]"),
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix alphas must be >= 0"),
             (
-                self.loss == "ce" or not (self.mixup or self.cutmix),
+                self.loss in (None, "ce") or not (self.mixup or self.cutmix),
                 "--mixup/--cutmix need --loss ce (they make soft class targets)",
             ),
             (self.tta in (None, *TTAS), "--tta must be flip"),
@@ -136,6 +151,19 @@ class TrainConfig:
             (self.on_nan in ON_NAN, f"--on-nan must be one of {', '.join(ON_NAN)}"),
             (self.max_nan_steps >= 1, "--max-nan-steps must be >= 1"),
             (self.clip_grad is None or self.clip_grad > 0, "--clip-grad must be positive"),
+            (self.class_weight in (None, *CLASS_WEIGHTS), "--class-weight must be balanced"),
+            (self.best_by in BEST_BY, f"--best-by must be one of {', '.join(BEST_BY)}"),
+            (self.patience is None or self.patience >= 1, "--patience must be >= 1 epoch"),
+            (self.task in (None, *TASKS), f"--task must be one of {', '.join(TASKS)}"),
+            (
+                self.numeric_transform in NUMERIC_TRANSFORMS,
+                f"--numeric-transform must be one of {', '.join(NUMERIC_TRANSFORMS)}",
+            ),
+            (self.max_categories >= 1, "--max-categories must be at least 1"),
+            (
+                self.delimiter is None or len(self.delimiter) == 1,
+                f"--delimiter must be one character (got {self.delimiter!r})",
+            ),
         ]
         for ok, message in checks:
             if not ok:

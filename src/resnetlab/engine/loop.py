@@ -70,26 +70,42 @@ def class_logits(output: torch.Tensor) -> torch.Tensor:
     return output
 
 
-def make_loss(kind: str, label_smoothing: float = 0.0) -> LossFn:
+def make_loss(
+    kind: str, label_smoothing: float = 0.0, class_weight: torch.Tensor | None = None
+) -> LossFn:
     """Cross-entropy ``-sum_c q_c log p_c(x)`` over labels ``q`` (optionally smoothed), or,
-    for a single-logit head, binary cross-entropy ``-[y log s(z) + (1-y) log(1-s(z))]``."""
+    for a single-logit head, binary cross-entropy ``-[y log s(z) + (1-y) log(1-s(z))]``; each
+    sample weighted by its class's ``class_weight`` if given. Regression: the mean squared
+    error (``mse``) or Huber loss (``huber``, quadratic within 1) of the single output."""
+    if kind in ("mse", "huber"):
+        error = F.mse_loss if kind == "mse" else F.huber_loss
+
+        def regression(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return error(output.squeeze(1).float(), y.float())
+
+        return regression
     if kind == "bce":
 
         def bce(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             target = y.float() * (1 - label_smoothing) + label_smoothing / 2
-            return F.binary_cross_entropy_with_logits(output.squeeze(1).float(), target)
+            weight = None if class_weight is None else class_weight[y.long()]
+            return F.binary_cross_entropy_with_logits(
+                output.squeeze(1).float(), target, weight=weight
+            )
 
         return bce
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=label_smoothing)
 
 
 class EpochTally:
     """Running sums of one training epoch, kept on the device and read back once per epoch (or
     when the run's state is saved): the loss over the samples whose loss was finite, correct
     predictions, non-finite losses (the first one's step and lr) and, with gradient clipping,
-    gradient norms. ``steps``/``samples`` count on the host."""
+    gradient norms. ``steps``/``samples`` count on the host. A ``regression`` run counts no
+    correct predictions (its training accuracy is None)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, regression: bool = False) -> None:
+        self.regression = regression
         self.loss_sum = torch.zeros((), device=device)
         self.loss_samples = torch.zeros((), dtype=torch.int64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -115,8 +131,9 @@ class EpochTally:
         self.first_nonfinite_lr = torch.where(first, lr, self.first_nonfinite_lr)
         self.loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(y)
         self.loss_samples += finite * len(y)
-        hard = y.argmax(1) if y.ndim == 2 else y
-        self.correct += (class_logits(output.detach()).argmax(1) == hard).sum()
+        if not self.regression:
+            hard = y.argmax(1) if y.ndim == 2 else y
+            self.correct += (class_logits(output.detach()).argmax(1) == hard).sum()
         self.samples += len(y)
         self.steps += 1
         return finite
@@ -142,7 +159,7 @@ class EpochTally:
         loss_sum, loss_samples, correct, samples, skipped = (total or _same)(sums).tolist()
         summary: dict[str, float | int | None] = {
             "train_loss": loss_sum / max(loss_samples, 1),
-            "train_acc": 100 * correct / max(samples, 1),
+            "train_acc": None if self.regression else 100 * correct / max(samples, 1),
             "samples_per_s": samples / max(self.seconds, 1e-9),
         }
         if skipped:
@@ -319,8 +336,10 @@ def predict(
     normalize: Normalizer,
     loss_fn: LossFn | None = None,
     tta: bool = False,
+    regression: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Class logits (fp32, CPU) and targets for every sample, plus the mean loss if asked.
+    """Class logits (fp32, CPU) and targets for every sample, plus the mean loss if asked;
+    ``regression``: the single output (N,) instead of logits.
 
     With ``tta``, logits are averaged over the image and its horizontal mirror.
     """
@@ -338,7 +357,7 @@ def predict(
         output = output[: len(y)].float()
         if loss_fn is not None:
             total_loss += float(loss_fn(output, y.to(output.device))) * len(y)
-        logits.append(class_logits(output).cpu())
+        logits.append((output[:, 0] if regression else class_logits(output)).cpu())
         targets.append(y.cpu())
     y_all = torch.cat(targets)
     return torch.cat(logits), y_all, total_loss / max(len(y_all), 1)

@@ -1,4 +1,5 @@
-"""Classification metrics from logits: top-1, top-5, per-class accuracy, confusion matrix."""
+"""Classification metrics from logits (top-1, top-5, per-class accuracy, confusion matrix) and
+regression metrics (RMSE, MAE, R²)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,29 @@ def classification_report(
     if len(classes) >= 10:
         report["top5"] = topk_accuracy(logits, target, 5)
     return report
+
+
+def regression_report(
+    predicted: torch.Tensor, target: torch.Tensor, scale: tuple[float, float] = (0.0, 1.0)
+) -> dict[str, Any]:
+    """RMSE, MAE and R² (None when the targets are constant) of ``predicted``, in the
+    target's own units: standardised values ``v`` are ``mean + std * v`` for ``scale``'s
+    ``(mean, std)``."""
+    mean, std = scale
+    predicted, target = mean + std * predicted.double(), mean + std * target.double()
+    error = (predicted - target).flatten()
+    spread = float(((target - target.mean()) ** 2).sum())
+    return {
+        "samples": len(target),
+        "rmse": float(error.pow(2).mean().sqrt()),
+        "mae": float(error.abs().mean()),
+        "r2": 1 - float(error.pow(2).sum()) / spread if spread > 0 else None,
+    }
+
+
+def headline(report: dict[str, Any]) -> str:
+    """A report's main numbers: accuracy, or RMSE, MAE and R²."""
+    if "rmse" in report:
+        r2 = "-" if report["r2"] is None else f"{report['r2']:.4f}"
+        return f"RMSE {report['rmse']:.4g}, MAE {report['mae']:.4g}, R² {r2}"
+    return f"accuracy {report['accuracy']:.2f}%"

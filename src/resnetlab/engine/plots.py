@@ -15,18 +15,28 @@ from resnetlab.engine.files import writing
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Loss (train and val) and accuracy (train and val) per epoch, with the lr schedule."""
+    """Loss (train and val), accuracy (train and val; regression: the validation RMSE and R²)
+    per epoch, with the lr schedule."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    if any(h.get("val_acc") is not None for h in history):
+    has_val = any(h.get("val_loss") is not None for h in history)
+    if has_val:
         ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
-        ax_acc.plot(epochs, [h["val_acc"] for h in history], "s-", label="validation")
+    regression = any(h.get("val_rmse") is not None for h in history)
+    if regression:
+        ax_acc.plot(epochs, [h["val_rmse"] for h in history], "s-", label="validation RMSE")
+        ax_r2 = ax_acc.twinx()
+        ax_r2.plot(epochs, [h["val_r2"] for h in history], "^-", color="tab:green")
+        ax_r2.set_ylabel("validation R²")
+    else:
+        ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+        if has_val:
+            ax_acc.plot(epochs, [h["val_acc"] for h in history], "s-", label="validation")
     ax_lr.plot(epochs, [h["lr"] for h in history], "o-", color="tab:gray")
     for ax, label in (
         (ax_loss, "loss"),
-        (ax_acc, "accuracy (%)"),
+        (ax_acc, "RMSE" if regression else "accuracy (%)"),
         (ax_lr, "learning rate (end of epoch)"),
     ):
         ax.set_xlabel("epoch")

@@ -28,6 +28,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         "flip_alternate": True, "cutout": 0, "tta": "flip", "precision": "auto",
         "val_fraction": 0.1, "test_fraction": 0.0,
     },
+    # Tables (Gorishniy et al. 2021's recipe): AdamW at a constant lr, standardised features,
+    # dropout in the blocks, early stopping on the validation loss, which also picks the best
+    # epoch; the batch from the data size. Chosen on tables other than those of the README's
+    # benchmark (see benchmarks/tabular_cv.py).
+    "tabular": {
+        "model": "resnet_tabular",
+        "model_options": {"widths": [64, 64], "hidden_factor": 2.0, "dropout": 0.2},
+        "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "decay_norm_and_bias": False,
+        "batch_size": 0, "schedule": "constant", "warmup_epochs": 0.0, "epochs": 200,
+        "patience": 20, "best_by": "loss", "label_smoothing": 0.0,
+    },
 }  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from resnetlab.engine.files import os_reason, write_atomically, writing
 from resnetlab.errors import ResnetlabError
 
 # Metrics that measure the machine, not the run: checkpoints and fingerprints leave them out.
-TIMINGS = ("samples_per_s", "elapsed_s")
+TIMINGS = ("samples_per_s", "elapsed_s", "train_s")
 
 
 def fingerprint(run_dir: str | Path) -> dict[str, Any]:

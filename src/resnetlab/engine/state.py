@@ -27,7 +27,7 @@ STATE_KEYS = frozenset(
     {
         "command", "config", "resolved", "header", "model", "optimizer", "scheduler", "scaler",
         "phase", "phase_start_step", "epoch", "steps_done", "tally", "best_score", "best_epoch",
-        "skipped_steps", "history", "elapsed_s", "threads", "world", "rng",
+        "bad_epochs", "skipped_steps", "history", "elapsed_s", "threads", "world", "rng",
     }
 )  # fmt: skip
 

@@ -33,7 +33,7 @@ from resnetlab.engine.loop import (
     predict,
     train_one_epoch,
 )
-from resnetlab.engine.metrics import classification_report, topk_accuracy
+from resnetlab.engine.metrics import classification_report, regression_report, topk_accuracy
 from resnetlab.engine.optim import build_scheduler
 from resnetlab.engine.plots import plot_confusion, plot_curves
 from resnetlab.engine.precision import resolve_device, resolve_precision
@@ -43,6 +43,7 @@ from resnetlab.engine.stops import StopRequests
 from resnetlab.errors import ResnetlabError, RunStopped
 
 _CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count (--on-nan stop)
+MIN_TIMED_S = 1.0  # shorter epochs print no samples/s: a few steps are too few to time
 
 
 @dataclass
@@ -57,12 +58,18 @@ class _Phase:
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
-    """The article's ``Epoch [e/N], Loss: x.xxxx`` line, then val accuracy, lr, speed, time."""
+    """The article's ``Epoch [e/N], Loss: x.xxxx`` line, then validation (accuracy, or RMSE
+    and R² for regression), lr, speed (for epochs long enough to time) and time."""
     parts = [f"Epoch [{record['epoch']}/{epochs}], Loss: {record['train_loss']:.4f}"]
-    if record["val_acc"] is not None:
+    if record.get("val_rmse") is not None:
+        parts.append(f"Val loss: {record['val_loss']:.4f}, RMSE: {record['val_rmse']:.4g}")
+        if record["val_r2"] is not None:
+            parts.append(f"R²: {record['val_r2']:.3f}")
+    elif record["val_acc"] is not None:
         parts.append(f"Val acc: {record['val_acc']:.2f}%")
     parts.append(f"LR: {record['lr']:.4g}")
-    parts.append(f"{record['samples_per_s']:.0f} samples/s")
+    if record.get("train_s", MIN_TIMED_S) >= MIN_TIMED_S:
+        parts.append(f"{record['samples_per_s']:.0f} samples/s")
     parts.append(str(timedelta(seconds=round(record["elapsed_s"]))))
     return ", ".join(parts)
 
@@ -119,7 +126,8 @@ class Trainer:
             skip_nonfinite=cfg.on_nan == "skip",
             any_process=self.world.max if self.world.distributed else None,
         )
-        self.loss_fn = make_loss(cfg.loss, cfg.label_smoothing)
+        self.regression = bundle.task == "regression"
+        self.loss_fn = make_loss(cfg.loss, cfg.label_smoothing, self._class_weights())
         self.order = BatchOrder(
             len(bundle.train), self._train_batch_size(), shuffle=True, seed=cfg.seed,
             drop_last=True, rank=self.world.rank, world=self.world.size,
@@ -131,6 +139,7 @@ class Trainer:
         )
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_epoch, self.steps_done = float("-inf"), 0, 0
+        self.bad_epochs = 0  # epochs since the best one (early stopping)
         self.skipped_steps, self.elapsed_before = 0, 0.0
         self.stops = StopRequests()
         self.compiled = should_compile(cfg.compile, bundle.kind, self.total_steps(cfg.epochs, 0))
@@ -161,6 +170,20 @@ class Trainer:
             stacklevel=2,
         )
         return batch
+
+    def _class_weights(self) -> torch.Tensor | None:
+        """``--class-weight balanced``: ``n / (classes * n_c)`` for class ``c`` of the
+        training rows (scikit-learn's rule), or None."""
+        if self.cfg.class_weight is None:
+            return None
+        counts = torch.tensor(self.bundle.class_counts, dtype=torch.float32)
+        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        return weights.to(self.precision.device)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether ``--patience`` epochs have passed without a better best epoch."""
+        return self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience
 
     @property
     def steps_per_epoch(self) -> int:
@@ -206,8 +229,12 @@ class Trainer:
         tally = self._restore_training(self.pending) if resuming else None
         with self.stops:
             # an epoch that a resumed state left unfinished ends even at --limit-steps
-            while len(self.history) < end_epoch and (tally is not None or not self.out_of_steps):
-                tally = self._train_epoch(tally or EpochTally(self.precision.device))
+            while len(self.history) < end_epoch and (
+                tally is not None or not (self.out_of_steps or self.stopped_early)
+            ):
+                tally = self._train_epoch(
+                    tally or EpochTally(self.precision.device, self.regression)
+                )
                 self._end_epoch(self._epoch_record(tally))
                 tally = None
                 self.save_state(None)
@@ -299,6 +326,7 @@ class Trainer:
             "epoch": len(self.history) + 1,
             "step": self.steps_done,
             **tally.summary(self.world.sum),
+            "train_s": tally.seconds,
             "lr": self.phase.optimizer.param_groups[0]["lr"],
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
             "val_loss": None,
@@ -308,8 +336,12 @@ class Trainer:
             record.update(tally.gradient_summary())
         self.world.average_batchnorm(self.model)  # before validation and the checkpoints
         if self.val_loader is not None:
-            logits, targets, record["val_loss"] = self._predict(self.val_loader)
-            record["val_acc"] = topk_accuracy(logits, targets, 1)
+            outputs, targets, record["val_loss"] = self._predict(self.val_loader)
+            if self.regression:
+                report = regression_report(outputs, targets, self.bundle.target_scale)
+                record.update({f"val_{key}": report[key] for key in ("rmse", "mae", "r2")})
+            else:
+                record["val_acc"] = topk_accuracy(outputs, targets, 1)
         return record
 
     def _eval_loader(self, dataset: Dataset) -> TensorBatches | DataLoader:
@@ -327,8 +359,9 @@ class Trainer:
         mean loss, gathered from every process: the metrics cover the whole split, not padded
         shards."""
         logits, targets, loss = predict(
-            self.model, loader, self.precision, self.normalize, self.loss_fn, tta=tta
-        )
+            self.model, loader, self.precision, self.normalize, self.loss_fn, tta=tta,
+            regression=self.regression,
+        )  # fmt: skip
         if not self.world.distributed:
             return logits, targets, loss
         parts = self.world.gather((logits, targets, loss * len(targets)))
@@ -362,6 +395,7 @@ class Trainer:
             "tally": self.world.gather(None if tally is None else tally.state_dict()),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
             "skipped_steps": self.skipped_steps,
             "history": self.history,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
@@ -378,6 +412,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.history = list(state["history"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
         self.steps_done, self.skipped_steps = state["steps_done"], state["skipped_steps"]
         self.elapsed_before = state["elapsed_s"]
         self.run.rewrite_metrics(self.history)
@@ -394,7 +429,7 @@ class Trainer:
         self.pending = None
         if state["tally"][0] is None:
             return None
-        tally = EpochTally(self.precision.device)
+        tally = EpochTally(self.precision.device, self.regression)
         tally.load_state_dict(state["tally"][rank])
         return tally
 
@@ -407,14 +442,36 @@ class Trainer:
         metrics = {key: value for key, value in record.items() if key not in TIMINGS}
         header = {**self.header, "epoch": record["epoch"], "metrics": metrics}
         state = self.model.state_dict()
-        score = record["val_acc"] if record["val_acc"] is not None else -record["train_loss"]
+        score = self._score(record)
         best = score > self.best_score
         if best:
-            self.best_score, self.best_epoch = score, record["epoch"]
+            self.best_score, self.best_epoch, self.bad_epochs = score, record["epoch"], 0
+        else:
+            self.bad_epochs += 1
+        if self.stopped_early:
+            self.run.print(
+                f"Early stop: no better {'validation' if self.val_loader else 'training'} "
+                f"{'accuracy' if self._by_accuracy else 'loss'} in {self.bad_epochs} epochs "
+                f"(--patience {self.cfg.patience}); best epoch {self.best_epoch}"
+            )
         if self.world.is_main:
             save_checkpoint(self.run.file("last.safetensors"), state, header)
             if best:
                 save_checkpoint(self.run.file("best.safetensors"), state, header)
+
+    @property
+    def _by_accuracy(self) -> bool:
+        """Whether the best epoch is the one of highest validation accuracy (else lowest loss)."""
+        return (
+            self.val_loader is not None and not self.regression and self.cfg.best_by == "accuracy"
+        )
+
+    def _score(self, record: dict[str, Any]) -> float:
+        """Higher is better: validation accuracy (``--best-by accuracy``), or minus the
+        validation loss (``--best-by loss``, regression), or minus the training loss."""
+        if self._by_accuracy:
+            return record["val_acc"]
+        return -(record["val_loss"] if self.val_loader is not None else record["train_loss"])
 
     def finish(self, title: str) -> dict[str, Any] | None:
         """Plot the curves, reload the best weights and test them (or validate, without a test
@@ -431,8 +488,20 @@ class Trainer:
         best = load_checkpoint(self.run.file("best.safetensors"))[0] if self.world.is_main else None
         self.model.load_state_dict(self.world.broadcast(best))
         tta = self.cfg.tta == "flip"
-        logits, targets, _ = self._predict(self._eval_loader(dataset), tta=tta)
-        report = {**classification_report(logits, targets, bundle.classes), "split": split_name}
+        outputs, targets, _ = self._predict(self._eval_loader(dataset), tta=tta)
+        if self.regression:
+            report = {
+                **regression_report(outputs, targets, self.bundle.target_scale),
+                "split": split_name,
+            }
+            if self.world.is_main:
+                self.run.write_json("test_metrics.json", report)
+                self.run.print(f"Best epoch: {self.best_epoch} (best.safetensors)")
+                self.run.print(
+                    f"RMSE of the network on the {split_name} rows: {report['rmse']:.4g}"
+                )
+            return report
+        report = {**classification_report(outputs, targets, bundle.classes), "split": split_name}
         if not self.world.is_main:
             return report
         self.run.write_json("confusion.json", report)

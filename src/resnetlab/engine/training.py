@@ -3,6 +3,7 @@ check the config -> load the data -> build or load the model -> train in phases 
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from resnetlab.data import ImageOptions, data_kind, load_data
+from resnetlab.data import ImageOptions, TableOptions, data_kind, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import default_cache_dir
+from resnetlab.engine.baselines import compare_with_baselines
 from resnetlab.engine.board import summary_writer
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.distributed import launched_world
@@ -83,6 +85,9 @@ def check_run(cfg: TrainConfig) -> WeightsFile | None:
         raise ResnetlabError(f"--mixup/--cutmix mix images; --data {cfg.data} is {kind} data")
     if cfg.tta is not None and kind != "image":
         raise ResnetlabError(f"--tta {cfg.tta} applies to images, not {kind} data")
+    for flag, value in (("--class-weight", cfg.class_weight), ("--baselines", cfg.baselines)):
+        if value and kind != "tabular":
+            raise ResnetlabError(f"{flag} applies to tables; --data {cfg.data} is {kind} data")
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ResnetlabError(
             "--sync-bn needs GPUs (SyncBatchNorm); on CPUs the processes average their "
@@ -117,7 +122,42 @@ def _load_bundle(cfg: TrainConfig) -> DataBundle:
         seed=cfg.seed,
         image_size=cfg.image_size,
         image_options=image_options(cfg),
+        table_options=table_options(cfg),
     )
+
+
+def table_options(cfg: TrainConfig) -> TableOptions:
+    """How to read a table for this run (delimiter, categories, scaling, task, missing targets)."""
+    return TableOptions(
+        delimiter=cfg.delimiter,
+        categorical=tuple(cfg.categorical or ()),
+        max_categories=cfg.max_categories,
+        numeric_transform=cfg.numeric_transform,
+        task=cfg.task,
+        strict=cfg.strict,
+    )
+
+
+def auto_batch_size(samples: int) -> int:
+    """The batch for ``--batch-size 0``: the power of two nearest ``samples / 16`` (about 16
+    steps an epoch), within [16, 256]."""
+    return min(256, max(16, 2 ** round(math.log2(max(samples, 1) / 16))))
+
+
+def resolve_for_data(cfg: Config, bundle: DataBundle) -> Config:
+    """``cfg`` with what the data decides: the loss (ce for classes, mse for a quantity; a
+    loss of the other task is an error) and, if not given, the batch size."""
+    regression = bundle.task == "regression"
+    loss = cfg.loss or ("mse" if regression else "ce")
+    if (loss in ("mse", "huber")) != regression:
+        raise ResnetlabError(
+            f"--loss {loss} does not fit {bundle.task} (--data {cfg.data}); "
+            + ("use mse or huber" if regression else "use ce or bce")
+        )
+    if regression and cfg.class_weight:
+        raise ResnetlabError(f"--class-weight applies to classes; --data {cfg.data} is regression")
+    batch_size = cfg.batch_size or auto_batch_size(len(bundle.train))
+    return replace(cfg, loss=loss, batch_size=batch_size)
 
 
 def image_options(cfg: TrainConfig) -> ImageOptions:
@@ -135,7 +175,10 @@ def image_options(cfg: TrainConfig) -> ImageOptions:
 
 
 def num_outputs(cfg: TrainConfig, bundle: DataBundle) -> int:
-    """Classifier outputs: one logit for binary cross-entropy, else one per class."""
+    """Classifier outputs: one logit for binary cross-entropy, else one per class; one output
+    for regression."""
+    if bundle.task == "regression":
+        return 1
     if cfg.loss == "bce" and bundle.num_classes != 2:
         raise ResnetlabError(
             f"--loss bce needs 2 classes; --data {cfg.data} has {bundle.num_classes}"
@@ -167,6 +210,7 @@ def load_for_weights(
     """
     preprocessing = source_preprocessing(weights, cfg.mean, cfg.std, cfg.image_size)
     bundle = load_bundle(replace(cfg, image_size=preprocessing.input_size))
+    cfg = resolve_for_data(cfg, bundle)
     stats = preprocessing.normalisation(bundle.input_shape[0])
     if stats is not None:
         bundle = replace(bundle, mean=stats[0], std=stats[1])
@@ -198,6 +242,8 @@ def data_header(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
         "mean": bundle.mean,
         "std": bundle.std,
         "feature_names": bundle.feature_names,
+        "task": bundle.task,
+        "table": bundle.table,
         "data": {
             "source": cfg.data,
             "target": cfg.target,
@@ -237,6 +283,7 @@ def start_run(cfg: TrainConfig, weights: WeightsFile | None = None) -> Start:
         header = {**checkpoint_header(cfg, bundle), "weights": report.provenance()}
         return Start(cfg, bundle, model, header, report, requested)
     bundle = load_bundle(cfg)
+    cfg = resolve_for_data(cfg, bundle)
     torch.manual_seed(cfg.seed)
     model = build_for_data(cfg, bundle)
     return Start(cfg, bundle, model, checkpoint_header(cfg, bundle), requested=requested)
@@ -338,8 +385,9 @@ def describe_run(
     )
     params = sum(p.numel() for p in model.parameters())
     memory = ", channels-last" if precision.channels_last else ""
+    task = "regression" if bundle.task == "regression" else f"{bundle.num_classes} classes"
     return (
-        f"{cfg.model} ({params:,} params) on {bundle.name}: {sizes}, {bundle.num_classes} classes, "
+        f"{cfg.model} ({params:,} params) on {bundle.name}: {sizes}, {task}, "
         f"input {'x'.join(map(str, bundle.input_shape))} | {precision.device.type} "
         f"{precision.name}{memory} | {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}"
@@ -375,9 +423,13 @@ def train_in_run(
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")
     run.print(f"data pipeline: {bundle.pipeline}")
+    if bundle.table is not None:
+        run.print(f"task: {bundle.task} ({bundle.table['task_rule']}; --task overrides)")
     if start.resume is not None:
         done, steps = start.resume["epoch"], start.resume["steps_done"]
         run.print(f"resuming after epoch {done}, step {steps}")
     fit_phases(trainer, phases, bn_policy, stage_decay, announce=announce_phases)
     report = trainer.finish(title or f"{cfg.model} on {bundle.name}")
+    if cfg.baselines and report is not None and trainer.world.is_main:
+        compare_with_baselines(bundle, report, run)
     return TrainResult(run.path, trainer.history, trainer.best_epoch, report)

@@ -5,7 +5,8 @@ of two residual blocks (10 -> 20 -> 20 -> 40), SGD with lr 0.1, momentum 0.9 and
 5e-4, cross-entropy, 10 epochs, and a claimed test accuracy of 92.5%. It publishes neither its
 data nor its split; ``tabular-synthetic`` (``data.make_case_study_data``) stands in for them.
 The same recipe also trains the network without shortcuts and the NumPy ``resnetlab.scratch``
-model, next to logistic regression, each over several seeds (split, initialisation, order).
+model, next to logistic regression (fitted as ``train --baselines`` fits it), each over several
+seeds (split, initialisation, order).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from resnetlab import scratch
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.baselines import LOGISTIC as LINEAR_BASELINE
+from resnetlab.engine.baselines import fit_baselines, standardised_arrays
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.rundir import RunDir
 from resnetlab.experiments.common import (
-    dataset_tensors,
     experiment_dir,
     markdown_table,
     train_on_bundle,
@@ -87,7 +88,7 @@ def _run(cfg: CaseStudyConfig, log: RunDir) -> CaseStudyResult:
                 result.article_log = article_log(history, cfg.epochs, accuracy)
                 for line in result.article_log:
                     log.print(line)
-        x_train, y_train, x_test, y_test = _standardised_arrays(bundle)
+        x_train, y_train, x_test, y_test = standardised_arrays(bundle)
         scratch_accuracy, diverged = _scratch(x_train, y_train, x_test, y_test, cfg, seed)
         result.accuracies[SCRATCH].append(scratch_accuracy)
         if diverged:
@@ -95,8 +96,8 @@ def _run(cfg: CaseStudyConfig, log: RunDir) -> CaseStudyResult:
                 f"{SCRATCH}, seed {seed}: the training loss overflowed (lr 0.1 and no batch "
                 "normalisation), so it predicts one class."
             )
-        logistic = LogisticRegression(max_iter=1000).fit(x_train, y_train)
-        result.accuracies[LOGISTIC].append(100.0 * logistic.score(x_test, y_test))
+        logistic = fit_baselines(bundle, (LINEAR_BASELINE,))[LINEAR_BASELINE]
+        result.accuracies[LOGISTIC].append(logistic["accuracy"])
     result.statement = statement(result)
     table = comparison_table(result)
     log.print("")
@@ -133,19 +134,6 @@ def _train_torch(
     with contextlib.redirect_stdout(io.StringIO()):
         trained = train_on_bundle(train_cfg, bundle, f"case study, seed {seed}")
     return trained.history, trained.test_report["accuracy"]
-
-
-def _standardised_arrays(
-    bundle: DataBundle,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Training and test features standardised with the training statistics (as the engine
-    does), and labels, as NumPy arrays."""
-    mean, std = np.asarray(bundle.mean), np.asarray(bundle.std)
-    arrays = []
-    for split in (bundle.train, bundle.test):
-        x, y = dataset_tensors(split)
-        arrays += [(x.numpy() - mean) / std, y.numpy()]
-    return tuple(arrays)
 
 
 def _scratch(

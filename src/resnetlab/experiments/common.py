@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.config import TrainConfig
@@ -19,6 +18,7 @@ from resnetlab.engine.training import (
     TrainResult,
     build_for_data,
     checkpoint_header,
+    resolve_for_data,
     single_phase,
     train_in_run,
 )
@@ -40,16 +40,11 @@ def describe_network(name: str, flag: str = "--networks") -> tuple[str, int]:
     return FAMILIES[spec.family], int(depth.group())
 
 
-def dataset_tensors(dataset: Dataset, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every ``(x, y)`` of ``dataset`` stacked into two tensors, read once."""
-    batches = list(DataLoader(dataset, batch_size=1024, num_workers=workers))
-    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
-
-
 def train_on_bundle(cfg: TrainConfig, bundle: DataBundle, title: str) -> TrainResult:
     """Train ``cfg.model`` on data that is already loaded, as `resnetlab train` does: in run
     folder ``cfg.out`` with config, log, metrics, checkpoints, curves and a final evaluation."""
     cfg.validate()
+    cfg = resolve_for_data(cfg, bundle)
     with RunDir(cfg.out) as run:
         torch.manual_seed(cfg.seed)
         start = Start(cfg, bundle, build_for_data(cfg, bundle), checkpoint_header(cfg, bundle))

@@ -21,12 +21,11 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
 from resnetlab.data import load_data
-from resnetlab.data.bundle import DataBundle
+from resnetlab.data.bundle import DataBundle, dataset_tensors
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.rundir import RunDir
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.common import (
-    dataset_tensors,
     describe_network,
     duration,
     experiment_dir,
