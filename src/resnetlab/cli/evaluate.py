@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate a checkpoint",
         description="Top-1, top-5, per-class accuracy and confusion matrix.",
     )
-    p.add_argument("--checkpoint", help="a .safetensors checkpoint from `train` or `finetune`")
+    p.add_argument(
+        "--checkpoint",
+        help="a .safetensors checkpoint from `train` or `finetune`, or a file from `export`",
+    )
     add_weights_flags(p)
     p.add_argument(
         "--input-size",

@@ -9,7 +9,11 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand to ``sub``."""
     p = sub.add_parser("predict", help="top-k classes for image files or CSV rows")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a .safetensors checkpoint, or a .onnx or .pt2 file from `export`",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or CSV files")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")
