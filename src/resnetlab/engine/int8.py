@@ -21,12 +21,13 @@ from resnetlab.engine.exported import INPUT_NAME, OnnxNetwork, onnx_bytes, onnxr
 
 
 def int8_warning() -> str | None:
-    """A warning for CPUs without VNNI or AMX, whose int8 arithmetic is emulated and slow."""
+    """A warning for CPUs without VNNI or AMX, whose int8 dot products take several
+    instructions each."""
     if torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported():
         return None
     return (
-        "this CPU has neither VNNI nor AMX: int8 inference works but is slow here "
-        "(it may be slower than fp32)"
+        "this CPU has neither VNNI nor AMX: int8 runs on slower instructions here, and gains "
+        "less over fp32 than on CPUs with them"
     )
 
 
