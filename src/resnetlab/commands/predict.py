@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from resnetlab.engine.predictor import load
-from resnetlab.errors import ResnetlabError
 
 
 def predict_inputs(
@@ -14,6 +13,4 @@ def predict_inputs(
     """For each input (an image, or each row of a CSV file): the ``topk`` classes and their
     probabilities, using the checkpoint's own preprocessing. ``checkpoint`` may also be an
     exported ``.onnx`` or ``.pt2`` file."""
-    if topk < 1:
-        raise ResnetlabError(f"--topk must be at least 1 (got {topk})")
     return load(checkpoint, device=device).predict(inputs, topk=topk)

@@ -81,10 +81,13 @@ class Predictor:
             raise ResnetlabError("predict: no inputs")
         return torch.stack(rows), labels
 
-    @torch.inference_mode()
     def logits(self, inputs: Any) -> Tensor:
         """The network's outputs (CPU, float32) for ``inputs`` (see ``predict``)."""
-        x, _ = self.inputs(inputs)
+        return self._outputs(self.inputs(inputs)[0])
+
+    @torch.inference_mode()
+    def _outputs(self, x: Tensor) -> Tensor:
+        """The network's outputs for a batch of raw inputs, ``_BATCH`` at a time."""
         return torch.cat([self.network(self.preprocess(b)).float().cpu() for b in x.split(_BATCH)])
 
     def predict(self, inputs: Any, topk: int = 5) -> list[dict[str, Any]]:
@@ -96,7 +99,7 @@ class Predictor:
         if topk < 1:
             raise ResnetlabError(f"--topk must be at least 1 (got {topk})")
         x, labels = self.inputs(inputs)
-        outputs = self.logits(x)
+        outputs = self._outputs(x)
         if self.task == "regression":
             return [
                 {"input": label, "value": row.tolist() if len(row) > 1 else float(row[0])}
