@@ -319,3 +319,18 @@ def test_tabular_options_are_checked() -> None:
         create_model("resnet_tabular", dropout=1.5)
     with pytest.raises(ResnetlabError, match="widths"):
         create_model("resnet_tabular", widths=())
+
+
+@pytest.mark.parametrize("name", ONE_PER_CLASS)
+def test_forward_is_forward_head_of_forward_features(name: str) -> None:
+    """timm's interface: the pooled features (``pre_logits``) are what the classifier reads."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7).eval()
+    x = small_input(name)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pooled = model.forward_head(features, pre_logits=True)
+        logits = model(x)
+    assert pooled.shape == (2, model.get_classifier().in_features)
+    torch.testing.assert_close(model.forward_head(features), logits, rtol=0, atol=0)
+    torch.testing.assert_close(model.get_classifier()(pooled), logits, rtol=0, atol=0)

@@ -16,11 +16,24 @@ from typing import Any
 
 import yaml
 
-from resnetlab.cli import bench, evaluate, experiment, finetune, lr_find, models, predict, train
+from resnetlab.cli import (
+    bench,
+    evaluate,
+    experiment,
+    export,
+    finetune,
+    lr_find,
+    models,
+    predict,
+    quantize,
+    train,
+)
 from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.errors import ResnetlabError, RunStopped
 
-COMMANDS = (train, finetune, lr_find, evaluate, predict, models, experiment, bench)
+COMMANDS = (
+    train, finetune, lr_find, evaluate, predict, export, quantize, models, experiment, bench
+)  # fmt: skip
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Top-1, top-5, per-class accuracy and confusion matrix (regression: RMSE, "
         "MAE and R²).",
     )
-    p.add_argument("--checkpoint", help="a .safetensors checkpoint from `train` or `finetune`")
+    p.add_argument(
+        "--checkpoint",
+        help="a .safetensors checkpoint from `train` or `finetune`, or a file from `export`",
+    )
     add_weights_flags(p)
     p.add_argument(
         "--input-size",

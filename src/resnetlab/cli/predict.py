@@ -11,7 +11,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="top-k classes (or a regression's values) for image files or table rows"
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a .safetensors checkpoint, or a .onnx or .pt2 file from `export`",
+    )
     p.add_argument(
         "inputs",
         nargs="+",

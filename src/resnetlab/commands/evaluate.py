@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset
 
-from resnetlab.data import BUILTIN_DATASETS, ImageOptions, TableOptions, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.batches import make_loader
+from resnetlab.engine.checkpoint_data import is_training_data, load_data_like, pick_split
 from resnetlab.engine.compiled import should_compile
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
+from resnetlab.engine.exported import is_exported, load_network
 from resnetlab.engine.loop import Normalizer, evaluate_model, predict
 from resnetlab.engine.metrics import regression_report
-from resnetlab.engine.precision import resolve_device, resolve_precision
+from resnetlab.engine.precision import Precision, resolve_device, resolve_precision
 from resnetlab.engine.state_dicts import read_weights
 from resnetlab.engine.training import load_for_weights
-from resnetlab.engine.weights import LoadReport, model_from_checkpoint
+from resnetlab.engine.weights import LoadReport
 from resnetlab.errors import ResnetlabError
 
-SPLITS = ("test", "val", "train", "all")
 _NOT_KEPT = " (the training run kept none); give held-out data with --data"
 _NOT_TRAINING_DATA = (
     " (data other than the training data is split only by its own train/, val/, test/ "
@@ -52,72 +51,13 @@ class EvalConfig:
     compile: str = "off"
 
 
-def is_training_data(header: dict[str, Any], source: str | None) -> bool:
-    """Whether ``source`` (None: the default) is the data the checkpoint was trained on."""
-    trained_on = header["data"]["source"]
-    if source is None or source == trained_on:
-        return True
-    if source in BUILTIN_DATASETS or trained_on in BUILTIN_DATASETS:
-        return False
-    return Path(source).resolve() == Path(trained_on).resolve()
-
-
-def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
-    """Load ``source`` for a checkpoint. The training data (the default) is split exactly as
-    the run split it: its recorded split folders, and for image folders the recorded split
-    of the file list (see ``splits.restore_split``). Any other source is loaded whole, as the
-    training split of a bundle without val/test splits. Tables get the checkpoint's fitted
-    preprocessing."""
-    data = header["data"]
-    image_size = {"image": header["input_shape"][-1], "video": data["image_size"]}.get(
-        header["data_kind"]
-    )
-    if is_training_data(header, source):
-        fractions = {"val_fraction": data["val_fraction"], "test_fraction": data["test_fraction"]}
-        options = ImageOptions(
-            val_dir=data.get("val_dir"),
-            test_dir=data.get("test_dir"),
-            split_record=data.get("split"),
-        )
-    else:
-        fractions, options = {"val_fraction": 0.0, "test_fraction": 0.0}, ImageOptions()
-    bundle = load_data(
-        source or data["source"],
-        target=data["target"],
-        seed=data["seed"],
-        image_size=image_size,
-        in_chans=header["in_chans"],
-        image_options=options,
-        table_options=TableOptions(fitted=header.get("table")),
-        **fractions,
-    )
-    if bundle.classes != header["classes"]:
-        missing = sorted(set(header["classes"]) ^ set(bundle.classes))
-        detail = f"differing: {', '.join(missing)}" if missing else "same names, other order"
-        raise ResnetlabError(f"--data {source}: classes do not match the checkpoint's ({detail})")
-    return bundle
-
-
-def pick_split(bundle: DataBundle, split: str, why_absent: str = "") -> Dataset:
-    """One split of ``bundle`` (``all`` joins every split), or a clear error if it is absent
-    (``why_absent`` says why it may be)."""
-    if split not in SPLITS:
-        raise ResnetlabError(f"--split must be one of {', '.join(SPLITS)} (got {split!r})")
-    parts = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
-    if split == "all":
-        return ConcatDataset([d for d in parts.values() if d is not None])
-    if parts[split] is None:
-        raise ResnetlabError(f"--split {split}: the data has no {split} split{why_absent}")
-    return parts[split]
-
-
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Top-1, top-5 (10+ classes), per-class accuracy and confusion matrix on one split; for a
     regression checkpoint, RMSE, MAE and R² in the target's units."""
     if (cfg.checkpoint is None) == (cfg.weights is None):
         raise ResnetlabError("eval needs either --checkpoint or --weights (one of them)")
     if cfg.checkpoint is not None:
-        model, header = model_from_checkpoint(cfg.checkpoint, expect_model=cfg.model)
+        model, header = load_network(cfg.checkpoint, expect_model=cfg.model)
         bundle = replace(load_data_like(header, cfg.data), mean=header["mean"], std=header["std"])
         source = {"checkpoint": str(cfg.checkpoint), "model": header["model"]}
         if is_training_data(header, cfg.data):
@@ -129,7 +69,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         source = {"weights": cfg.weights, "model": report.model, "loaded": report.summary()}
         split, why_absent = cfg.split or "test", ""
     dataset = pick_split(bundle, split, why_absent)
-    precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
+    exported = cfg.checkpoint is not None and is_exported(cfg.checkpoint)
+    if exported:  # run as exported: fp32, never compiled
+        precision = Precision(torch.device("cpu"), None, channels_last=False)
+    else:
+        precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
     model = precision.prepare(model)
     normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
     if cfg.tta is not None and bundle.kind != "image":
@@ -141,7 +85,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     else:
         result = evaluate_model(
             model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers,
-            tta=cfg.tta == "flip", compile=should_compile(cfg.compile, bundle.kind),
+            tta=cfg.tta == "flip",
+            compile=not exported and should_compile(cfg.compile, bundle.kind),
         )  # fmt: skip
     result.update(source, split=split)
     return result

@@ -97,7 +97,7 @@ def decode_array(
     ``channels`` is 1 or 3 (``ValueError`` otherwise); ``size`` gives a square image (see the
     module docstring), ``None`` keeps the original size.
     """
-    mode = _check_channels(channels)
+    _check_channels(channels)  # a wrong count is a ValueError, not a bad file
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -106,15 +106,20 @@ def decode_array(
             if size is not None:
                 img.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if enough
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)
-            img = _to_mode(img, mode)
-            if size is not None:
-                img = _square(img, size)
-            pixels = np.array(img)  # a writable copy that outlives the file
+            return image_array(img, channels, size)  # a writable copy that outlives the file
     except BadImage:
         raise
     except Exception as exc:  # Pillow raises many types on malformed data; all mean "bad file"
         raise _read_error(path, exc) from exc
+
+
+def image_array(img: Image.Image, channels: int = 3, size: int | None = None) -> np.ndarray:
+    """A decoded Pillow image as a new uint8 array (C, H, W), prepared as ``decode_array``
+    prepares a file's (orientation, mode, square size)."""
+    img = _to_mode(ImageOps.exif_transpose(img), _check_channels(channels))
+    if size is not None:
+        img = _square(img, size)
+    pixels = np.array(img)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 

@@ -238,23 +238,30 @@ def model_for_header(header: dict[str, Any]) -> nn.Module:
 def model_from_checkpoint(
     path: str | Path, expect_model: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network a checkpoint describes and load its weights: every tensor must fit
-    (BatchNorm step counters aside, which a run with FrozenBatchNorm2d layers does not save)."""
+    """Rebuild the network a checkpoint describes and load its weights (``checkpoint_network``)."""
     state, header = load_checkpoint(path)
     name = header["model"]
     if expect_model is not None and expect_model != name:
         raise ResnetlabError(
             f"--checkpoint '{path}' holds a {name} model, not --model {expect_model}"
         )
+    return checkpoint_network(state, header, str(path)), header
+
+
+def checkpoint_network(state: dict[str, Tensor], header: dict[str, Any], source: str) -> nn.Module:
+    """The network a checkpoint's header describes, with the checkpoint's ``state`` loaded:
+    every tensor must fit (BatchNorm step counters aside, which a run with FrozenBatchNorm2d
+    layers does not save)."""
+    name = header["model"]
     model = model_for_header(header)
-    report = load_weights(model, state, source=str(path), model_name=name)
+    report = load_weights(model, state, source=source, model_name=name)
     misfits = report.adapted + report.reinitialised
     if misfits:
         raise ResnetlabError(
-            f"{path}: weights do not fit the header's {name}: "
+            f"{source}: weights do not fit the header's {name}: "
             + "; ".join(f"{key} ({report.reasons[key]})" for key in misfits)
         )
-    return model, header
+    return model
 
 
 @dataclass(frozen=True)

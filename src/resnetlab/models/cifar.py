@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import ResnetlabError
@@ -83,10 +82,6 @@ class CifarResNet(ClassifierMixin, nn.Module):
         """The last feature map, before pooling: (N, 64, H/4, W/4)."""
         x = self.relu(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits (N, num_classes)."""
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
 def _cifar(depth: int, num_classes: int, in_chans: int, **options: Any) -> CifarResNet:

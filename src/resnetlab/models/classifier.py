@@ -1,22 +1,44 @@
-"""The classifier of every network: timm's ``get_classifier``/``reset_classifier``, and the
-key prefix of its tensors in a state dict."""
+"""The head of every network, with timm's interface (``forward_features``, ``forward_head``,
+``get_classifier``, ``reset_classifier``), and the key prefix of its tensors in a state dict."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from resnetlab.models.blocks import init_weights
 
 
 class ClassifierMixin:
-    """For a network whose classifier is the linear layer ``fc``; mix in before ``nn.Module``."""
+    """For a network whose classifier is the linear layer ``fc``; mix in before ``nn.Module``.
+
+    The network defines ``forward_features`` (the last feature map) and an ``avgpool`` layer,
+    or overrides ``pool_features``; ``forward`` is ``forward_head(forward_features(x))``.
+    """
 
     fc: nn.Linear
+    avgpool: nn.Module
+    forward_features: Callable[[Tensor], Tensor]
     # Whether the network's init gives linear layers Kaiming-normal weights and zero biases
     # (``init_weights(linear=True)``) rather than PyTorch's default.
     kaiming_linear: ClassVar[bool]
+
+    def pool_features(self, x: Tensor) -> Tensor:
+        """Features ``(N, C)`` for the classifier: the feature map averaged over its positions."""
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Class logits ``(N, num_classes)`` from ``forward_features``' output; with
+        ``pre_logits``, the pooled features the classifier reads."""
+        x = self.pool_features(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(N, num_classes)``."""
+        return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
         """The layer that maps features to class logits."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from resnetlab.models.blocks import PreActBasicBlock, PreActBottleneck, conv3x3, init_weights
@@ -55,10 +54,6 @@ class PreActResNet(ClassifierMixin, nn.Module):
         for index in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{index}")(x)
         return self.relu(self.bn_final(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits (N, num_classes)."""
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
 @register_model("preact_resnet110", family="preact", input_shape=(3, 32, 32), num_classes=10)

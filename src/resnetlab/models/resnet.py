@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import ResnetlabError
@@ -86,10 +85,6 @@ class ResNet(ClassifierMixin, nn.Module):
         """The last feature map, before pooling: (N, 512 * expansion, H/32, W/32)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits (N, num_classes)."""
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
 @register_model("resnet18", family="imagenet", input_shape=(3, 224, 224), num_classes=1000)

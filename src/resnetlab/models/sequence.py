@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -79,10 +78,6 @@ class ResNet1d(ClassifierMixin, nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map, before pooling: (N, 128, L)."""
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits (N, num_classes)."""
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
 @register_model("resnet1d", family="sequence", input_shape=(1, 128), num_classes=2)

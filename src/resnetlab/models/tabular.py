@@ -104,9 +104,9 @@ class TabularResNet(ClassifierMixin, nn.Module):
         """The representation after the last block, before the head: (N, widths[-1])."""
         return self.blocks(self.input_layer(x))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits (N, num_classes) for features (N, in_chans)."""
-        return self.fc(self.relu(self.bn_final(self.forward_features(x))))
+    def pool_features(self, x: Tensor) -> Tensor:
+        """The head's BatchNorm and ReLU before ``fc`` (there is nothing to pool)."""
+        return self.relu(self.bn_final(x))
 
 
 @register_model("resnet_tabular", family="tabular", input_shape=(10,), num_classes=2)

@@ -1,0 +1,261 @@
+"""``load(path)``: a trained network from a checkpoint, an exported file or a bare state dict,
+ready to answer for files, Pillow images, NumPy arrays, tensors and DataFrame rows."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from resnetlab.data.decode import BadImage, decode_image, image_array, is_image_file
+from resnetlab.data.preprocess import apply_preprocessing
+from resnetlab.data.tabular import is_table_file, read_feature_columns, read_inputs
+from resnetlab.engine.checkpoint_data import input_preprocessing
+from resnetlab.engine.exported import OnnxNetwork, ProgramNetwork, is_exported, load_network
+from resnetlab.engine.loop import class_logits
+from resnetlab.engine.precision import resolve_device
+from resnetlab.engine.state_dicts import read_weights
+from resnetlab.engine.weights import checkpoint_network, load_pretrained, source_preprocessing
+from resnetlab.errors import ResnetlabError
+from resnetlab.models import get_model_spec
+
+_BATCH = 64  # inputs per forward pass
+
+
+class Predictor:
+    """A trained network with what it needs to answer: its classes, task, input shape and
+    preprocessing. ``model`` is the ``nn.Module`` (None for an ONNX file, run by onnxruntime).
+    """
+
+    def __init__(self, network: nn.Module, header: dict[str, Any], device: torch.device) -> None:
+        self.header = header
+        self.device = torch.device("cpu") if isinstance(network, OnnxNetwork) else device
+        self.network = network.to(self.device).eval()
+        self._normalise = input_preprocessing(header)
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The network as an ``nn.Module``: a checkpoint's, a pt2 file's program; None for ONNX."""
+        if isinstance(self.network, OnnxNetwork):
+            return None
+        return self.network.program if isinstance(self.network, ProgramNetwork) else self.network
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names, or None where the weights came without them."""
+        return self.header.get("classes")
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression``."""
+        return self.header.get("task", "classification")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input's shape, without the batch: (C, H, W), (C, L) or (features,)."""
+        return tuple(self.header["input_shape"])
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """A batch of raw inputs (images in [0, 1] or uint8, sequences, table rows) as the
+        network takes them: standardised with the training split's mean/std (for a table,
+        whatever preprocessing its checkpoint records)."""
+        return self._normalise(x.to(self.device))
+
+    def inputs(self, inputs: Any) -> tuple[Tensor, list[str]]:
+        """A float batch of raw inputs, and a label for each row: the file (``file:line`` for
+        a CSV row) or the position among ``inputs``. See ``predict`` for what ``inputs`` is."""
+        items = inputs if isinstance(inputs, list | tuple) else [inputs]
+        rows: list[Tensor] = []
+        labels: list[str] = []
+        for position, item in enumerate(items):
+            for row, label in self._rows(item, str(position)):
+                rows.append(row)
+                labels.append(label)
+        if not rows:
+            raise ResnetlabError("predict: no inputs")
+        return torch.stack(rows), labels
+
+    def logits(self, inputs: Any) -> Tensor:
+        """The network's outputs (CPU, float32) for ``inputs`` (see ``predict``)."""
+        return self._outputs(self.inputs(inputs)[0])
+
+    @torch.inference_mode()
+    def _outputs(self, x: Tensor) -> Tensor:
+        """The network's outputs for a batch of raw inputs, ``_BATCH`` at a time."""
+        return torch.cat([self.network(self.preprocess(b)).float().cpu() for b in x.split(_BATCH)])
+
+    def predict(self, inputs: Any, topk: int = 5) -> list[dict[str, Any]]:
+        """For each input, the ``topk`` classes with their probabilities (``value``s for
+        regression). ``inputs`` is one input or a list of them: file paths (images, or CSV files
+        of rows for a table), Pillow images, NumPy arrays (images as Pillow reads them, H x W
+        [x C] uint8; else as tensors), tensors (one input or a batch, raw as in training: images
+        in [0, 1] or uint8, of the input shape) and DataFrames (each row, by column name)."""
+        if topk < 1:
+            raise ResnetlabError(f"--topk must be at least 1 (got {topk})")
+        x, labels = self.inputs(inputs)
+        outputs = self._outputs(x)
+        if self.task == "regression":  # the target was standardised in training
+            scale = self.header.get("table") or {"target_mean": 0.0, "target_std": 1.0}
+            outputs = scale["target_mean"] + scale["target_std"] * outputs.double()
+            return [
+                {"input": label, "value": row.tolist() if len(row) > 1 else float(row[0])}
+                for label, row in zip(labels, outputs, strict=True)
+            ]
+        probs = class_logits(outputs).softmax(dim=1)
+        top = probs.topk(min(topk, probs.shape[1]), dim=1)
+        names = self.classes
+        return [
+            {
+                "input": label,
+                "top": [
+                    {"class": names[i] if names else i, "probability": float(p)}
+                    for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+                ],
+            }
+            for label, values, indices in zip(labels, top.values, top.indices, strict=True)
+        ]
+
+    def _rows(self, item: Any, position: str) -> Iterator[tuple[Tensor, str]]:
+        """The raw input rows in one item of ``predict``'s inputs, each with its label."""
+        kind, shape = self.header["data_kind"], self.input_shape
+        if isinstance(item, str | os.PathLike):
+            yield from self._file_rows(Path(item), str(item))
+        elif isinstance(item, Image.Image) and kind == "image":
+            yield torch.from_numpy(image_array(item, shape[0], shape[-1])).float() / 255, position
+        elif isinstance(item, np.ndarray) and item.dtype == np.uint8 and kind == "image":
+            yield from self._rows(Image.fromarray(item), position)
+        elif hasattr(item, "columns") and kind == "tabular":  # a pandas DataFrame
+            values = torch.as_tensor(self._frame_inputs(item, position))
+            yield from (
+                (row, f"{position}:{index}") for row, index in zip(values, item.index, strict=True)
+            )
+        elif isinstance(item, Tensor | np.ndarray):
+            tensor = torch.as_tensor(item)
+            batch = tensor[None] if tensor.dim() == len(shape) else tensor
+            if tuple(batch.shape[1:]) != shape:
+                raise ResnetlabError(
+                    f"input {position}: shape {tuple(tensor.shape)}, the network takes "
+                    f"{shape} (or a batch of them)"
+                )
+            batch = batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
+            yield from ((row, f"{position}:{i}" if len(batch) > 1 else position)
+                        for i, row in enumerate(batch))  # fmt: skip
+        else:
+            raise ResnetlabError(f"input {position}: a {type(item).__name__} is no {kind} input")
+
+    def _frame_inputs(self, frame: Any, position: str) -> np.ndarray:
+        """A DataFrame's rows as model inputs: through the table's fitted preprocessing
+        (columns by name), or, for built-in data, its feature columns as they are."""
+        fitted = self.header.get("table")
+        if fitted is not None:
+            return apply_preprocessing(frame, fitted, lambda i: f"DataFrame input {position}")
+        names = self.header["feature_names"]
+        absent = [name for name in names if name not in frame.columns]
+        if absent:
+            raise ResnetlabError(f"DataFrame input: no column(s) {', '.join(absent)}")
+        return frame[names].to_numpy(dtype=np.float32)
+
+    def _file_rows(self, path: Path, name: str) -> Iterator[tuple[Tensor, str]]:
+        """The rows of one input file: an image, or each row of a CSV file."""
+        kind, shape = self.header["data_kind"], self.input_shape
+        if not path.is_file():
+            raise ResnetlabError(f"INPUT: no such file: '{name}'")
+        if kind == "tabular":
+            if not is_table_file(path):
+                raise ResnetlabError(f"INPUT '{name}': this checkpoint takes table rows (.csv...)")
+            fitted = self.header.get("table")
+            rows = (
+                read_inputs(path, fitted)
+                if fitted is not None  # else built-in data: its raw feature columns
+                else read_feature_columns(path, self.header["feature_names"])
+            )
+            features = torch.from_numpy(rows)
+            yield from ((row, f"{name}:{i + 2}") for i, row in enumerate(features))
+        elif kind == "image":
+            if not is_image_file(path):
+                raise ResnetlabError(f"INPUT '{name}': not an image file this checkpoint can read")
+            try:
+                yield decode_image(path, shape[0], shape[-1]).float() / 255, name
+            except BadImage as bad:
+                raise ResnetlabError(str(bad)) from None
+        else:
+            raise ResnetlabError(f"predict does not read {kind} files yet")
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+    input_size: int | None = None,
+    device: str = "auto",
+) -> Predictor:
+    """A ``Predictor`` for a resnetlab checkpoint, an exported ``.onnx``/``.pt2`` file, or any
+    state dict that ``--weights`` accepts. Checkpoints and exported files describe themselves
+    (``model`` must then match); a bare state dict knows no classes and no normalisation, so
+    ``model`` (default: inferred from its keys), ``mean``/``std``, ``input_size`` and
+    ``classes`` supply them; without classes it answers with class indices."""
+    dev = resolve_device(device)
+    if is_exported(path):
+        _refuse_overrides(path, mean, std, classes, input_size)
+        return Predictor(*load_network(path, expect_model=model), dev)
+    weights = read_weights(path)
+    if weights.header is not None and "classes" in weights.header:
+        _refuse_overrides(path, mean, std, classes, input_size)
+        header = weights.header
+        if model is not None and model != header["model"]:
+            raise ResnetlabError(f"{path}: holds a {header['model']} model, not model={model}")
+        return Predictor(checkpoint_network(weights.state_dict, header, str(path)), header, dev)
+    network, report = load_pretrained(weights, model_name=model)
+    spec = get_model_spec(report.model)
+    first = next(network.parameters())  # the stem (or a table's input layer): (out, in, ...)
+    in_chans, outputs = first.shape[1], network.get_classifier().out_features
+    if classes is not None and len(classes) != outputs:
+        raise ResnetlabError(f"classes: {len(classes)} names, but {path} has {outputs} outputs")
+    if classes is None:
+        warnings.warn(
+            f"{path}: no classes given (classes=[...]): answers are class indices", stacklevel=2
+        )
+    preprocessing = source_preprocessing(weights, _floats(mean), _floats(std), input_size)
+    normalisation = preprocessing.normalisation(in_chans)
+    if normalisation is None:
+        warnings.warn(
+            f"{path}: no mean/std given: inputs go to the network unnormalised", stacklevel=2
+        )
+        normalisation = [0.0] * in_chans, [1.0] * in_chans
+    size = preprocessing.input_size or spec.input_shape[-1]
+    header = {
+        "model": report.model,
+        "model_options": report.model_options,
+        "num_classes": outputs,
+        "in_chans": in_chans,
+        "classes": list(classes) if classes is not None else None,
+        "input_shape": [in_chans, *([size] * (len(spec.input_shape) - 1))],
+        "data_kind": spec.data_kind,
+        "mean": normalisation[0],
+        "std": normalisation[1],
+        "feature_names": [],
+    }
+    return Predictor(network, header, dev)
+
+
+def _floats(values: Sequence[float] | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def _refuse_overrides(path: str | os.PathLike[str], *overrides: object) -> None:
+    """A self-describing file takes no mean/std/classes/input size from the caller."""
+    if any(value is not None for value in overrides):
+        raise ResnetlabError(
+            f"{path}: carries its own classes and preprocessing; mean=, std=, classes= and "
+            "input_size= are for bare state dicts"
+        )
