@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, crash_after_state, run_cli
+from PIL import Image
 from torch import nn
 
 from resnetlab.cli import main
@@ -67,6 +69,25 @@ def test_compiled_inference_with_freezing_matches_eager_on_a_padded_last_batch(
     assert "compiled the model for inference in" in capsys.readouterr().out
 
 
+def test_predict_compiled_gives_the_eager_answers(
+    capsys: pytest.CaptureFixture[str], run_dir: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(3):  # two batches of predictions would be padded alike
+        Image.fromarray(rng.integers(0, 16, (8, 8), dtype=np.uint8)).save(f"{i}.png")
+    files = ["0.png", "1.png", "2.png"]
+    args = ("predict", "--checkpoint", str(run_dir / "best.safetensors"), *files, "--json")
+    eager = json.loads(run_cli(capsys, *args)[1])
+    code, out, _ = run_cli(capsys, *args, "--compile", "on")
+    compiled = json.loads(out.splitlines()[-1])
+    assert code == 0 and "compiled the model for inference in" in out
+    for first, second in zip(eager, compiled, strict=True):
+        assert [t["class"] for t in first["top"]] == [t["class"] for t in second["top"]]
+        assert [t["probability"] for t in first["top"]] == pytest.approx(
+            [t["probability"] for t in second["top"]], abs=1e-4
+        )
+
+
 def test_auto_compiles_only_long_image_runs() -> None:
     assert should_compile("auto", "image", steps=5000)
     assert not should_compile("auto", "image", steps=100)  # compiling would not pay back
@@ -113,7 +134,8 @@ def test_bench_runs_every_row_and_writes_them_to_json(capsys: pytest.CaptureFixt
     assert code == 0, err
     result = json.loads(Path("bench.json").read_text())
     rows = {row["row"]: row for row in result["rows"]}
-    assert list(rows) == ["seed-style", "user", "resnetlab", "resnetlab --compile"]
+    names = ["seed-style", "user", "resnetlab", "resnetlab --compile", "resnetlab int8"]
+    assert list(rows) == names
     assert rows["seed-style"]["vs_seed"] == pytest.approx(1.0)
     assert rows["user"]["vs_user"] == pytest.approx(1.0)
     assert all(row["images_per_s"] > 0 and row["peak_share"] > 0 for row in rows.values())

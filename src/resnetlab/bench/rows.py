@@ -214,7 +214,27 @@ def inference_rows(
         rows.append(
             Row(name, what, precision.name, run, work.steps * work.batch, compiled=compiled)
         )
+    if work.device.type == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
+        rows.append(_int8_row(work))
     return rows
+
+
+def _int8_row(work: Workload) -> Row:
+    """`resnetlab quantize`'s network (onnxruntime, static int8, per-channel weights),
+    calibrated on random inputs (speed only), fed through the same ``predict``."""
+    from resnetlab.engine.int8 import int8_network
+
+    network = int8_network(work.resnetlab_model().eval(), work.input_shape, batch_size=work.batch)
+    x, y = work.images(work.steps)
+    batches = TensorBatches(x, y, BatchOrder(len(x), work.batch))
+    normalize = Normalizer(MEAN, STD, work.input_shape)
+    precision = Precision(work.device, None, channels_last=False)
+
+    def run() -> None:
+        predict(network, batches, precision, normalize)
+
+    what = f"resnetlab {work.model}, `quantize`'s int8 network (onnxruntime)"
+    return Row("resnetlab int8", what, "int8", run, work.steps * work.batch)
 
 
 def _engine_inference(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from resnetlab.cli.common import add_compile_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand to ``sub``."""
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto")
+    add_compile_flag(p, "off")
     p.set_defaults(func=run)
 
 
@@ -32,7 +35,9 @@ def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
     from resnetlab.commands.predict import predict_inputs
 
-    results = predict_inputs(args.checkpoint, args.inputs, topk=args.topk, device=args.device)
+    results = predict_inputs(
+        args.checkpoint, args.inputs, topk=args.topk, device=args.device, compile=args.compile
+    )
     if args.json:
         print(json.dumps(results))
         return

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from resnetlab.engine.compiled import should_compile
+from resnetlab.engine.exported import is_exported
 from resnetlab.engine.predictor import load
 
 
 def predict_inputs(
-    checkpoint: str, inputs: list[str], *, topk: int = 3, device: str = "auto"
+    checkpoint: str,
+    inputs: list[str],
+    *,
+    topk: int = 3,
+    device: str = "auto",
+    compile: str = "off",
 ) -> list[dict[str, Any]]:
     """For each input (an image, or each row of a table): the ``topk`` classes and their
     probabilities (regression: the predicted ``value``), using the checkpoint's own
     preprocessing. ``checkpoint`` may also be an exported ``.onnx`` or ``.pt2`` file."""
-    return load(checkpoint, device=device).predict(inputs, topk=topk)
+    predictor = load(checkpoint, device=device)
+    if not is_exported(checkpoint) and should_compile(compile, predictor.header["data_kind"]):
+        predictor.compile()
+    return predictor.predict(inputs, topk=topk)

@@ -33,7 +33,7 @@ def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
     training split of a bundle without val/test splits. Tables get the checkpoint's fitted
     preprocessing."""
     data = header["data"]
-    image_size = {"image": header["input_shape"][-1], "video": data["image_size"]}.get(
+    image_size = {"image": header["input_shape"][-1], "video": data.get("image_size")}.get(
         header["data_kind"]
     )
     if is_training_data(header, source):

@@ -19,7 +19,7 @@ from resnetlab.data.preprocess import apply_preprocessing
 from resnetlab.data.tabular import is_table_file, read_feature_columns, read_inputs
 from resnetlab.engine.checkpoint_data import input_preprocessing
 from resnetlab.engine.exported import OnnxNetwork, ProgramNetwork, is_exported, load_network
-from resnetlab.engine.loop import class_logits
+from resnetlab.engine.loop import InferenceModel, class_logits, padded
 from resnetlab.engine.precision import resolve_device
 from resnetlab.engine.state_dicts import read_weights
 from resnetlab.engine.weights import checkpoint_network, load_pretrained, source_preprocessing
@@ -39,6 +39,15 @@ class Predictor:
         self.device = torch.device("cpu") if isinstance(network, OnnxNetwork) else device
         self.network = network.to(self.device).eval()
         self._normalise = input_preprocessing(header)
+        self._compiled: InferenceModel | None = None
+
+    def compile(self) -> Predictor:
+        """Compile the network with freezing (``InferenceModel``), which pays over many
+        predictions; batches are then padded to one size. Returns the predictor."""
+        if isinstance(self.network, OnnxNetwork):
+            raise ResnetlabError("an ONNX network runs in onnxruntime: it is not compiled")
+        self._compiled = InferenceModel(self.network, compile=True)
+        return self
 
     @property
     def model(self) -> nn.Module | None:
@@ -89,7 +98,13 @@ class Predictor:
     @torch.inference_mode()
     def _outputs(self, x: Tensor) -> Tensor:
         """The network's outputs for a batch of raw inputs, ``_BATCH`` at a time."""
-        return torch.cat([self.network(self.preprocess(b)).float().cpu() for b in x.split(_BATCH)])
+        forward, size, outputs = self._compiled or self.network, min(len(x), _BATCH), []
+        for batch in x.split(_BATCH):
+            inputs = self.preprocess(batch)
+            if self._compiled is not None:  # a compiled network takes one batch size
+                inputs = padded(inputs, size)
+            outputs.append(forward(inputs)[: len(batch)].float().cpu())
+        return torch.cat(outputs)
 
     def predict(self, inputs: Any, topk: int = 5) -> list[dict[str, Any]]:
         """For each input, the ``topk`` classes with their probabilities (``value``s for
