@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from resnetlab.commands.train import train
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.training import TrainResult
 
-torch.set_num_threads(2)
+# two threads for one test process; one each when pytest-xdist runs two (`make test`)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True)

@@ -88,12 +88,14 @@ def test_predict_compiled_gives_the_eager_answers(
         )
 
 
-def test_auto_compiles_only_long_image_runs() -> None:
-    assert should_compile("auto", "image", steps=5000)
-    assert not should_compile("auto", "image", steps=100)  # compiling would not pay back
-    assert not should_compile("auto", "tabular", steps=10**6)  # tiny nets stay eager
-    assert should_compile("auto", "image")  # evaluation of an image set
-    assert should_compile("on", "tabular", steps=1) and not should_compile("off", "image")
+def test_auto_compiles_only_long_image_training_on_a_gpu() -> None:
+    gpu = torch.device("cuda")
+    assert should_compile("auto", "image", gpu, steps=5000)
+    assert not should_compile("auto", "image", gpu, steps=100)  # compiling would not pay back
+    assert not should_compile("auto", "tabular", gpu, steps=10**6)  # tiny nets stay eager
+    assert not should_compile("auto", "image", CPU, steps=10**6)  # measured: no gain on CPUs
+    assert not should_compile("auto", "image", gpu)  # inference
+    assert should_compile("on", "tabular", CPU, steps=1) and not should_compile("off", "image", gpu)
 
 
 TABLE = [

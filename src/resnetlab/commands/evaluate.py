@@ -86,7 +86,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         result = evaluate_model(
             model, dataset, bundle.classes, precision, normalize, cfg.batch_size, cfg.workers,
             tta=cfg.tta == "flip",
-            compile=not exported and should_compile(cfg.compile, bundle.kind),
+            compile=not exported and should_compile(cfg.compile, bundle.kind, precision.device),
         )  # fmt: skip
     result.update(source, split=split)
     return result

@@ -22,6 +22,7 @@ def predict_inputs(
     probabilities (regression: the predicted ``value``), using the checkpoint's own
     preprocessing. ``checkpoint`` may also be an exported ``.onnx`` or ``.pt2`` file."""
     predictor = load(checkpoint, device=device)
-    if not is_exported(checkpoint) and should_compile(compile, predictor.header["data_kind"]):
+    kind = predictor.header["data_kind"]
+    if not is_exported(checkpoint) and should_compile(compile, kind, predictor.device):
         predictor.compile()
     return predictor.predict(inputs, topk=topk)

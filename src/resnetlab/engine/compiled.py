@@ -77,9 +77,12 @@ def _cache_hits() -> int:
     return int(counters["inductor"]["fxgraph_cache_hit"])
 
 
-def should_compile(setting: str, kind: str, steps: int | None = None) -> bool:
+def should_compile(setting: str, kind: str, device: torch.device, steps: int | None = None) -> bool:
     """Resolve ``--compile``: ``on``/``off`` as given; ``auto`` (``AUTO_RULE``) compiles image
-    work only, and training only when it is at least ``AUTO_MIN_STEPS`` steps long."""
+    training of at least ``AUTO_MIN_STEPS`` steps on a GPU, and nothing else (``steps`` None:
+    inference)."""
     if setting != "auto":
         return setting == "on"
-    return kind == "image" and (steps is None or steps >= AUTO_MIN_STEPS)
+    return (
+        device.type == "cuda" and kind == "image" and steps is not None and steps >= AUTO_MIN_STEPS
+    )

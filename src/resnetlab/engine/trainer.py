@@ -142,7 +142,8 @@ class Trainer:
         self.bad_epochs = 0  # epochs since the best one (early stopping)
         self.skipped_steps, self.elapsed_before = 0, 0.0
         self.stops = StopRequests()
-        self.compiled = should_compile(cfg.compile, bundle.kind, self.total_steps(cfg.epochs, 0))
+        steps = self.total_steps(cfg.epochs, 0)
+        self.compiled = should_compile(cfg.compile, bundle.kind, self.precision.device, steps)
         self.phase: _Phase | None = None
         self.pending = resume
         if resume is not None:
