@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/resnetlab train --model resnet20 --data mnist5k --epochs 12 --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
