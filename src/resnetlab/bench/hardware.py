@@ -25,16 +25,16 @@ def matmul_tflops(
     dtype: torch.dtype, device: torch.device, largest: int = 2048, seconds: float = 1.0
 ) -> float:
     """Measured TFLOP/s of square matmuls in ``dtype`` (2 FLOPs per multiply-add): the best
-    of repeated timings over about ``seconds``, at the largest size up to ``largest`` whose
-    product takes under 0.2 s (a CPU without native bf16 is slow at it)."""
+    of at least three timings and about ``seconds`` of them, at the largest size up to
+    ``largest`` whose product takes under 0.05 s (a CPU without native bf16 is slow at it)."""
     size, elapsed = 256, 0.0
     while size < largest and elapsed < 0.05:
         size *= 2
         elapsed = _time_matmul(size, dtype, device)
-    best, spent = elapsed, elapsed
-    while spent < seconds and elapsed < 0.2:
+    best, spent, runs = elapsed, elapsed, 1
+    while spent < seconds or runs < 3:
         elapsed = _time_matmul(size, dtype, device)
-        best, spent = min(best, elapsed), spent + elapsed
+        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
     return 2 * size**3 / best / 1e12
 
 
