@@ -122,11 +122,6 @@ def _repeat(step: Callable[[], None], times: int) -> Callable[[], None]:
     return run
 
 
-def _user_bf16(device: torch.device) -> bool:
-    """Whether a user would turn bf16 autocast on: where the hardware runs it natively."""
-    return bf16_supported(device)
-
-
 def training_rows(
     work: Workload, loops: ModuleType | None, compile: bool, report: Callable[[str], None]
 ) -> list[Row]:
@@ -138,7 +133,7 @@ def training_rows(
         model, which = work.user_model()
         seed = loops.seed_style_step(model.to(work.device), x, y, MEAN, STD)
         rows.append(Row("seed-style", f"{which}, fp32 NCHW eager", "fp32", seed, work.batch))
-        bf16 = _user_bf16(work.device)
+        bf16 = bf16_supported(work.device)  # a user turns it on where it is native
         model, which = work.user_model()
         user = loops.user_train_step(model.to(work.device), x, y, MEAN, STD, bf16=bf16)
         label = "bf16" if bf16 else "fp32"
@@ -200,7 +195,7 @@ def inference_rows(
             model.to(work.device), x, MEAN, STD, bf16=False, channels_last=False
         )
         rows.append(Row("seed-style", f"{which}, fp32 NCHW eager", "fp32", plain, work.batch))
-        bf16 = _user_bf16(work.device)
+        bf16 = bf16_supported(work.device)  # a user turns it on where it is native
         model, which = work.user_model()
         user = loops.user_infer_step(model.to(work.device), x, MEAN, STD, bf16=bf16)
         label = "bf16" if bf16 else "fp32"

@@ -26,12 +26,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime"
 
 
-def use_inductor_cache() -> Path:
-    """Inductor's cache folder: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else resnetlab's."""
-    folder = os.environ.setdefault(
-        "TORCHINDUCTOR_CACHE_DIR", str(Path(default_cache_dir()) / "inductor")
-    )
-    return Path(folder)
+def use_inductor_cache() -> None:
+    """Point Inductor's cache at resnetlab's cache folder, unless $TORCHINDUCTOR_CACHE_DIR
+    says where it is."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(default_cache_dir()) / "inductor"))
 
 
 def compile_static(fn: F) -> F:
