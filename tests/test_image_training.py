@@ -106,6 +106,7 @@ def test_recipe_sets_defaults_and_flags_override(tmp_path: Path) -> None:
                 "1",
                 "--limit-steps",
                 "1",
+                "--no-decay-norm-and-bias",
                 "--out",
                 str(tmp_path / "run"),
                 "--quiet",
@@ -117,6 +118,7 @@ def test_recipe_sets_defaults_and_flags_override(tmp_path: Path) -> None:
     assert config["weight_decay"] == 1e-4 and config["schedule"] == "step"
     assert config["crop_padding"] == 4 and config["flip"] is True
     assert config["epochs"] == 1 and config["limit_steps"] == 1  # flags beat the recipe
+    assert config["decay_norm_and_bias"] is False  # and so does a recipe's on/off switch
 
 
 def test_a_tiny_folder_run_learns_with_batch_augmentation(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from resnetlab.cli.common import add_runtime_flags
+from resnetlab.engine.config import SCHEDULES
 from resnetlab.experiments.config import (
     FAST,
     FULL,
@@ -111,6 +112,10 @@ def _register_degradation(experiments: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--warmup-epochs", type=float, help=f"linear lr warmup (default: {FULL.warmup_epochs:g})"
     )
+    p.add_argument(
+        "--schedule", choices=SCHEDULES,
+        help=f"lr schedule (default: {FULL.schedule}, the paper's; {FAST.schedule} with --fast)",
+    )  # fmt: skip
     p.add_argument(
         "--zero-init-residual", action=argparse.BooleanOptionalAction,
         help="start each residual branch at zero (default: off, on with --fast)",

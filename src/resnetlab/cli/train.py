@@ -59,11 +59,11 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=default("optimizer"))
     p.add_argument("--lr", type=float, default=default("lr"), help="peak learning rate")
     p.add_argument("--momentum", type=float, default=default("momentum"))
-    p.add_argument("--nesterov", action="store_true", default=default("nesterov"))
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=default("nesterov"))
     p.add_argument("--weight-decay", type=float, default=default("weight_decay"))
     p.add_argument(
         "--decay-norm-and-bias",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=default("decay_norm_and_bias"),
         help="also apply weight decay to norm weights and biases",
     )
@@ -136,13 +136,13 @@ def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -
     g.add_argument("--padding-mode", choices=PADDING_MODES, default=default("padding_mode"))
     g.add_argument(
         "--flip",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=default("flip"),
         help="random horizontal flips (streaming: RandomResizedCrop + flip)",
     )
     g.add_argument(
         "--flip-alternate",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=default("flip_alternate"),
         help="flip each image in alternate epochs instead of at random",
     )

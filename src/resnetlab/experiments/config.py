@@ -42,12 +42,14 @@ class Preset:
     augment: bool  # the paper's 4-pixel padded crops and horizontal flips
     warmup_epochs: float  # linear lr warmup
     zero_init_residual: bool  # ResNets start with each residual branch's last BN at zero
+    schedule: str  # lr schedule (engine.optim.lr_factor): "step" is the paper's
 
 
 # The paper's schedule and data (sec. 4.2), on a GPU about an hour per network.
 FULL = Preset(
     subset=None, val_subset=None, image_size=None, batch_size=PAPER["batch_size"], epochs=None,
     iterations=PAPER["limit_steps"], augment=True, warmup_epochs=0.0, zero_init_residual=False,
+    schedule=PAPER["schedule"],
 )  # fmt: skip
 # 2,041 iterations for each of 8 networks in under 20 minutes on two CPU cores: 10,000 images
 # at 16x16 (a quarter of the arithmetic), batch 64, no augmentation, so that each network
@@ -60,6 +62,7 @@ FULL = Preset(
 FAST = Preset(
     subset=10_000, val_subset=1_000, image_size=16, batch_size=64, epochs=13, iterations=None,
     augment=False, warmup_epochs=1.0, zero_init_residual=True,
+    schedule=PAPER["schedule"],
 )  # fmt: skip
 
 
@@ -81,6 +84,7 @@ class DegradationConfig:
     augment: bool | None = None
     warmup_epochs: float | None = None
     zero_init_residual: bool | None = None
+    schedule: str | None = None
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"

@@ -209,6 +209,7 @@ def _train_network(
         "crop_padding": PAPER["crop_padding"] if cfg.augment else 0,
         "flip": cfg.augment,
         "warmup_epochs": cfg.warmup_epochs,
+        "schedule": cfg.schedule,
     }
     residual = describe_network(name)[0] == "residual"
     train_cfg = TrainConfig(

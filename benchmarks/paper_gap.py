@@ -1,0 +1,190 @@
+"""Where do resnet20's points go? The paper recipe's gap (87.8% here, 91.25% in He et al. 2015)
+measured with a short protocol, one factor at a time.
+
+Protocol: resnet20, ``--recipe paper`` shortened to ``--epochs`` (default 40; the lr still
+drops at 50% and 75% of the run), 45k/5k split, seeds 0 and 1; the score is the validation
+accuracy after the last epoch (the paper reports its final network, not the best epoch).
+Each factor changes one thing against ``baseline``:
+
+    python benchmarks/paper_gap.py --factors baseline jpeg50 --seeds 0 1
+    python benchmarks/paper_gap.py --report          # the table from the runs so far
+
+A run that stops (crash, end of a session) is resumed bit for bit on the next call
+(`resnetlab train --resume`); finished runs are skipped. JPEG factors re-encode the folder
+once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``; the accuracy at
+qualities 75 (the folder as it is), 50, 30 and 15 is extrapolated linearly to quality 100.
+Results: ``--out``/paper_gap.json and paper_gap.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from resnetlab.engine.files import write_atomically
+from resnetlab.engine.state import STATE_FILE
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train"
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One change against the baseline protocol."""
+
+    what: str
+    flags: tuple[str, ...] = ()
+    quality: int | None = None  # re-encode the folder at this JPEG quality
+
+
+FACTORS = {
+    "baseline": Factor("the paper recipe, shortened; precision as the CPU allows"),
+    "fp32": Factor("fp32 throughout (no bf16 autocast)", ("--precision", "fp32")),
+    "bf16": Factor("bf16 autocast (needs a CPU with native bf16)", ("--precision", "bf16")),
+    "jpeg50": Factor("the folder re-encoded at JPEG quality 50", quality=50),
+    "jpeg30": Factor("the folder re-encoded at JPEG quality 30", quality=30),
+    "jpeg15": Factor("the folder re-encoded at JPEG quality 15", quality=15),
+    "no-bn-decay": Factor("no weight decay on BN and biases", ("--no-decay-norm-and-bias",)),
+    "reflect-pad": Factor("crops from reflect-padded images", ("--padding-mode", "reflect")),
+    "zero-init": Factor(
+        "residual branches start at zero", ("--model-option", "zero_init_residual=true")
+    ),
+}  # fmt: skip
+
+
+def reencoded(source: Path, quality: int, out: Path) -> Path:
+    """``source`` re-encoded at JPEG ``quality`` under ``out`` (made once, renamed into place
+    when complete)."""
+    target = out / f"data-q{quality}"
+    if target.exists():
+        return target
+    partial = out / f"data-q{quality}.partial"
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            dest = (partial / path.relative_to(source)).with_suffix(".jpg")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(path) as image:
+                image.convert("RGB").save(dest, quality=quality, subsampling="4:2:0")
+    partial.rename(target)
+    return target
+
+
+def run_dir(out: Path, factor: str, seed: int) -> Path:
+    return out / f"{factor}-seed{seed}"
+
+
+def finished(path: Path) -> bool:
+    return (path / "confusion.json").exists()
+
+
+def train(factor: str, seed: int, args: argparse.Namespace) -> None:
+    """Start, resume or skip one run."""
+    path = run_dir(args.out, factor, seed)
+    if finished(path):
+        return
+    command = [sys.executable, "-m", "resnetlab", "train"]
+    if (path / STATE_FILE).exists():
+        command += ["--resume", str(path)]
+    else:
+        spec = FACTORS[factor]
+        data = reencoded(args.data, spec.quality, args.out) if spec.quality else args.data
+        command += [
+            "--model", "resnet20", "--data", str(data), "--recipe", "paper",
+            "--epochs", str(args.epochs), "--seed", str(seed), "--out", str(path), "--quiet",
+            *spec.flags,
+        ]  # fmt: skip
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def final_accuracy(path: Path) -> float | None:
+    """Validation accuracy after the last epoch of a finished run."""
+    if not finished(path):
+        return None
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["val_acc"]
+
+
+def report(args: argparse.Namespace) -> dict:
+    """Each factor's final accuracies per seed, their mean, and the change against baseline."""
+    rows = {}
+    for factor in FACTORS:
+        scores = {
+            seed: acc
+            for seed in args.seeds
+            if (acc := final_accuracy(run_dir(args.out, factor, seed))) is not None
+        }
+        if scores:
+            rows[factor] = {"seeds": scores, "mean": statistics.fmean(scores.values())}
+    base = rows.get("baseline", {}).get("mean")
+    for row in rows.values():
+        row["delta"] = None if base is None else row["mean"] - base
+    qualities = [(75, base)] + [
+        (FACTORS[f].quality, rows[f]["mean"]) for f in rows if FACTORS[f].quality
+    ]
+    extrapolated = None
+    if base is not None and len(qualities) >= 3:
+        slope, intercept = np.polyfit(*zip(*qualities, strict=True), 1)
+        extrapolated = {"quality100": float(slope * 100 + intercept), "per_quality_point": slope}
+    return {
+        "protocol": f"resnet20, --recipe paper --epochs {args.epochs}, final-epoch val accuracy",
+        "machine": platform.processor() or platform.machine(),
+        "factors": rows,
+        "jpeg_extrapolation": extrapolated,
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Protocol: {result['protocol']}.",
+        "",
+        "| factor | what | seeds | mean | vs baseline |",
+        "|---|---|---|---|---|",
+    ]
+    for factor, row in result["factors"].items():
+        seeds = ", ".join(f"{acc:.2f}" for acc in row["seeds"].values())
+        delta = "" if row["delta"] is None else f"{row['delta']:+.2f}"
+        lines.append(
+            f"| {factor} | {FACTORS[factor].what} | {seeds} | {row['mean']:.2f} | {delta} |"
+        )
+    if extrapolated := result["jpeg_extrapolation"]:
+        lines += ["", f"JPEG quality 100, extrapolated: {extrapolated['quality100']:.2f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--factors", nargs="+", choices=FACTORS, default=["baseline"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_gap"))
+    parser.add_argument("--report", action="store_true", help="only write the table")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        for factor in args.factors:
+            for seed in args.seeds:
+                train(factor, seed, args)
+    result = report(args)
+    write_atomically(
+        args.out / "paper_gap.json",
+        lambda f: f.write(json.dumps(result, indent=2).encode()),
+        "the results",
+    )
+    write_atomically(
+        args.out / "paper_gap.md", lambda f: f.write(markdown(result).encode()), "the table"
+    )
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
