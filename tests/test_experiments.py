@@ -106,7 +106,7 @@ def test_verdict_reproduced_when_plain_degrades_and_resnet_improves() -> None:
     assert verdict.reproduced is True
     assert verdict.line == (
         "Degradation reproduced: final training error plain56 30.0% > plain20 20.0% "
-        "(expected >), resnet56 10.0% < resnet20 15.0% (expected <)."
+        "(+10.0 points, expected >), resnet56 10.0% < resnet20 15.0% (-5.0 points, expected <)."
     )
 
 

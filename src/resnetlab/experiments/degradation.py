@@ -88,7 +88,8 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
     """Compare the final training errors of the shallowest and deepest network of each kind.
 
     Reproduced when the deepest plain network ends with a higher training error than the
-    shallowest one, and the deepest residual network with a lower one (He et al. 2015, Fig. 6).
+    shallowest one, and the deepest residual network with a lower one (He et al. 2015, Fig. 6);
+    the line gives both margins in points of training error.
     """
     final = {name: final_train_error(h) for name, h in histories.items() if h}
     by_family: dict[str, list[tuple[int, str]]] = {"plain": [], "residual": []}
@@ -103,7 +104,10 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
         (_, shallow), (_, deep) = min(by_family[family]), max(by_family[family])
         gap = final[deep] - final[shallow]
         sign = ">" if gap > 0 else "<" if gap < 0 else "="
-        return gap, f"{deep} {final[deep]:.1f}% {sign} {shallow} {final[shallow]:.1f}%"
+        return gap, (
+            f"{deep} {final[deep]:.1f}% {sign} {shallow} {final[shallow]:.1f}% "
+            f"({gap:+.1f} points"
+        )
 
     plain_gap, plain_text = compare("plain")
     residual_gap, residual_text = compare("residual")
@@ -111,7 +115,7 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
     return Verdict(
         reproduced,
         f"Degradation {'reproduced' if reproduced else 'not reproduced'}: final training error "
-        f"{plain_text} (expected >), {residual_text} (expected <).",
+        f"{plain_text}, expected >), {residual_text}, expected <).",
     )
 
 
