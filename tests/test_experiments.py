@@ -27,7 +27,7 @@ from resnetlab.experiments.case_study import (
     statement,
 )
 from resnetlab.experiments.config import FAST, FULL, DegradationConfig
-from resnetlab.experiments.degradation import degradation_verdict
+from resnetlab.experiments.degradation import degradation_verdict, recipe_line
 from resnetlab.experiments.gradients import first_last_ratio, layer_gradient_norms
 from resnetlab.experiments.paper import compare_with_paper, format_comparison, macs_v1
 from resnetlab.models import create_model
@@ -269,3 +269,10 @@ def test_v1_bottleneck_count_explains_the_paper() -> None:
     text = format_comparison(rows)
     assert "3.86G" in text and "+7.6%" in text
     assert "[1] The paper prints" in text and "[2] resnetlab's ResNet-50/101/152" in text
+
+
+def test_recipe_line_names_the_schedule() -> None:
+    paper = recipe_line(DegradationConfig(fast=True).resolved(), 2041)
+    assert "lr / 10 at 50% and 75% over 2041 iterations" in paper
+    onecycle = recipe_line(DegradationConfig(fast=True, schedule="onecycle").resolved(), 300)
+    assert "one-cycle lr" in onecycle and "lr / 10" not in onecycle

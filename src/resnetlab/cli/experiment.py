@@ -17,6 +17,7 @@ from resnetlab.experiments.config import (
     CaseStudyConfig,
     DegradationConfig,
     GradientConfig,
+    Preset,
     VideoConfig,
 )
 
@@ -70,14 +71,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _add_networks(p: argparse.ArgumentParser, depths: tuple[int, ...]) -> None:
+def _depths(source: Preset | GradientConfig) -> str:
+    return " ".join(map(str, source.depths))
+
+
+def _add_networks(p: argparse.ArgumentParser, depths: tuple[int, ...] | None, shown: str) -> None:
+    """``--networks`` and ``--depths`` (default ``depths``, described as ``shown``)."""
     p.add_argument(
         "--networks", nargs="+", default=(), metavar="NAME",
         help="CIFAR networks to compare, e.g. plain20 resnet20 (default: from --depths)",
     )  # fmt: skip
     p.add_argument(
         "--depths", nargs="+", type=int, default=depths, metavar="N",
-        help=f"train plain<N> and resnet<N> for each N (default: {' '.join(map(str, depths))})",
+        help=f"train plain<N> and resnet<N> for each N (default: {shown})",
     )  # fmt: skip
 
 
@@ -96,7 +102,7 @@ def _register_degradation(experiments: argparse._SubParsersAction) -> None:
         f"{FAST.image_size}x{FAST.image_size}, {FAST.epochs} epochs: under 20 minutes on two "
         "CPU cores",
     )  # fmt: skip
-    _add_networks(p, d.depths)
+    _add_networks(p, None, f"{_depths(FULL)}; {_depths(FAST)} with --fast")
     p.add_argument("--subset", type=int, help="training images (stratified, seeded)")
     p.add_argument("--val-subset", type=int, help="validation images (stratified, seeded)")
     p.add_argument("--image-size", type=int, help="resize images to N x N")
@@ -134,7 +140,7 @@ def _register_gradients(experiments: argparse._SubParsersAction) -> None:
         "networks on one fixed batch; write gradients.png/.md/.json.",
     )
     p.add_argument("--data", default=d.data, help="image data (default: %(default)s)")
-    _add_networks(p, d.depths)
+    _add_networks(p, d.depths, _depths(d))
     p.add_argument(
         "--steps", type=int, default=d.steps, help="SGD steps before the second look (%(default)s)"
     )

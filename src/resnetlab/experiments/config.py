@@ -33,6 +33,7 @@ def _check_positive(values: Sequence[tuple[str, int | None]]) -> None:
 class Preset:
     """What a degradation mode uses for the settings the user leaves unset."""
 
+    depths: tuple[int, ...]  # plain<d> and resnet<d> for each depth d
     subset: int | None  # training images (None: all)
     val_subset: int | None  # validation images (None: all)
     image_size: int | None  # side the images are resized to (None: as they are)
@@ -47,9 +48,9 @@ class Preset:
 
 # The paper's schedule and data (sec. 4.2), on a GPU about an hour per network.
 FULL = Preset(
-    subset=None, val_subset=None, image_size=None, batch_size=PAPER["batch_size"], epochs=None,
-    iterations=PAPER["limit_steps"], augment=True, warmup_epochs=0.0, zero_init_residual=False,
-    schedule=PAPER["schedule"],
+    depths=(20, 32, 44, 56), subset=None, val_subset=None, image_size=None,
+    batch_size=PAPER["batch_size"], epochs=None, iterations=PAPER["limit_steps"], augment=True,
+    warmup_epochs=0.0, zero_init_residual=False, schedule=PAPER["schedule"],
 )  # fmt: skip
 # 2,041 iterations for each of 8 networks in under 20 minutes on two CPU cores: 10,000 images
 # at 16x16 (a quarter of the arithmetic), batch 64, no augmentation, so that each network
@@ -60,8 +61,8 @@ FULL = Preset(
 # a shallow network: ResNet-56 21.9% against ResNet-20 24.3%. A one-epoch warmup eases the
 # first steps at lr 0.1 (the paper warms up its deepest network the same way, sec. 4.2).
 FAST = Preset(
-    subset=10_000, val_subset=1_000, image_size=16, batch_size=64, epochs=13, iterations=None,
-    augment=False, warmup_epochs=1.0, zero_init_residual=True,
+    depths=(20, 32, 44, 56), subset=10_000, val_subset=1_000, image_size=16, batch_size=64,
+    epochs=13, iterations=None, augment=False, warmup_epochs=1.0, zero_init_residual=True,
     schedule=PAPER["schedule"],
 )  # fmt: skip
 
@@ -73,7 +74,7 @@ class DegradationConfig:
 
     data: str = str(DEFAULT_DATA)
     networks: tuple[str, ...] = ()  # empty: plain<d> and resnet<d> for each of ``depths``
-    depths: tuple[int, ...] = (20, 32, 44, 56)
+    depths: tuple[int, ...] | None = None
     fast: bool = False
     subset: int | None = None
     val_subset: int | None = None
@@ -102,7 +103,8 @@ class DegradationConfig:
         if self.epochs is not None or self.iterations is not None:
             unset.pop("epochs", None)
             unset.pop("iterations", None)
-        return replace(self, networks=tuple(self.networks) or networks_for(self.depths), **unset)
+        resolved = replace(self, **unset)
+        return replace(resolved, networks=tuple(self.networks) or networks_for(resolved.depths))
 
     def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid setting."""

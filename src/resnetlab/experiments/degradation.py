@@ -105,8 +105,7 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
         gap = final[deep] - final[shallow]
         sign = ">" if gap > 0 else "<" if gap < 0 else "="
         return gap, (
-            f"{deep} {final[deep]:.1f}% {sign} {shallow} {final[shallow]:.1f}% "
-            f"({gap:+.1f} points"
+            f"{deep} {final[deep]:.1f}% {sign} {shallow} {final[shallow]:.1f}% ({gap:+.1f} points"
         )
 
     plain_gap, plain_text = compare("plain")
@@ -232,10 +231,16 @@ def recipe_line(cfg: DegradationConfig, steps: int) -> str:
     augment = "4-pixel padded crops and flips" if cfg.augment else "no augmentation"
     warmup = f" after a {cfg.warmup_epochs:g}-epoch linear warmup" if cfg.warmup_epochs else ""
     zero_init = "; ResNets' residual branches start at zero" if cfg.zero_init_residual else ""
+    schedule = {
+        "step": "lr / 10 at 50% and 75%",
+        "onecycle": "one-cycle lr (peak after the warmup, then a cosine to zero)",
+        "cosine": "lr on a cosine to zero",
+        "constant": "constant lr",
+    }[cfg.schedule]
     return (
         f"SGD lr {PAPER['lr']:g}, momentum {PAPER['momentum']:g}, weight decay "
-        f"{PAPER['weight_decay']:g} (all parameters), batch {cfg.batch_size}; lr / 10 at 50% "
-        f"and 75% of {iterations} iterations{warmup}; {augment}{zero_init}"
+        f"{PAPER['weight_decay']:g} (all parameters), batch {cfg.batch_size}; {schedule} "
+        f"over {iterations} iterations{warmup}; {augment}{zero_init}"
     )
 
 
