@@ -137,14 +137,15 @@ def budget_run(val_batches: int = 2, average: bool = True, tta: str | None = "fl
     )
 
 
-def test_the_budget_buys_whole_epochs_after_compiling_and_the_final_evaluation() -> None:
+def test_the_budget_buys_steps_after_compiling_validation_and_the_final_evaluation() -> None:
     speed = Speed(first_step_s=31.0, step_s=1.0, eval_batch_s=0.5)
     # an epoch: 10 steps + (2 validation + 4 BatchNorm batches) x 0.5 s = 13 s; compiling
     # 30 s; final TTA 2 x 2 x 0.5 = 2 s
-    seconds = (MARGIN_S + 30 + 2 + 7 * 13 + 1) / (1 - MARGIN_SHARE)
-    assert fit_length(budget_run(), speed, seconds) == Length(7, None)
-    short = (MARGIN_S + 30 + 2 + 3 + 4.5) / (1 - MARGIN_SHARE)  # 3 s of validation, 4.5 steps
-    assert fit_length(budget_run(), speed, short) == Length(1, 4)
+    whole = (MARGIN_S + 30 + 2 + 7 * 13) / (1 - MARGIN_SHARE)
+    assert fit_length(budget_run(), speed, whole) == Length(7, None)
+    cut = (MARGIN_S + 30 + 2 + 7 * 13 + 3 + 4.5) / (1 - MARGIN_SHARE)  # 8th: 3 s + 4.5 steps
+    assert fit_length(budget_run(), speed, cut) == Length(8, 74)
+    assert fit_length(budget_run(), speed, 1.0) == Length(1, 1)
 
 
 @pytest.mark.parametrize(

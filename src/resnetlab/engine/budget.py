@@ -81,10 +81,11 @@ def _timed(work: Callable[[], object], trainer: Trainer) -> float:
 
 
 def fit_length(trainer: Trainer, speed: Speed, seconds: float) -> Length:
-    """The most epochs of ``trainer``'s run, each with its validation, that end within
-    ``seconds`` together with compiling, the final (TTA) evaluation and a margin; when not one
-    epoch fits, one epoch cut to the steps that do (at least one)."""
+    """The most steps of ``trainer``'s run that end within ``seconds`` together with each
+    epoch's validation, compiling, the final (TTA) evaluation and a margin (at least one):
+    whole epochs, the last one cut short by ``limit_steps`` where the budget ends within it."""
     cfg = trainer.cfg
+    per_epoch = trainer.steps_per_epoch
     val_batches = 0 if trainer.val_loader is None else len(trainer.val_loader)
     # BatchNorm recomputation: forward passes of training batches, half an evaluation batch each
     bn_batches = 0 if trainer.average is None else BN_SAMPLES / (2 * trainer.order.batch_size)
@@ -92,13 +93,13 @@ def fit_length(trainer: Trainer, speed: Speed, seconds: float) -> Length:
     final_s = val_batches * speed.eval_batch_s * (2 if cfg.tta == "flip" else 1)
     compile_s = max(0.0, speed.first_step_s - speed.step_s)
     left = seconds * (1 - MARGIN_SHARE) - MARGIN_S - compile_s - final_s
-    epoch_s = trainer.steps_per_epoch * speed.step_s + eval_epoch_s
-    epochs = math.floor(left / epoch_s) if left > 0 else 0
-    limit = cfg.limit_steps
-    if epochs >= 1:
-        return Length(epochs, limit)
-    steps = max(1, math.floor((left - eval_epoch_s) / speed.step_s))
-    return Length(1, steps if limit is None else min(limit, steps))
+    epochs = max(1, math.ceil(left / (per_epoch * speed.step_s + eval_epoch_s)))
+    steps = max(1, math.floor((left - epochs * eval_epoch_s) / speed.step_s))
+    if cfg.limit_steps is not None:
+        steps = min(steps, cfg.limit_steps)
+    epochs = max(1, math.ceil(steps / per_epoch))
+    whole = steps == epochs * per_epoch and cfg.limit_steps is None
+    return Length(epochs, None if whole else steps)
 
 
 def fit_to_budget(trainer: Trainer, seconds: float) -> Length:
