@@ -23,6 +23,7 @@ RECIPE = [
     "train", "--recipe", "speedrun", "--batch-size", "8", "--lr", "0.05", "--val-fraction",
     "0.2", "--quiet",
 ]  # fmt: skip
+RESUMABLE = ["--epochs", "2", "--save-every", "3"]  # the state saved within epochs too
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +46,11 @@ def test_the_whitening_stem_decorrelates_the_patches() -> None:
     assert not model.whiten.weight.requires_grad
 
 
-def test_the_recipe_trains_end_to_end_and_plots_accuracy_against_time(
-    folder: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
-    assert main([*RECIPE, "--data", str(folder), "--epochs", "3", "--out", str(out)]) == 0
-    config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["model"] == "speedrun" and config["ema"] == 0.98 and config["tta"] == "flip"
-    metrics = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert metrics[-1]["val_acc"] >= 80.0  # stripes: learnt in a few steps
-    assert (out / "time_to_accuracy.png").stat().st_size > 10_000
-
-
-def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
-    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def recipe_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A 2-epoch run of the recipe, its trainer and its trained (not averaged) weights as
+    they were before the final evaluation."""
+    out = tmp_path_factory.mktemp("speedrun") / "run"
     seen: dict[str, object] = {}
     finish = Trainer.finish
 
@@ -69,15 +59,32 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
         seen["trained"] = {k: v.clone() for k, v in self.model.state_dict().items()}
         return finish(self, title)
 
-    monkeypatch.setattr(Trainer, "finish", keep_then_finish)
-    out = tmp_path / "run"
-    argv = [*RECIPE, "--data", str(folder), "--epochs", "2", "--ema", "0.5", "--out", str(out)]
-    assert main(argv) == 0
-    trainer = seen["trainer"]
-    assert isinstance(trainer, Trainer) and trainer.average is not None
-    last = load_file(out / "last.safetensors")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "finish", keep_then_finish)
+        assert main([*RECIPE, "--data", str(folder), *RESUMABLE, "--out", str(out)]) == 0
+    return SimpleNamespace(out=out, **seen)
+
+
+def test_the_recipe_trains_end_to_end_and_plots_accuracy_against_time(
+    recipe_run: SimpleNamespace,
+) -> None:
+    out = recipe_run.out
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"] == "speedrun" and config["ema"] == 0.98 and config["tta"] == "flip"
+    metrics = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[-1]["val_acc"] >= 80.0  # stripes: learnt in a few steps
+    assert (out / "time_to_accuracy.png").stat().st_size > 10_000
+
+
+def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
+    recipe_run: SimpleNamespace,
+) -> None:
+    trainer = recipe_run.trainer
+    assert trainer.average is not None
+    last = load_file(recipe_run.out / "last.safetensors")
     averaged = trainer.average.module.state_dict()
-    trained = seen["trained"]
+    trained = recipe_run.trained
     assert all(torch.equal(last[key], averaged[key].contiguous()) for key in last)
     conv = "layers.1.conv2.weight"
     assert not torch.equal(last[conv], trained[conv].contiguous())  # an average, not the weights
@@ -97,17 +104,16 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
 
 
 def test_a_run_with_weight_averaging_resumes_exactly(
-    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    recipe_run: SimpleNamespace, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    argv = [*RECIPE, "--data", str(folder), "--epochs", "2", "--save-every", "3"]
-    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    argv = [*RECIPE, "--data", str(folder), *RESUMABLE, "--out", str(tmp_path / "crashed")]
     crash_after_state(monkeypatch, at_step=6)  # in epoch 2
     with pytest.raises(MemoryError):
-        main([*argv, "--out", str(tmp_path / "crashed")])
+        main(argv)
     monkeypatch.undo()
     assert load_state(tmp_path / "crashed" / STATE_FILE)["averaged"]["n_averaged"] == 6
     assert main(["train", "--resume", str(tmp_path / "crashed")]) == 0
-    assert fingerprint(tmp_path / "crashed") == fingerprint(tmp_path / "whole")
+    assert fingerprint(tmp_path / "crashed") == fingerprint(recipe_run.out)
 
 
 def test_a_tiny_time_budget_cuts_the_run_and_still_writes_its_outputs(

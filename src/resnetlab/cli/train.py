@@ -362,8 +362,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--time-budget",
         type=float,
         metavar="MINUTES",
-        help="fit the run to this wall-clock time: the first steps' speed sets --epochs (and, "
-        "below one epoch, --limit-steps), written to config.yaml; wins over --epochs",
+        help="fit the whole run to this wall-clock time: the first steps' speed sets --epochs "
+        "(and --limit-steps, to cut the last epoch), written to config.yaml; wins over --epochs",
     )
     add_long_run_flags(p, TrainConfig())
     add_weights_flags(p)

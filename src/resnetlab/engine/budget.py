@@ -19,7 +19,7 @@ from resnetlab.engine.optim import build_optimizer
 from resnetlab.engine.state import capture_rng, restore_rng
 from resnetlab.engine.trainer import Trainer
 
-TIMED_STEPS = 3  # steps timed after the first one, which warms up (and compiles)
+TIMED_STEPS = 5  # steps timed after the first one, which warms up (and compiles); the median
 # Kept back for what is not measured (start-up, checkpoints, figures): seconds, and a share
 MARGIN_S, MARGIN_SHARE = 5.0, 0.03
 
