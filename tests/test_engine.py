@@ -106,6 +106,7 @@ def test_training_on_digits_learns(digits_run: TrainResult) -> None:
         "log.txt",
         "curves.png",
         "confusion.png",
+        "time_to_accuracy.png",
         "confusion.json",
         "best.safetensors",
         "last.safetensors",

@@ -38,6 +38,9 @@ PARAMS = {
     "plain56": 853_018,
     "plain110": 1_727_962,
     "resnet_tabular": 4_622,  # 220 + 880 + 3360 + 162, see test_tabular_layout
+    # stem 24x3x2x2 + 24 = 312; 3x3 convs (no bias) with BN weight and bias: 24->32->32 16,256,
+    # 32->128->128 184,832, 128->128->128 295,424; fc 128x10 + 10 = 1,290
+    "speedrun": 498_114,
 }
 # One real forward per family and block type; every model is shape-checked on the meta device.
 RUN_REAL = [
@@ -49,6 +52,7 @@ RUN_REAL = [
     "preact_resnet164",
     "resnet1d",
     "resnet_tabular",
+    "speedrun",
 ]
 
 
@@ -81,7 +85,9 @@ def test_preact_parameter_counts() -> None:
 
 def test_every_family_is_registered() -> None:
     families = {get_model_spec(name).family for name in list_models()}
-    assert families == {"imagenet", "cifar", "plain", "preact", "sequence", "tabular", "video"}
+    assert families == {
+        "imagenet", "cifar", "plain", "preact", "speedrun", "sequence", "tabular", "video",
+    }  # fmt: skip
     assert len(list_models("imagenet")) == 9
     assert list_models("plain") == ["plain20", "plain32", "plain44", "plain56", "plain110"]
 

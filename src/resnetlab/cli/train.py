@@ -76,6 +76,14 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
     p.add_argument("--warmup-epochs", type=float, default=default("warmup_epochs"))
     p.add_argument("--label-smoothing", type=float, default=default("label_smoothing"))
     p.add_argument(
+        "--ema",
+        type=float,
+        default=default("ema"),
+        metavar="DECAY",
+        help="evaluate and checkpoint an exponential moving average of the weights (this "
+        "decay per step), its BatchNorm statistics recomputed on training images",
+    )
+    p.add_argument(
         "--loss",
         choices=LOSSES,
         default=default("loss"),
@@ -124,6 +132,7 @@ def add_image_flags(p: argparse.ArgumentParser, default: Callable[[str], Any]) -
         choices=tuple(RECIPES),
         default=default("recipe"),
         help="paper = He et al. 2015 sec. 4.2; fast = best accuracy in a CPU budget; "
+        "speedrun = the speed-run network's recipe (most accuracy per second); "
         "tabular = AdamW with early stopping, the default for table files "
         "(flags given still override)",
     )
@@ -349,6 +358,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model name (default: resnet20; with --weights: the weights' own architecture)",
     )
     add_training_flags(p, TrainConfig())
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="fit the whole run to this wall-clock time: the first steps' speed sets --epochs "
+        "(and --limit-steps, to cut the last epoch), written to config.yaml; wins over --epochs",
+    )
     add_long_run_flags(p, TrainConfig())
     add_weights_flags(p)
     p.set_defaults(func=run)

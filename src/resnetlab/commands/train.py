@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
@@ -23,8 +24,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     checkpoints record its name and sha256. With ``cfg.resume`` (see ``resume_config``) it
     continues the run in that folder from its training state.
     """
+    began = time.perf_counter()
     weights = check_run(cfg)
     name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
     folder = cfg.resume or cfg.out or default_run_dir(name, cfg.data)
     with joined(cfg.device) as world, open_run_dir(folder, world) as run:
-        return train_in_run(start_run(cfg, weights), run, single_phase(cfg))
+        return train_in_run(start_run(cfg, weights), run, single_phase(cfg), began=began)

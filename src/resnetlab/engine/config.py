@@ -66,6 +66,7 @@ class TrainConfig:
     workers: int = 0
     out: str | None = None
     limit_steps: int | None = None
+    time_budget: float | None = None  # minutes: sets epochs (and limit_steps) to fit
     quiet: bool = False
     # image data: augmentation (batched on the device when cached, per image when streaming)
     crop_padding: int = 0
@@ -78,6 +79,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     tta: str | None = None
+    ema: float | None = None  # evaluate an EMA of the weights, of this decay per step
     # image folders: decode-once cache, bad files, separate split folders
     cache_dir: str | None = None
     cache_mem: float | None = None
@@ -125,6 +127,11 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
             (self.limit_steps is None or self.limit_steps >= 1, "--limit-steps must be >= 1"),
+            (
+                self.time_budget is None or 0 < self.time_budget < 1e6,
+                f"--time-budget must be a positive number of minutes (got {self.time_budget})",
+            ),
+            (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1) (got {self.ema})"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in (None, *LOSSES), f"--loss must be one of {', '.join(LOSSES)}"),

@@ -49,6 +49,30 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     _save(fig, path)
 
 
+Curve = tuple[list[float], list[float]]  # wall-clock minutes, validation accuracy (%)
+
+
+def plot_time_to_accuracy(
+    curves: dict[str, Curve], results: dict[str, tuple[float, float]], path: Path, title: str
+) -> None:
+    """Validation accuracy against wall-clock minutes, a line per run (one point per epoch),
+    each run's final result (minutes, accuracy; e.g. with flip TTA) marked with a star."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for label, (minutes, accuracy) in curves.items():
+        (line,) = ax.plot(minutes, accuracy, "o-", markersize=3, label=label)
+        if label in results:
+            at, result = results[label]
+            ax.plot([at], [result], "*", markersize=14, color=line.get_color())
+            ax.annotate(f"{result:.1f}%", (at, result), textcoords="offset points",
+                        xytext=(6, -12), color=line.get_color())  # fmt: skip
+    ax.set_xlabel("wall-clock minutes (training, validation, final evaluation)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    _save(fig, path)
+
+
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     """The confusion matrix as a heat map, with counts in each cell."""
     n = len(classes)

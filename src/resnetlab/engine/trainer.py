@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.streaming import mixup_cutmix
+from resnetlab.engine.averaging import BN_SAMPLES, WeightAverage
 from resnetlab.engine.batches import BatchOrder, TensorBatches, is_in_memory, make_loader
 from resnetlab.engine.board import open_board, write_epoch
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -35,7 +37,7 @@ from resnetlab.engine.loop import (
 )
 from resnetlab.engine.metrics import classification_report, regression_report, topk_accuracy
 from resnetlab.engine.optim import build_scheduler
-from resnetlab.engine.plots import plot_confusion, plot_curves
+from resnetlab.engine.plots import plot_confusion, plot_curves, plot_time_to_accuracy
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.engine.rundir import TIMINGS, RunDir, progress_enabled
 from resnetlab.engine.state import STATE_FILE, capture_rng, restore_rng, save_state
@@ -118,6 +120,7 @@ class Trainer:
         if cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self.precision.prepare(model)
+        self.average = None if cfg.ema is None else WeightAverage(self.model, cfg.ema)
         self.normalize = Normalizer(bundle.mean, bundle.std, bundle.input_shape)
         self.transform = batch_augment(cfg, bundle) or self.normalize
         self.step_options = StepOptions(
@@ -152,6 +155,15 @@ class Trainer:
         self.last_save = self.start
         wants_board = cfg.tensorboard and self.world.is_main
         self.board = open_board(run, len(self.history) + 1) if wants_board else None
+
+    def set_length(self, epochs: int, limit_steps: int | None) -> None:
+        """Before training: make the run ``epochs`` long, capped at ``limit_steps`` (what
+        ``--time-budget`` chose), in the config, the request that a resume or a replay repeats,
+        and the checkpoints' recipe; the budget itself is then spent."""
+        changes = {"epochs": epochs, "limit_steps": limit_steps, "time_budget": None}
+        self.cfg = replace(self.cfg, **changes)
+        self.requested = {**self.requested, **changes}
+        self.header = {**self.header, "recipe": {**self.header["recipe"], **changes}}
 
     def _train_batch_size(self) -> int:
         """``--batch-size``, or the whole training split where that is smaller (with a warning):
@@ -256,9 +268,11 @@ class Trainer:
         )  # fmt: skip
 
     def _after_step(self, tally: EpochTally) -> None:
-        """Count the step; stop on a non-finite loss, save the state when it is due, and stop
-        cleanly (state saved) when a signal asked for it."""
+        """Count the step and update the weight average; stop on a non-finite loss, save the
+        state when it is due, and stop cleanly (state saved) when a signal asked for it."""
         self.steps_done += 1
+        if self.average is not None:
+            self.average.update(self.model)
         minutes = self.cfg.save_every_minutes
         late = minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
         if self.world.distributed:  # every process stops and saves at the same step
@@ -336,14 +350,34 @@ class Trainer:
         if self.cfg.clip_grad is not None:
             record.update(tally.gradient_summary())
         self.world.average_batchnorm(self.model)  # before validation and the checkpoints
+        if self.average is not None:
+            self.average.recompute_batchnorm(self._batchnorm_inputs(), self.precision)
+            self.world.average_batchnorm(self.average.module)
         if self.val_loader is not None:
-            outputs, targets, record["val_loss"] = self._predict(self.val_loader)
+            outputs, targets, record["val_loss"] = self._predict(self.val_loader, self.evaluated)
             if self.regression:
                 report = regression_report(outputs, targets, self.bundle.target_scale)
                 record.update({f"val_{key}": report[key] for key in ("rmse", "mae", "r2")})
             else:
                 record["val_acc"] = topk_accuracy(outputs, targets, 1)
         return record
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network that validation and the checkpoints see: the weight average (``--ema``)
+        or the trained weights."""
+        return self.model if self.average is None else self.average.module
+
+    def _batchnorm_inputs(self) -> Iterator[torch.Tensor]:
+        """Model inputs of about ``BN_SAMPLES`` training images (this process's share), the
+        same in every epoch: what the weight average's BatchNorm statistics are taken from."""
+        order = BatchOrder(
+            len(self.bundle.train), self.order.batch_size, shuffle=True, seed=self.cfg.seed,
+            rank=self.world.rank, world=self.world.size,
+        )  # fmt: skip
+        batches = max(1, min(len(order), BN_SAMPLES // order.batch_size))
+        for x, _, _ in itertools.islice(make_loader(self.bundle.train, order), batches):
+            yield self.precision.batch(self.normalize(x.to(self.precision.device)))
 
     def _eval_loader(self, dataset: Dataset) -> TensorBatches | DataLoader:
         """Batches of ``dataset`` for evaluation: under ``torchrun``, of every ``size``-th
@@ -354,13 +388,13 @@ class Trainer:
         return make_loader(dataset, 2 * self.cfg.batch_size, workers=self.cfg.workers)
 
     def _predict(
-        self, loader: TensorBatches | DataLoader, tta: bool = False
+        self, loader: TensorBatches | DataLoader, model: nn.Module, tta: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Class logits and targets of every sample of an ``_eval_loader``'s dataset, and the
-        mean loss, gathered from every process: the metrics cover the whole split, not padded
-        shards."""
+        """``model``'s class logits and targets of every sample of an ``_eval_loader``'s
+        dataset, and the mean loss, gathered from every process: the metrics cover the whole
+        split, not padded shards."""
         logits, targets, loss = predict(
-            self.model, loader, self.precision, self.normalize, self.loss_fn, tta=tta,
+            model, loader, self.precision, self.normalize, self.loss_fn, tta=tta,
             regression=self.regression,
         )  # fmt: skip
         if not self.world.distributed:
@@ -386,6 +420,7 @@ class Trainer:
             "resolved": self.cfg.to_dict(),
             "header": self.header,
             "model": self.model.state_dict(),
+            "averaged": None if self.average is None else self.average.state_dict(),
             "optimizer": self.phase.optimizer.state_dict(),
             "scheduler": self.phase.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -411,6 +446,8 @@ class Trainer:
     def _restore_progress(self, state: dict[str, Any]) -> None:
         """Weights, history and counters of a resumed run (what the phases need to know)."""
         self.model.load_state_dict(state["model"])
+        if self.average is not None:
+            self.average.load_state_dict(state["averaged"])
         self.history = list(state["history"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.bad_epochs = state["bad_epochs"]
@@ -442,7 +479,7 @@ class Trainer:
             write_epoch(self.board, record)
         metrics = {key: value for key, value in record.items() if key not in TIMINGS}
         header = {**self.header, "epoch": record["epoch"], "metrics": metrics}
-        state = self.model.state_dict()
+        state = self.evaluated.state_dict()
         score = self._score(record)
         best = score > self.best_score
         if best:
@@ -474,6 +511,23 @@ class Trainer:
             return record["val_acc"]
         return -(record["val_loss"] if self.val_loader is not None else record["train_loss"])
 
+    def _plot_time_to_accuracy(self, accuracy: float, split_name: str, title: str) -> None:
+        """time_to_accuracy.png: validation accuracy per epoch against the run's wall-clock
+        time, and the final evaluation's ``accuracy`` (with TTA, if asked) at its end."""
+        curve = [(h["elapsed_s"] / 60, h["val_acc"]) for h in self.history]
+        curve = [(minutes, accuracy) for minutes, accuracy in curve if accuracy is not None]
+        if not curve:
+            return
+        label = f"{self.cfg.model}" + (f", --recipe {self.cfg.recipe}" if self.cfg.recipe else "")
+        elapsed = self.elapsed_before + time.perf_counter() - self.start
+        tta = ", flip TTA" if self.cfg.tta else ""
+        plot_time_to_accuracy(
+            {label: ([m for m, _ in curve], [a for _, a in curve])},
+            {label: (elapsed / 60, accuracy)},
+            self.run.file("time_to_accuracy.png"),
+            f"{title}: {split_name} accuracy {accuracy:.1f}% (star{tta})",
+        )
+
     def finish(self, title: str) -> dict[str, Any] | None:
         """Plot the curves, reload the best weights and test them (or validate, without a test
         split); write confusion.json/png and print the article's final accuracy line."""
@@ -489,7 +543,7 @@ class Trainer:
         best = load_checkpoint(self.run.file("best.safetensors"))[0] if self.world.is_main else None
         self.model.load_state_dict(self.world.broadcast(best))
         tta = self.cfg.tta == "flip"
-        outputs, targets, _ = self._predict(self._eval_loader(dataset), tta=tta)
+        outputs, targets, _ = self._predict(self._eval_loader(dataset), self.model, tta=tta)
         if self.regression:
             report = {
                 **regression_report(outputs, targets, self.bundle.target_scale),
@@ -506,6 +560,7 @@ class Trainer:
         if not self.world.is_main:
             return report
         self.run.write_json("confusion.json", report)
+        self._plot_time_to_accuracy(report["accuracy"], split_name, title)
         plot_confusion(
             report["confusion"], bundle.classes, self.run.file("confusion.png"),
             f"{title}, {split_name} split ({report['accuracy']:.1f}%)",

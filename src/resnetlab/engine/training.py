@@ -4,6 +4,7 @@ check the config -> load the data -> build or load the model -> train in phases 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,10 +17,13 @@ from resnetlab.data import ImageOptions, TableOptions, data_kind, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import default_cache_dir
 from resnetlab.engine.baselines import compare_with_baselines
+from resnetlab.engine.batches import BatchOrder, make_loader
 from resnetlab.engine.board import summary_writer
+from resnetlab.engine.budget import fit_to_budget
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.distributed import launched_world
 from resnetlab.engine.finetune import FinetuneConfig, Phase, fit_phases
+from resnetlab.engine.loop import Normalizer
 from resnetlab.engine.precision import Precision, resolve_device
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import STATE_FILE, load_state
@@ -197,6 +201,20 @@ def build_for_data(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
     )
 
 
+WHITEN_SAMPLES = 5000  # training images whose patch covariance sets a whitening stem
+
+
+def init_from_data(model: nn.Module, bundle: DataBundle, seed: int) -> None:
+    """Give a model that has a data-dependent init (``whiten_``, e.g. the speed-run
+    network's stem) up to ``WHITEN_SAMPLES`` normalised training images, drawn by ``seed``."""
+    whiten = getattr(model, "whiten_", None)
+    if whiten is None:
+        return
+    order = BatchOrder(len(bundle.train), WHITEN_SAMPLES, shuffle=True, seed=seed)
+    x = next(iter(make_loader(bundle.train, order)))[0]
+    whiten(Normalizer(bundle.mean, bundle.std, bundle.input_shape)(x))
+
+
 def load_for_weights(
     cfg: Config, weights: WeightsFile
 ) -> tuple[Config, DataBundle, nn.Module, LoadReport]:
@@ -286,6 +304,7 @@ def start_run(cfg: TrainConfig, weights: WeightsFile | None = None) -> Start:
     cfg = resolve_for_data(cfg, bundle)
     torch.manual_seed(cfg.seed)
     model = build_for_data(cfg, bundle)
+    init_from_data(model, bundle, cfg.seed)
     return Start(cfg, bundle, model, checkpoint_header(cfg, bundle), requested=requested)
 
 
@@ -408,10 +427,12 @@ def train_in_run(
     stage_decay: float = 1.0,
     announce_phases: bool = False,
     title: str | None = None,
+    began: float | None = None,
 ) -> TrainResult:
     """Train ``start.model`` in ``run``: config.yaml, the run's description, each phase's
     epochs with checkpoints (``announce_phases``: a line per phase), then the final
-    evaluation of the best checkpoint."""
+    evaluation of the best checkpoint. ``--time-budget`` first fits the run's length to the
+    budget left since ``began`` (a ``time.perf_counter()``; default: now)."""
     cfg, bundle = start.cfg, start.bundle
     if start.report is not None:
         run.print(start.report.summary())
@@ -419,6 +440,10 @@ def train_in_run(
         start.model, bundle, cfg, run, start.header,
         requested=start.requested, resume=start.resume,
     )  # fmt: skip
+    if cfg.time_budget is not None and start.resume is None:
+        elapsed = 0.0 if began is None else time.perf_counter() - began
+        fit_to_budget(trainer, 60 * cfg.time_budget - elapsed)
+        cfg, phases = trainer.cfg, single_phase(trainer.cfg)  # a budget is `train`'s: one phase
     run.write_config(cfg.to_dict())
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")

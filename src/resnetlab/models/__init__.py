@@ -29,6 +29,7 @@ from resnetlab.models.registry import (
 )
 from resnetlab.models.resnet import ResNet
 from resnetlab.models.sequence import Residual1dBlock, ResNet1d
+from resnetlab.models.speedrun import SpeedrunBlock, SpeedrunNet
 from resnetlab.models.tabular import TabularBlock, TabularResNet
 from resnetlab.models.video import VideoBasicBlock, VideoResNet
 
@@ -46,6 +47,8 @@ __all__ = [
     "ResNet1d",
     "Residual1dBlock",
     "ShortcutA",
+    "SpeedrunBlock",
+    "SpeedrunNet",
     "TabularBlock",
     "TabularResNet",
     "VideoBasicBlock",

@@ -17,7 +17,7 @@ class ModelSpec:
 
     name: str
     builder: Callable[..., nn.Module]
-    family: str  # "imagenet", "cifar", "plain", "preact", "sequence", "tabular" or "video"
+    family: str  # imagenet, cifar, plain, preact, speedrun, sequence, tabular or video
     input_shape: tuple[int, ...]  # default input, without batch: (C, H, W), (C, T, H, W), ...
     num_classes: int  # default number of classes
 

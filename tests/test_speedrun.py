@@ -1,0 +1,165 @@
+"""The speed-run recipe: whitening stem, weight averaging, --time-budget and the time plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from helpers import assert_one_line_error, crash_after_state, make_folder, run_cli
+from safetensors.torch import load_file
+
+from resnetlab.cli import main
+from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Speed, fit_length
+from resnetlab.engine.rundir import fingerprint
+from resnetlab.engine.state import STATE_FILE, load_state
+from resnetlab.engine.trainer import Trainer
+from resnetlab.models import create_model
+
+# 40 training images in 5 batches of 8, 10 validation images
+RECIPE = [
+    "train", "--recipe", "speedrun", "--batch-size", "8", "--lr", "0.05", "--val-fraction",
+    "0.2", "--quiet",
+]  # fmt: skip
+# 15 steps; the state saved within epochs too; an average of the last few steps
+RESUMABLE = ["--epochs", "3", "--save-every", "3", "--ema", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("data") / "stripes", per_class=25)
+
+
+def test_the_whitening_stem_decorrelates_the_patches() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(64, 3, 12, 12)
+    images[:, 1] += images[:, 0]  # correlated channels
+    images[:, :, :, 1:] += images[:, :, :, :-1].clone()  # correlated neighbours
+    model = create_model("speedrun")
+    model.whiten_(images, eps=0.0)
+    out = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # the positive half
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = torch.cov(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=1e-3)
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+    assert not model.whiten.weight.requires_grad
+
+
+@pytest.fixture(scope="module")
+def recipe_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A 3-epoch run of the recipe, its trainer and its trained (not averaged) weights as
+    they were before the final evaluation."""
+    out = tmp_path_factory.mktemp("speedrun") / "run"
+    seen: dict[str, object] = {}
+    finish = Trainer.finish
+
+    def keep_then_finish(self: Trainer, title: str) -> object:
+        seen["trainer"] = self
+        seen["trained"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return finish(self, title)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "finish", keep_then_finish)
+        assert main([*RECIPE, "--data", str(folder), *RESUMABLE, "--out", str(out)]) == 0
+    return SimpleNamespace(out=out, **seen)
+
+
+def test_the_recipe_trains_end_to_end_and_plots_accuracy_against_time(
+    recipe_run: SimpleNamespace,
+) -> None:
+    out = recipe_run.out
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"] == "speedrun" and config["ema"] == 0.5 and config["tta"] == "flip"
+    metrics = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["val_acc"] >= 80.0  # stripes: learnt in a few steps
+    assert (out / "time_to_accuracy.png").stat().st_size > 10_000
+
+
+def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
+    recipe_run: SimpleNamespace,
+) -> None:
+    trainer = recipe_run.trainer
+    assert trainer.average is not None
+    last = load_file(recipe_run.out / "last.safetensors")
+    averaged = trainer.average.module.state_dict()
+    trained = recipe_run.trained
+    assert all(torch.equal(last[key], averaged[key].contiguous()) for key in last)
+    conv = "layers.1.conv2.weight"
+    assert not torch.equal(last[conv], trained[conv].contiguous())  # an average, not the weights
+    # the first BatchNorm's mean: that of its inputs over the 5 training batches, not the
+    # running mean that training left
+    block = trainer.average.module.layers[0]
+    inputs = []
+    handle = block.bn1.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    with torch.no_grad():
+        for x in trainer._batchnorm_inputs():
+            trainer.average.module.eval()(x)
+    handle.remove()
+    assert len(inputs) == 5
+    mean = torch.cat(inputs).mean((0, 2, 3))
+    assert torch.allclose(last["layers.0.bn1.running_mean"], mean, atol=1e-5)
+    assert not torch.allclose(trained["layers.0.bn1.running_mean"], mean, atol=1e-3)
+
+
+def test_a_run_with_weight_averaging_resumes_exactly(
+    recipe_run: SimpleNamespace, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = [*RECIPE, "--data", str(folder), *RESUMABLE, "--out", str(tmp_path / "crashed")]
+    crash_after_state(monkeypatch, at_step=6)  # in epoch 2
+    with pytest.raises(MemoryError):
+        main(argv)
+    monkeypatch.undo()
+    assert load_state(tmp_path / "crashed" / STATE_FILE)["averaged"]["n_averaged"] == 6
+    assert main(["train", "--resume", str(tmp_path / "crashed")]) == 0
+    assert fingerprint(tmp_path / "crashed") == fingerprint(recipe_run.out)
+
+
+def test_a_tiny_time_budget_cuts_the_run_and_still_writes_its_outputs(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = [*RECIPE, "--data", str(folder), "--epochs", "50", "--out", str(out)]
+    code, stdout, _ = run_cli(capsys, *argv, "--time-budget", "0.01")  # 0.6 s: below the margin
+    assert code == 0 and "--time-budget:" in stdout
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["epochs"], config["limit_steps"], config["time_budget"]) == (1, 1, None)
+    metrics = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1 and yaml.safe_load(metrics[0])["step"] == 1
+    for name in ("last.safetensors", "best.safetensors", "time_to_accuracy.png"):
+        assert (out / name).is_file()
+    assert load_state(out / STATE_FILE)["config"]["epochs"] == 1  # what a resume repeats
+
+
+def budget_run(val_batches: int = 2, average: bool = True, tta: str | None = "flip") -> object:
+    """What ``fit_length`` reads of a trainer: 10 steps an epoch of batch 512."""
+    return SimpleNamespace(
+        cfg=SimpleNamespace(tta=tta, limit_steps=None),
+        val_loader=[None] * val_batches,
+        average=object() if average else None,
+        order=SimpleNamespace(batch_size=512),
+        steps_per_epoch=10,
+    )
+
+
+def test_the_budget_buys_steps_after_compiling_validation_and_the_final_evaluation() -> None:
+    speed = Speed(first_step_s=31.0, step_s=1.0, eval_batch_s=0.5)
+    # an epoch: 10 steps + (2 validation + 4 BatchNorm batches) x 0.5 s = 13 s; compiling
+    # 30 s; final TTA 2 x 2 x 0.5 = 2 s
+    whole = (MARGIN_S + 30 + 2 + 7 * 13) / (1 - MARGIN_SHARE)
+    assert fit_length(budget_run(), speed, whole) == Length(7, None)
+    cut = (MARGIN_S + 30 + 2 + 7 * 13 + 3 + 4.5) / (1 - MARGIN_SHARE)  # 8th: 3 s + 4.5 steps
+    assert fit_length(budget_run(), speed, cut) == Length(8, 74)
+    assert fit_length(budget_run(), speed, 1.0) == Length(1, 1)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--time-budget", "0"), ("--time-budget", "nan"), ("--ema", "1.5")]
+)
+def test_bad_budget_or_decay_is_a_one_line_error(
+    flag: str, value: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, *RECIPE, "--data", str(folder), flag, value)
+    assert_one_line_error(code, err, flag)
