@@ -13,7 +13,6 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException
 
 from resnetlab.engine.explain import Explainer
 from resnetlab.engine.overlay import caption, overlay, png_bytes
@@ -45,7 +44,19 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.post("/predict", max_body_size=max_upload_bytes + _MULTIPART_SLACK)
+    too_large = f"upload larger than the limit of {limit_mb:g} MB"
+    max_body = max_upload_bytes + _MULTIPART_SLACK
+
+    @app.middleware("http")
+    async def refuse_declared_too_large(request: Request, call_next: Any) -> Any:
+        """413 in JSON, before reading a byte, for a body whose Content-Length is over the
+        limit; a body that grows past it unannounced is cut off by ``max_body_size``."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body:
+            return JSONResponse({"detail": too_large}, status_code=413)
+        return await call_next(request)
+
+    @app.post("/predict", max_body_size=max_body)
     def predict(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
         """The top-5 classes of the uploaded image, and the Grad-CAM overlay as a PNG data URL."""
         name = file.filename or "upload"
@@ -72,13 +83,6 @@ def create_app(
     @app.exception_handler(UploadRefused)
     def refused(_request: Request, exc: UploadRefused) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(HTTPException)
-    def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 413:
-            detail = f"upload larger than the limit of {limit_mb:g} MB"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     def no_file(_request: Request, _exc: RequestValidationError) -> JSONResponse:

@@ -43,12 +43,14 @@ async function send(file) {
   form.append("file", file);
   try {
     const response = await fetch("/predict", { method: "POST", body: form });
-    const answer = await response.json();
+    const text = await response.text();
     if (!response.ok) {
-      say(answer.detail + " (HTTP " + response.status + ")", true);
+      let detail = text;
+      try { detail = JSON.parse(text).detail; } catch (_) { /* plain text */ }
+      say(detail + " (HTTP " + response.status + ")", true);
       return;
     }
-    show(answer);
+    show(JSON.parse(text));
     say(file.name, false);
   } catch (error) {
     say("The server did not answer: " + error, true);
