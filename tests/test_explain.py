@@ -42,7 +42,6 @@ def test_heatmap_mass_lies_on_the_square(
         heatmap = explanation.heatmap
         assert heatmap.shape == (32, 32) and heatmap.min() == 0 and heatmap.max() == 1
         masses.append(float(heatmap[_on_square(square)].sum() / heatmap.sum()))
-    print(method, [round(m, 2) for m in masses])
     assert sum(masses) / len(masses) >= 0.6, masses  # ...and looks at the square
     assert min(masses) >= 0.4, masses
 

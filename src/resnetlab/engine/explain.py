@@ -67,9 +67,10 @@ class Explainer:
         self.predictor, self.method = predictor, method
         network = predictor.network
         stages = stage_names(network)
-        self.layer_name = layer or stages[-1]
+        self.layer_name = layer if layer is not None else (stages[-1] if stages else "")
         modules = dict(network.named_modules())
-        if self.layer_name not in modules or not self.layer_name:
+        modules.pop("", None)  # the network itself: its output is no feature map
+        if self.layer_name not in modules:
             raise ResnetlabError(
                 f"--layer {self.layer_name}: no such layer; the stages are {', '.join(stages)} "
                 "(any module name works, e.g. layer1.0.conv1)"
