@@ -47,7 +47,7 @@ def served(squares_checkpoint: Path) -> Iterator[str]:
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout]).start()
     try:
-        first = lines.get(timeout=120)
+        first = lines.get(timeout=300)  # loading torch on a busy machine
         assert " at http://127.0.0.1:" in first, first
         yield first.split(" at ")[1].split()[0]
     finally:

@@ -40,7 +40,11 @@ def serve(
     )
     listener = listen(host, port)
     bound_host, bound_port = listener.getsockname()[:2]
-    print(f"resnetlab: serving {checkpoint} at http://{bound_host}:{bound_port} (Ctrl-C stops)")
+    address = f"[{bound_host}]" if ":" in bound_host else bound_host  # IPv6
+    print(
+        f"resnetlab: serving {checkpoint} at http://{address}:{bound_port} (Ctrl-C stops)",
+        flush=True,
+    )
     config: Any = uvicorn.Config(app, log_level="warning")
     uvicorn.Server(config).run(sockets=[listener])
 
