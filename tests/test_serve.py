@@ -100,7 +100,7 @@ def _png(width: int, height: int) -> bytes:
 
 
 def test_bad_uploads_get_their_status_and_the_server_keeps_serving(
-    server: str, images: list[Path]
+    server: str, images: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     good = images[0].read_bytes()
     noise = np.random.default_rng(0).integers(0, 256, 4 * LIMIT, dtype=np.uint8).tobytes()
@@ -111,6 +111,11 @@ def test_bad_uploads_get_their_status_and_the_server_keeps_serving(
         (good[: len(good) // 2], 400, "big.png: truncated"),
         (_png(2000, 1000), 400, "2000 x 1000 = 2,000,000 pixels, over the limit of 1,000,000"),
     ]
+    with monkeypatch.context() as patch:  # a header of more pixels than Pillow opens at all
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+        response = _post(server, "bomb.png", _png(200, 101))
+    assert response.status_code == 400
+    assert "bomb.png: more than 20,000 pixels" in response.json()["detail"]
     for data, status, message in cases:
         response = _post(server, "big.png", data)
         assert response.status_code == status, (status, response.text)

@@ -22,8 +22,12 @@ def read_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
     many pixels (a decompression bomb: a small file that decodes to gigabytes)."""
     try:
         image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise UploadRefused(400, f"{name}: too many pixels (a decompression bomb?)") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, checked while opening
+        raise UploadRefused(
+            400,
+            f"{name}: more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit "
+            f"of {max_pixels:,} (a decompression bomb?)",
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise UploadRefused(415, f"{name}: not an image (unrecognised content)") from None
     width, height = image.size
