@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_squares
 
 from resnetlab.commands.train import train
 from resnetlab.engine.config import TrainConfig
@@ -52,3 +53,22 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 def run_dir(digits_run: TrainResult) -> Path:
     """The digits run folder."""
     return digits_run.run_dir
+
+
+@pytest.fixture(scope="session")
+def squares_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """resnet20 trained to tell five colours of square on grey noise (``make_squares``): 200
+    images at 32x32, 6 epochs."""
+    root = tmp_path_factory.mktemp("squares")
+    make_squares(root / "data", per_class=40)
+    cfg = TrainConfig(
+        model="resnet20",
+        data=str(root / "data"),
+        epochs=6,
+        batch_size=32,
+        lr=0.05,
+        out=str(root / "run"),
+        quiet=True,
+        seed=0,
+    )
+    return train(cfg).run_dir / "best.safetensors"

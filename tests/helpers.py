@@ -31,6 +31,35 @@ def make_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) 
     return root
 
 
+SQUARE_COLOURS = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 30),
+    "blue": (30, 30, 230),
+    "yellow": (230, 230, 30),
+    "magenta": (220, 30, 220),
+}
+
+
+def make_squares(
+    root: Path, per_class: int, size: int = 32, side: int = 12, seed: int = 0
+) -> dict[Path, tuple[int, int, int]]:
+    """Five classes in which only a square decides: a ``side`` x ``side`` square of the class's
+    colour at a random place on grey noise. Returns each file's square (top, left, side)."""
+    rng = np.random.default_rng(seed)
+    squares = {}
+    for name, colour in SQUARE_COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            grey = rng.integers(0, 256, (size, size, 1), dtype=np.uint8)
+            image = np.repeat(grey, 3, axis=2)
+            top, left = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            image[top : top + side, left : left + side] = colour
+            path = root / name / f"{i:03d}.png"
+            Image.fromarray(image).save(path)
+            squares[path] = (top, left, side)
+    return squares
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """``resnetlab ARGV`` in-process: (exit status, stdout, stderr)."""
     code = main(list(argv))

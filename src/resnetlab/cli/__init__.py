@@ -20,19 +20,22 @@ from resnetlab.cli import (
     bench,
     evaluate,
     experiment,
+    explain,
     export,
     finetune,
     lr_find,
     models,
     predict,
     quantize,
+    serve,
     train,
 )
 from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.errors import ResnetlabError, RunStopped
 
 COMMANDS = (
-    train, finetune, lr_find, evaluate, predict, export, quantize, models, experiment, bench
+    train, finetune, lr_find, evaluate, predict, explain, export, quantize, serve, models,
+    experiment, bench
 )  # fmt: skip
 
 

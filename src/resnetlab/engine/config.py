@@ -20,6 +20,7 @@ AUTO_AUGMENTS = ("trivial", "randaugment")
 TTAS = ("flip",)
 ON_NAN = ("stop", "skip")
 COMPILE_CHOICES = ("auto", "on", "off")
+EXPLAIN_METHODS = ("gradcam", "gradcam++", "scorecam")  # `explain`, `serve`
 # --compile auto, from `resnetlab bench` on a 2-core AMD EPYC (AVX2): compiling gained 0% for
 # resnet20 training and 9% for inference, before 52 s / 19 s of compiling (4 s / 6 s from
 # Inductor's cache), so on a CPU it never clears a 10% net gain; on a GPU, where the gain is

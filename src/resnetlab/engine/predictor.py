@@ -115,7 +115,16 @@ class Predictor:
         if topk < 1:
             raise ResnetlabError(f"--topk must be at least 1 (got {topk})")
         x, labels = self.inputs(inputs)
-        outputs = self._outputs(x)
+        return self.ranked(self._outputs(x), labels, topk)
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """Class probabilities (N, classes) from the network's outputs (a single-logit head's
+        too)."""
+        return class_logits(outputs).softmax(dim=1)
+
+    def ranked(self, outputs: Tensor, labels: Sequence[str], topk: int = 5) -> list[dict[str, Any]]:
+        """``predict``'s answer for network outputs computed elsewhere (e.g. with gradients, by
+        ``Explainer``), each row labelled by ``labels``."""
         if self.task == "regression":  # the target was standardised in training
             scale = self.header.get("table") or {"target_mean": 0.0, "target_std": 1.0}
             outputs = scale["target_mean"] + scale["target_std"] * outputs.double()
@@ -123,7 +132,7 @@ class Predictor:
                 {"input": label, "value": row.tolist() if len(row) > 1 else float(row[0])}
                 for label, row in zip(labels, outputs, strict=True)
             ]
-        probs = class_logits(outputs).softmax(dim=1)
+        probs = self.probabilities(outputs)
         top = probs.topk(min(topk, probs.shape[1]), dim=1)
         names = self.classes
         return [

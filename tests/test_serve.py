@@ -1,0 +1,164 @@
+"""`resnetlab serve`: a real uvicorn on 127.0.0.1 answering 50 concurrent requests exactly as
+``Predictor`` does, refusing bad uploads with the right status while it keeps serving, and
+serving its page with nothing from elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from helpers import assert_one_line_error, make_squares, run_cli
+from PIL import Image
+
+from resnetlab.commands.serve import listen
+from resnetlab.engine.predictor import load
+from resnetlab.serve.app import STATIC, create_app
+
+LIMIT = 64 * 1024  # bytes per upload in these tests
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Ten new images of the five square classes."""
+    return list(make_squares(tmp_path_factory.mktemp("uploads"), per_class=2, seed=2))
+
+
+@pytest.fixture(scope="module")
+def server(squares_checkpoint: Path) -> Iterator[str]:
+    """The app on uvicorn in a thread, on a free port of 127.0.0.1: its URL."""
+    app = create_app(
+        load(squares_checkpoint, device="cpu"), max_upload_bytes=LIMIT, max_pixels=MAX_PIXELS
+    )
+    listener = listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uvicorn_server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uvicorn_server.started
+    yield f"http://127.0.0.1:{port}"
+    uvicorn_server.should_exit = True
+    thread.join(timeout=30)
+
+
+def _post(url: str, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/predict", files={"file": (name, data, "image/png")}, timeout=60)
+
+
+def test_fifty_concurrent_requests_are_answered_as_predictor_answers(
+    server: str, squares_checkpoint: Path, images: list[Path]
+) -> None:
+    expected = load(squares_checkpoint, device="cpu").predict([str(p) for p in images], topk=5)
+    uploads = [images[i % len(images)] for i in range(50)]
+
+    async def ask_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server, timeout=120) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/predict", files={"file": (path.name, path.read_bytes())})
+                    for path in uploads
+                )
+            )
+
+    responses = asyncio.run(ask_all())
+    assert [r.status_code for r in responses] == [200] * 50
+    for path, response in zip(uploads, responses, strict=True):
+        answer, want = response.json(), expected[images.index(path)]
+        assert [p["class"] for p in answer["top"]] == [p["class"] for p in want["top"]]
+        assert [p["probability"] for p in answer["top"]] == pytest.approx(
+            [p["probability"] for p in want["top"]], abs=1e-5
+        )
+        assert answer["top"][0]["class"] == path.parent.name
+        assert answer["explained"]["class"] == answer["top"][0]["class"]
+        assert (answer["explained"]["method"], answer["explained"]["layer"]) == (
+            "gradcam",
+            "layer3",
+        )
+        header, _, encoded = answer["overlay"].partition(",")
+        assert header == "data:image/png;base64"
+        with Image.open(io.BytesIO(base64.b64decode(encoded))) as overlay:
+            assert (overlay.format, overlay.size) == ("PNG", (256, 256))
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_uploads_get_their_status_and_the_server_keeps_serving(
+    server: str, images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = images[0].read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, 4 * LIMIT, dtype=np.uint8).tobytes()
+    cases = [
+        (noise, 413, "larger than the limit of 0.0625 MB"),  # refused before it is read
+        (noise[: LIMIT + 1], 413, "big.png: larger than the limit of 0.0625 MB"),
+        (b"just some text, no picture", 415, "big.png: not an image"),
+        (good[: len(good) // 2], 400, "big.png: truncated"),
+        (_png(2000, 1000), 400, "2000 x 1000 = 2,000,000 pixels, over the limit of 1,000,000"),
+    ]
+    with monkeypatch.context() as patch:  # a header of more pixels than Pillow opens at all
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+        response = _post(server, "bomb.png", _png(200, 101))
+    assert response.status_code == 400
+    assert "bomb.png: more than 20,000 pixels" in response.json()["detail"]
+    for data, status, message in cases:
+        response = _post(server, "big.png", data)
+        assert response.status_code == status, (status, response.text)
+        assert message in response.json()["detail"]
+    chunks = (noise[i : i + 4096] for i in range(0, len(noise), 4096))  # no Content-Length
+    response = httpx.post(
+        f"{server}/predict",
+        content=chunks,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 413  # cut off after the limit (Starlette's plain text)
+    for form in ({}, {"image": ("a.png", good)}):  # no file, or under another name
+        response = httpx.post(f"{server}/predict", files=form or None, data={"x": "1"})
+        assert response.status_code == 422
+        assert response.json()["detail"] == (
+            "no file: send the image as the multipart form field 'file'"
+        )
+    assert _post(server, "good.png", good).status_code == 200
+
+
+def test_page_is_served_with_nothing_from_elsewhere(server: str) -> None:
+    page = httpx.get(server)
+    assert page.status_code == 200 and '<input id="file" type="file"' in page.text
+    for name in ("index.html", "app.js", "style.css"):
+        text = (STATIC / name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+        assert httpx.get(f"{server}/static/{name}").text == text
+    assert httpx.get(f"{server}/docs").status_code == 404  # FastAPI's docs load a CDN
+
+
+def test_serve_bad_flags_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], squares_checkpoint: Path
+) -> None:
+    checkpoint = str(squares_checkpoint)
+    code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--max-upload-mb", "0")
+    assert_one_line_error(code, err, "--max-upload-mb must be positive (got 0)")
+    code, _, err = run_cli(capsys, "serve", "--checkpoint", "missing.safetensors")
+    assert_one_line_error(code, err, "missing.safetensors")
+    code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--layer", "layer7")
+    assert_one_line_error(code, err, "--layer layer7: no such layer")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--port", port)
+    assert_one_line_error(code, err, f"--host 127.0.0.1 --port {port}: cannot listen")
