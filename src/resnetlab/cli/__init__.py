@@ -18,6 +18,7 @@ import yaml
 
 from resnetlab.cli import (
     bench,
+    detect,
     evaluate,
     experiment,
     export,
@@ -32,7 +33,8 @@ from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.errors import ResnetlabError, RunStopped
 
 COMMANDS = (
-    train, finetune, lr_find, evaluate, predict, export, quantize, models, experiment, bench
+    train, finetune, lr_find, evaluate, predict, export, quantize, models, experiment, bench,
+    detect,
 )  # fmt: skip
 
 
