@@ -35,8 +35,14 @@ def main() -> None:
         for k, (box, label) in enumerate(zip(target["boxes"], target["labels"], strict=True)):
             x0, y0, x1, y1 = box.tolist()
             margin = (x1 - x0) / 4
-            crop = picture.crop((max(x0 - margin, 0), max(y0 - margin, 0),
-                                 min(x1 + margin, 256), min(y1 + margin, 256)))
+            crop = picture.crop(
+                (
+                    max(x0 - margin, 0),
+                    max(y0 - margin, 0),
+                    min(x1 + margin, 256),
+                    min(y1 + margin, 256),
+                )
+            )
             crop = crop.resize((args.size, args.size), Image.BILINEAR)
             crop.save(args.out / CLASSES[int(label) - 1] / f"{index:05d}-{k}.png")
             count += 1

@@ -43,7 +43,7 @@ def test_shapes_are_seeded_and_hold_one_to_four_objects_of_16_to_96_px() -> None
         assert set(labels.tolist()) <= {1, 2, 3}
         assert torch.equal(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     assert min(counts) >= 1 and max(counts) == 4
-    assert 16 <= min(sides) and max(sides) <= 96
+    assert min(sides) >= 16 and max(sides) <= 96
 
 
 def test_flip_mirrors_the_boxes() -> None:
@@ -92,7 +92,7 @@ def write_coco(root: Path, doc: dict | None = None) -> Path:
 
 
 def test_coco_labels_are_contiguous_crowds_marked_and_empty_images_kept(tmp_path: Path) -> None:
-    with pytest.warns(UserWarning, match="b.png: box \\[30, 20, 20, 20\\] is outside"):
+    with pytest.warns(UserWarning, match=r"b.png: box \[30, 20, 20, 20\] is outside"):
         data = read_coco(write_coco(tmp_path / "coco"))
     assert data.classes == ["cat", "dog"]  # ids 3, 7 -> labels 1, 2
     assert len(data) == 3
@@ -121,7 +121,7 @@ def test_bad_coco_files_name_the_key(tmp_path: Path, change, needle: str) -> Non
     doc = json.loads((root / "annotations.json").read_text())
     change(doc)
     (root / "annotations.json").write_text(json.dumps(doc))
-    with pytest.raises(ResnetlabError, match="annotations.json") as caught:
+    with pytest.raises(ResnetlabError, match=r"annotations\.json") as caught:
         read_coco(root)
     assert needle in str(caught.value)
 
@@ -129,7 +129,7 @@ def test_bad_coco_files_name_the_key(tmp_path: Path, change, needle: str) -> Non
 def test_a_file_that_is_not_json_is_named(tmp_path: Path) -> None:
     root = write_coco(tmp_path / "coco")
     (root / "annotations.json").write_text("{not json")
-    with pytest.raises(ResnetlabError, match="annotations.json: not a readable JSON file"):
+    with pytest.raises(ResnetlabError, match=r"annotations.json: not a readable JSON file"):
         read_coco(root)
 
 
@@ -142,7 +142,9 @@ def test_map_is_one_for_exact_boxes_and_lower_for_shifted_ones() -> None:
 
     def predicted(shift: float) -> list[dict[str, torch.Tensor]]:
         moved = boxes + torch.tensor([shift, 0.0, shift, 0.0])
-        return [{"boxes": moved, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2])}]
+        return [
+            {"boxes": moved, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2])}
+        ]
 
     assert detection_map(predicted(0.0), [target]) == {"map_50": 1.0, "map": 1.0}
     slight = detection_map(predicted(8.0), [target])  # IoU 0.67 and 0.75
@@ -258,14 +260,19 @@ def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(
         (["train", "--model", "resnet1d"], ["resnet1d", "no 2-D feature maps"]),
         (["train", "--weights", "missing.pt"], ["missing.pt"]),
         (["eval", "--checkpoint", "none.safetensors"], ["none.safetensors"]),
-        (["predict", "--checkpoint", "x.safetensors", "a.png", "--threshold", "2"], ["--threshold"]),
+        (
+            ["predict", "--checkpoint", "x.safetensors", "a.png", "--threshold", "2"],
+            ["--threshold"],
+        ),
     ],
 )
 def test_bad_input_is_one_line(
     argv: list[str], needles: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(capsys, "detect", *argv, "--limit", "2") if argv[0] == "train" else run_cli(
-        capsys, "detect", *argv
+    code, _, err = (
+        run_cli(capsys, "detect", *argv, "--limit", "2")
+        if argv[0] == "train"
+        else run_cli(capsys, "detect", *argv)
     )
     assert_one_line_error(code, err, *needles)
 

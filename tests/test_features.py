@@ -29,11 +29,11 @@ def test_every_stage_by_default_with_its_channels_and_stride(
     name: str, channels: list[int], reductions: list[int]
 ) -> None:
     model = create_model(name, features_only=True).eval()
-    maps = model(torch.zeros(2, 3, 64, 64))
+    maps = model(torch.zeros(2, 3, 32, 32))
     assert model.feature_info.channels() == channels
     assert model.feature_info.reduction() == reductions
     assert [tuple(m.shape) for m in maps] == [
-        (2, c, 64 // r, 64 // r) for c, r in zip(channels, reductions, strict=True)
+        (2, c, 32 // r, 32 // r) for c, r in zip(channels, reductions, strict=True)
     ]
 
 
@@ -49,12 +49,12 @@ def test_out_indices_count_as_timm_and_drop_later_stages() -> None:
 
 @pytest.mark.parametrize("indices", [(5,), (2, 1), ()])
 def test_bad_out_indices_are_named(indices: tuple[int, ...]) -> None:
-    with pytest.raises(ResnetlabError, match="resnet18.*out_indices"):
+    with pytest.raises(ResnetlabError, match=r"resnet18.*out_indices"):
         create_model("resnet18", features_only=True, out_indices=indices)
 
 
 def test_models_without_2d_maps_refuse() -> None:
-    with pytest.raises(ResnetlabError, match="resnet1d.*no 2-D feature maps"):
+    with pytest.raises(ResnetlabError, match=r"resnet1d.*no 2-D feature maps"):
         create_model("resnet1d", features_only=True)
 
 
@@ -75,9 +75,7 @@ def test_torchvision_weights_give_torchvisions_maps() -> None:
     report = load_weights(classifier, state, model_name="resnet18")
     assert report.reinitialised == ["fc.weight", "fc.bias"]
     ours = FeatureNet(classifier.eval(), out_indices=(0, 1, 2, 3, 4))
-    theirs = create_feature_extractor(
-        reference, ["relu", "layer1", "layer2", "layer3", "layer4"]
-    )
+    theirs = create_feature_extractor(reference, ["relu", "layer1", "layer2", "layer3", "layer4"])
     x = torch.randn(1, 3, 96, 96)
     for mine, expected in zip(ours(x), theirs(x).values(), strict=True):
         torch.testing.assert_close(mine, expected)

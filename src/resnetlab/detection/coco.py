@@ -89,7 +89,9 @@ def read_coco(folder: str | Path) -> CocoSet:
         if ann["image_id"] not in by_image:
             raise ResnetlabError(f"{key}: image_id {ann['image_id']!r} is not in 'images'")
         if ann["category_id"] not in label:
-            raise ResnetlabError(f"{key}: category_id {ann['category_id']!r} is not in 'categories'")
+            raise ResnetlabError(
+                f"{key}: category_id {ann['category_id']!r} is not in 'categories'"
+            )
         if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
             raise ResnetlabError(f"{key}: 'bbox' must be [x, y, width, height]")
         by_image[ann["image_id"]].append(ann)
@@ -142,7 +144,10 @@ def _target(
         x, y, w, h = (float(v) for v in ann["bbox"])
         box = [max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)]
         if box != [x, y, x + w, y + h] or w <= 0 or h <= 0:
-            warnings.warn(f"{file_name}: box {ann['bbox']} is outside the image or has no area")
+            warnings.warn(
+                f"{file_name}: box {ann['bbox']} is outside the image or has no area",
+                stacklevel=3,
+            )
         if box[2] <= box[0] or box[3] <= box[1]:
             continue
         boxes.append(box)

@@ -44,15 +44,21 @@ class DetectConfig:
         choices = {"detector": DETECTORS, "norm": NORMS, "optimizer": OPTIMIZERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ResnetlabError(f"--{name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
+                raise ResnetlabError(
+                    f"--{name} {getattr(self, name)!r}: use one of {', '.join(allowed)}"
+                )
         positive = ("epochs", "batch_size", "save_every")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ResnetlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: need 1 or more")
+                raise ResnetlabError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)}: need 1 or more"
+                )
         if self.image_size < 32:
             raise ResnetlabError(f"--image-size {self.image_size}: need at least 32 px")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ResnetlabError("--lr must be positive, --weight-decay and --warmup-steps not negative")
+            raise ResnetlabError(
+                "--lr must be positive, --weight-decay and --warmup-steps not negative"
+            )
         if self.trainable_stages is not None and self.trainable_stages < 0:
             raise ResnetlabError(f"--trainable-stages {self.trainable_stages}: need 0 or more")
         if self.norm == "frozen" and not self.weights:

@@ -57,7 +57,9 @@ def training_batches(
     for first in range(start * batch_size, len(data) - batch_size + 1, batch_size):
         images, targets = [], []
         for index, flip in zip(
-            order[first : first + batch_size].tolist(), flips[first : first + batch_size].tolist()
+            order[first : first + batch_size].tolist(),
+            flips[first : first + batch_size].tolist(),
+            strict=True,
         ):
             image, target = data[index]
             if flip:

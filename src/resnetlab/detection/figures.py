@@ -40,8 +40,10 @@ def draw_detections(
     image: torch.Tensor, prediction: Target, classes: list[str], threshold: float = SCORE_THRESHOLD
 ) -> torch.Tensor:
     """``image`` (uint8, 3xHxW) with the boxes scored ``threshold`` or more, labelled
-    "name score"."""
+    "name score" (``image`` itself where there are none)."""
     keep = prediction["scores"] >= threshold
+    if not keep.any():
+        return image
     labels = [
         f"{classes[int(label) - 1]} {float(score):.2f}"
         for label, score in zip(prediction["labels"][keep], prediction["scores"][keep], strict=True)
@@ -70,4 +72,7 @@ def draw_samples(
     for index in range(min(count, len(data))):
         image, _ = data[index]
         prediction = model([image.float() / 255])[0]
-        save_image(draw_detections(image, prediction, classes), folder / f"{Path(data.names[index]).stem}.png")
+        save_image(
+            draw_detections(image, prediction, classes),
+            folder / f"{Path(data.names[index]).stem}.png",
+        )

@@ -56,6 +56,8 @@ def predict_set(
     return predictions, targets
 
 
-def evaluate_detector(model: nn.Module, data: DetectionSet, batch_size: int = 8) -> dict[str, float]:
+def evaluate_detector(
+    model: nn.Module, data: DetectionSet, batch_size: int = 8
+) -> dict[str, float]:
     """mAP@0.5 and mAP@[.5:.95] of ``model`` on ``data``."""
     return detection_map(*predict_set(model, data, batch_size))

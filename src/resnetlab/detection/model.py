@@ -28,7 +28,9 @@ from resnetlab.models.features import FeatureNet
 NORMS = ("bn", "gn", "frozen")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]  # torchvision's detectors' default normalisation
 IMAGENET_STD = [0.229, 0.224, 0.225]
-FPN_CHANNELS = 64  # torchvision: 256; a quarter of the pyramid's cost on a CPU, ample for few classes
+FPN_CHANNELS = (
+    64  # torchvision: 256; a quarter of the pyramid's cost on a CPU, ample for few classes
+)
 BOX_FEATURES = 256  # Faster R-CNN's box head width (torchvision: 1024, most of a CPU step)
 # Faster R-CNN's sampling and proposal counts, cut from torchvision's (256/512 samples,
 # 2000/1000 proposals) for images of a few objects at 256 px: see README, "Detection".
@@ -127,7 +129,9 @@ def _set_norm(features: FeatureNet, norm: str) -> None:
     if norm == "frozen":
         _replace_batchnorm(features, _frozen)
     elif norm == "gn":
-        _replace_batchnorm(features, lambda bn: nn.GroupNorm(_groups(bn.num_features), bn.num_features))
+        _replace_batchnorm(
+            features, lambda bn: nn.GroupNorm(_groups(bn.num_features), bn.num_features)
+        )
 
 
 def _groups(channels: int) -> int:
