@@ -188,7 +188,7 @@ def test_a_torchvision_detector_trains_and_predicts_on_a_resnetlab_backbone(dete
     assert len(outputs) == 2
     for out in outputs:
         assert out["boxes"].shape[1:] == (4,) and len(out["scores"]) == len(out["labels"])
-        assert out["boxes"].max() <= 256  # back in the input's pixels
+        assert (out["boxes"] <= 256).all()  # back in the input's pixels
 
 
 def test_frozen_norm_and_trainable_stages() -> None:
@@ -207,7 +207,7 @@ def test_frozen_norm_and_trainable_stages() -> None:
 
 def tiny(out: Path, **changes: object) -> DetectConfig:
     values = {
-        "data": "shapes", "limit": 6, "epochs": 2, "batch_size": 2, "image_size": 64,
+        "data": "shapes", "limit": 4, "epochs": 2, "batch_size": 2, "image_size": 64,
         "warmup_steps": 2, "save_every": 2, "out": str(out),
     }  # fmt: skip
     return DetectConfig(**{**values, **changes})
@@ -216,12 +216,13 @@ def tiny(out: Path, **changes: object) -> DetectConfig:
 def test_train_resumes_bit_for_bit(tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     detect_train(tiny(whole))
-    assert (whole / "log.txt").read_text().count("mAP@0.5: ") == 2
+    epochs = [line for line in (whole / "log.txt").read_text().splitlines() if "], Loss" in line]
+    assert len(epochs) == 2 and all("mAP@0.5: " in line for line in epochs)
     for name in ("config.yaml", "metrics.jsonl", "curves.png", "best.safetensors", "test.json"):
         assert (whole / name).is_file()
-    assert len(list((whole / "predictions").glob("*.png"))) == 6
+    assert len(list((whole / "predictions").glob("*.png"))) == 4
     stopped = tmp_path / "stopped"
-    assert detect_train(tiny(stopped), limit_steps=4) == {}  # mid-epoch 2
+    assert detect_train(tiny(stopped), limit_steps=3) == {}  # mid-epoch 2
     detect_train(DetectConfig(resume=str(stopped)))
     assert (stopped / "last.safetensors").read_bytes() == (whole / "last.safetensors").read_bytes()
     lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
@@ -235,7 +236,7 @@ def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(
     root = write_coco(tmp_path / "coco")
     run = tmp_path / "run"
     code, out, err = run_cli(
-        capsys, "detect", "train", "--data", str(root), "--model", "resnet20", "--epochs", "1",
+        capsys, "detect", "train", "--data", str(root), "--model", "resnet18", "--epochs", "1",
         "--batch-size", "1", "--image-size", "64", "--val-fraction", "0.3",
         "--test-fraction", "0.3", "--detector", "fcos", "--out", str(run),
     )  # fmt: skip
@@ -270,7 +271,7 @@ def test_bad_input_is_one_line(
     argv: list[str], needles: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = (
-        run_cli(capsys, "detect", *argv, "--limit", "2")
+        run_cli(capsys, "detect", *argv, "--limit", "2", "--batch-size", "2")
         if argv[0] == "train"
         else run_cli(capsys, "detect", *argv)
     )
