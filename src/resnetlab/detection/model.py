@@ -80,7 +80,10 @@ def build_detector(spec: DetectorSpec, body: nn.Module | None = None) -> nn.Modu
     spec.check()
     if body is None:
         body = create_model(spec.model, **spec.model_options)
-    features = FeatureNet(body)
+    try:
+        features = FeatureNet(body)
+    except ResnetlabError as exc:
+        raise ResnetlabError(f"--model {spec.model}: {exc}") from None
     _set_norm(features, spec.norm)
     _freeze_stages(features, spec.trainable_stages)
     info = features.feature_info
