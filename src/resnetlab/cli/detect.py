@@ -43,8 +43,8 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
         "--norm",
         choices=NORMS,
         default=d.norm,
-        help="backbone normalisation: auto = frozen BatchNorm from --weights, BatchNorm from "
-        "scratch; gn = GroupNorm (default: auto)",
+        help="backbone normalisation: auto = frozen BatchNorm from --weights, GroupNorm (gn) "
+        "from scratch (default: auto)",
     )
     p.add_argument(
         "--trainable-stages",

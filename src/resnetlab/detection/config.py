@@ -9,7 +9,7 @@ from typing import Any
 from resnetlab.errors import ResnetlabError
 
 DETECTORS = ("fasterrcnn", "retinanet", "fcos")
-NORMS = ("auto", "bn", "gn", "frozen")  # auto: frozen from --weights, else bn
+NORMS = ("auto", "bn", "gn", "frozen")  # auto: frozen from --weights, else gn
 OPTIMIZERS = ("sgd", "adamw")
 SHAPES = "shapes"
 
@@ -72,10 +72,11 @@ class DetectConfig:
 
     @property
     def resolved_norm(self) -> str:
-        """``auto``: frozen BatchNorm from trained weights, plain BatchNorm from scratch."""
+        """``auto``: frozen BatchNorm from trained weights; GroupNorm from scratch, which
+        beat BatchNorm at batch 4 (README, "Detection")."""
         if self.norm != "auto":
             return self.norm
-        return "frozen" if self.weights else "bn"
+        return "frozen" if self.weights else "gn"
 
     @property
     def resolved_trainable_stages(self) -> int | None:
