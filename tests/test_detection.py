@@ -208,7 +208,7 @@ def test_frozen_norm_and_trainable_stages() -> None:
 def tiny(out: Path, **changes: object) -> DetectConfig:
     values = {
         "data": "shapes", "limit": 4, "epochs": 2, "batch_size": 2, "image_size": 64,
-        "warmup_steps": 2, "save_every": 2, "out": str(out),
+        "warmup_steps": 2, "save_every": 2, "norm": "bn", "out": str(out),
     }  # fmt: skip
     return DetectConfig(**{**values, **changes})
 
