@@ -18,6 +18,7 @@ import yaml
 
 from resnetlab.cli import (
     bench,
+    detect,
     evaluate,
     experiment,
     explain,
@@ -35,7 +36,7 @@ from resnetlab.errors import ResnetlabError, RunStopped
 
 COMMANDS = (
     train, finetune, lr_find, evaluate, predict, explain, export, quantize, serve, models,
-    experiment, bench
+    experiment, bench, detect,
 )  # fmt: skip
 
 

@@ -78,9 +78,10 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     )
 
 
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a state written by ``save_state``; a missing, truncated, corrupted or foreign
-    file is a one-line ``ResnetlabError`` naming it."""
+def load_state(path: str | Path, required: frozenset[str] = STATE_KEYS) -> dict[str, Any]:
+    """Read a state written by ``save_state`` that holds the ``required`` keys (a training
+    run's by default); a missing, truncated, corrupted or foreign file is a one-line
+    ``ResnetlabError`` naming it."""
     path = Path(path)
     if not path.is_file():
         raise ResnetlabError(f"--resume: no training state at '{path}'")
@@ -95,7 +96,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise ResnetlabError(
             f"--resume: '{path}' is not a resnetlab training state (format {STATE_FORMAT})"
         )
-    missing = sorted(STATE_KEYS - state.keys())
+    missing = sorted(required - state.keys())
     if missing:
         raise ResnetlabError(
             f"--resume: '{path}' is not a whole resnetlab training state (no {', '.join(missing)})"

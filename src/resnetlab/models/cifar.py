@@ -16,6 +16,7 @@ from resnetlab.models.blocks import (
     zero_init_last_bn,
 )
 from resnetlab.models.classifier import ClassifierMixin
+from resnetlab.models.features import FeatureLevel
 from resnetlab.models.registry import register_model
 
 _WIDTHS = (16, 32, 64)
@@ -52,6 +53,10 @@ class CifarResNet(ClassifierMixin, nn.Module):
         self.layer1 = self._make_layer(_WIDTHS[0], _WIDTHS[0], blocks_per_stage, stride=1)
         self.layer2 = self._make_layer(_WIDTHS[0], _WIDTHS[1], blocks_per_stage, stride=2)
         self.layer3 = self._make_layer(_WIDTHS[1], _WIDTHS[2], blocks_per_stage, stride=2)
+        self.feature_levels = [
+            FeatureLevel(("conv1", "bn1", "relu"), _WIDTHS[0], 1),
+            *(FeatureLevel((f"layer{i + 1}",), w, 2**i) for i, w in enumerate(_WIDTHS)),
+        ]
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(_WIDTHS[2], num_classes)
         init_weights(self, linear=self.kaiming_linear)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from resnetlab.models.blocks import PreActBasicBlock, PreActBottleneck, conv3x3, init_weights
 from resnetlab.models.classifier import ClassifierMixin
+from resnetlab.models.features import FeatureLevel
 from resnetlab.models.registry import register_model
 
 
@@ -34,6 +35,8 @@ class PreActResNet(ClassifierMixin, nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_chans, stem_width)
+        # A stage's map is its raw sum; the last one's passes the final BN-ReLU, as in timm.
+        self.feature_levels = [FeatureLevel(("conv1",), stem_width, 1)]
         in_channels = stem_width
         for index, (planes, num_blocks) in enumerate(zip(widths, layers, strict=True)):
             stride = 1 if index == 0 else 2
@@ -41,6 +44,9 @@ class PreActResNet(ClassifierMixin, nn.Module):
             in_channels = planes * block.expansion
             blocks += [block(in_channels, planes) for _ in range(1, num_blocks)]
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
+            last = index == len(layers) - 1
+            modules = (f"layer{index + 1}", *(("bn_final", "relu") if last else ()))
+            self.feature_levels.append(FeatureLevel(modules, in_channels, 2**index))
         self.num_stages = len(layers)
         self.bn_final = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU(inplace=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.models.features import FeatureNet
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,32 @@ def list_models(family: str | None = None) -> list[str]:
 
 
 def create_model(
-    name: str, num_classes: int | None = None, in_chans: int | None = None, **options: object
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **options: object,
 ) -> nn.Module:
     """Build model ``name``; unset ``num_classes``/``in_chans`` take the registry defaults.
 
+    ``features_only`` (2-D networks): a ``FeatureNet`` returning the feature maps at
+    ``out_indices`` (timm's count: 0 is the stem, 1... the stages; default every stage).
     An unknown or invalid option raises a ResnetlabError naming the model.
     """
     spec = get_model_spec(name)
     try:
-        return spec.builder(
+        model = spec.builder(
             num_classes=spec.num_classes if num_classes is None else num_classes,
             in_chans=spec.in_chans if in_chans is None else in_chans,
             **options,
         )
     except (TypeError, ValueError) as exc:
         raise ResnetlabError(f"bad option for model {name!r}: {exc}") from None
+    if not features_only:
+        return model
+    try:
+        return FeatureNet(model, out_indices)
+    except ResnetlabError as exc:
+        raise ResnetlabError(f"model {name!r}: {exc}") from None

@@ -17,6 +17,7 @@ from resnetlab.models.blocks import (
     zero_init_last_bn,
 )
 from resnetlab.models.classifier import ClassifierMixin
+from resnetlab.models.features import FeatureLevel
 from resnetlab.models.registry import register_model
 
 _WIDTHS = (64, 128, 256, 512)
@@ -56,13 +57,15 @@ class ResNet(ClassifierMixin, nn.Module):
 
         make_block = partial(block, groups=groups, base_width=width_per_group)
         stages = []
-        in_channels, dilation = 64, 1
+        self.feature_levels = [FeatureLevel(("conv1", "bn1", "relu"), 64, 2)]
+        in_channels, dilation, reduction = 64, 1, 4
         for planes, num_blocks, stride, dilated in zip(
             _WIDTHS, layers, (1, 2, 2, 2), (False, *dilate), strict=True
         ):
             first_dilation = dilation
             if dilated:
                 dilation, stride = dilation * stride, 1
+            reduction *= stride
             out_channels = planes * block.expansion
             downsample = None
             if stride != 1 or in_channels != out_channels:
@@ -72,6 +75,9 @@ class ResNet(ClassifierMixin, nn.Module):
                 make_block(out_channels, planes, dilation=dilation) for _ in range(1, num_blocks)
             ]
             stages.append(nn.Sequential(*blocks))
+            name = f"layer{len(stages)}"
+            modules = ("maxpool", name) if name == "layer1" else (name,)
+            self.feature_levels.append(FeatureLevel(modules, out_channels, reduction))
             in_channels = out_channels
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
 

@@ -1,0 +1,176 @@
+"""`detect train`'s loop: seeded batches, SGD/AdamW with warmup and cosine decay, mAP on the
+validation split each epoch, checkpoints and a training state that resumes bit for bit."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetlab.detection.checkpoint import save_detector
+from resnetlab.detection.config import DetectConfig
+from resnetlab.detection.data import DetectionSet, num_batches, training_batches
+from resnetlab.detection.figures import draw_samples, plot_detection_curves
+from resnetlab.detection.metrics import evaluate_detector
+from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.state import capture_rng, load_state, restore_rng, save_state
+
+STATE_KEYS = frozenset(
+    {"config", "spec", "model", "optimizer", "scheduler", "epoch", "step", "loss_sum",
+     "history", "best", "rng", "elapsed_s"}
+)  # fmt: skip
+SAMPLES = 8  # test images drawn with their predictions
+DATA_KEYS = ("data", "seed", "val_fraction", "test_fraction")  # what rebuilds the splits
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the next epoch and step within it, the epoch's loss so far."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    best: float = -1.0
+    elapsed_s: float = 0.0
+
+
+def make_optimizer(cfg: DetectConfig, model: nn.Module, total_steps: int):
+    """SGD (momentum 0.9) or AdamW on the trainable parameters; a linear warmup over
+    ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        done = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fit(
+    cfg: DetectConfig,
+    model: nn.Module,
+    spec: dict[str, Any],
+    splits: dict[str, DetectionSet],
+    run: RunDir,
+    state: dict[str, Any] | None = None,
+    limit_steps: int | None = None,
+) -> dict[str, float]:
+    """Train ``model`` for ``cfg.epochs`` (from ``state`` where resumed) and test the best
+    epoch's weights; return the test metrics. ``limit_steps`` stops after that many steps of
+    this call, with the state saved (for tests of resuming)."""
+    train = splits["train"]
+    steps_per_epoch = num_batches(train, cfg.batch_size)
+    optimizer, scheduler = make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
+    progress, history = Progress(), []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        progress = Progress(
+            state["epoch"], state["step"], state["loss_sum"], state["best"], state["elapsed_s"]
+        )
+        history = state["history"]
+        restore_rng(state["rng"])
+    run.rewrite_metrics(history)
+
+    def save(epoch: int, step: int, elapsed_s: float) -> None:
+        save_state(
+            run.file("state.pt"),
+            {
+                "config": cfg.as_dict(), "spec": spec, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "step": step, "loss_sum": progress.loss_sum,
+                "history": history, "best": progress.best, "rng": capture_rng(),
+                "elapsed_s": elapsed_s,
+            },
+        )  # fmt: skip
+
+    steps_this_call = 0
+    for epoch in range(progress.epoch, cfg.epochs):
+        model.train()
+        start, images_seen, epoch_s = time.perf_counter(), 0, 0.0
+        batches = training_batches(train, cfg.batch_size, cfg.seed, epoch, progress.step)
+        for step, (images, targets) in enumerate(batches, start=progress.step):
+            losses = model([image.float() / 255 for image in images], targets)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            progress.loss_sum += float(loss.detach())
+            images_seen += len(images)
+            steps_this_call += 1
+            done = step + 1
+            if done % cfg.save_every == 0 or steps_this_call == limit_steps:
+                epoch_s += time.perf_counter() - start
+                start = time.perf_counter()
+                save(epoch, done, progress.elapsed_s + epoch_s)
+            if steps_this_call == limit_steps:
+                return {}
+        epoch_s += time.perf_counter() - start
+        progress.elapsed_s += epoch_s
+        scores = evaluate_detector(model, splits["val"])
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": progress.loss_sum / steps_per_epoch,
+            "val_map_50": scores["map_50"],
+            "val_map": scores["map"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": images_seen / epoch_s,
+            "train_s": epoch_s,
+        }
+        history.append(record)
+        run.append_metrics(record)
+        run.print(
+            f"Epoch [{epoch + 1}/{cfg.epochs}], Loss: {record['train_loss']:.4f}, "
+            f"mAP@0.5: {scores['map_50']:.3f}, mAP@[.5:.95]: {scores['map']:.3f}, "
+            f"LR: {record['lr']:.4g}, {record['images_per_s']:.2f} images/s, "
+            f"{_clock(progress.elapsed_s)}"
+        )
+        header = {
+            "epoch": epoch + 1,
+            "metrics": {k: record[k] for k in ("val_map_50", "val_map")},
+            "data": {key: getattr(cfg, key) for key in DATA_KEYS},
+        }
+        save_detector(run.file("last.safetensors"), model, spec, header)
+        if scores["map_50"] > progress.best:
+            progress.best = scores["map_50"]
+            save_detector(run.file("best.safetensors"), model, spec, header)
+        progress.step, progress.loss_sum = 0, 0.0
+        save(epoch + 1, 0, progress.elapsed_s)
+        plot_detection_curves(history, run.file("curves.png"), spec["model"])
+    return test_best(model, splits["test"], run, spec)
+
+
+def test_best(
+    model: nn.Module, test: DetectionSet, run: RunDir, spec: dict[str, Any]
+) -> dict[str, float]:
+    """mAP of the best epoch's weights on the test split; drawings of the first images."""
+    from resnetlab.detection.checkpoint import load_detector_state
+
+    model.load_state_dict(load_detector_state(run.file("best.safetensors")))
+    scores = evaluate_detector(model, test)
+    run.print(f"Test mAP@0.5: {scores['map_50']:.3f}, mAP@[.5:.95]: {scores['map']:.3f}")
+    run.write_json("test.json", scores)
+    draw_samples(model, test, run.file("predictions"), spec["classes"], SAMPLES)
+    return scores
+
+
+def read_state(folder: str) -> dict[str, Any]:
+    """A detection run's training state."""
+    return load_state(f"{folder}/state.pt", STATE_KEYS)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
