@@ -21,6 +21,7 @@ FAMILIES = [
     ("plain20", [16, 32, 64], [1, 2, 4]),  # plain
     ("preact_resnet18", [64, 128, 256, 512], [1, 2, 4, 8]),  # preact, four stages
     ("preact_resnet164", [64, 128, 256], [1, 2, 4]),  # preact, bottlenecks, three stages
+    ("speedrun", [32, 128, 128], [2, 4, 8]),  # speedrun: each stage pools
 ]
 
 

@@ -458,7 +458,8 @@ def test_resuming_a_folder_without_a_state_is_one_line(capsys: pytest.CaptureFix
 
 def test_a_saved_state_holds_exactly_the_keys_a_resume_requires(state_bytes: bytes) -> None:
     state = torch.load(io.BytesIO(state_bytes), weights_only=True)
-    assert set(state) == STATE_KEYS | {"format"}
+    # and "averaged": the --ema weights (None without), optional so that older states resume
+    assert set(state) == STATE_KEYS | {"format", "averaged"}
 
 
 def test_a_state_file_given_as_a_checkpoint_or_as_weights(

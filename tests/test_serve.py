@@ -120,7 +120,9 @@ def test_bad_uploads_get_their_status_and_the_server_keeps_serving(
         response = _post(server, "big.png", data)
         assert response.status_code == status, (status, response.text)
         assert message in response.json()["detail"]
-    chunks = (noise[i : i + 4096] for i in range(0, len(noise), 4096))  # no Content-Length
+    head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    body = head + noise  # a well-formed start, so that only its size can stop it
+    chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))  # no Content-Length
     response = httpx.post(
         f"{server}/predict",
         content=chunks,

@@ -87,11 +87,11 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
     averaged = trainer.average.module.state_dict()
     trained = recipe_run.trained
     assert all(torch.equal(last[key], averaged[key].contiguous()) for key in last)
-    conv = "layers.1.conv2.weight"
+    conv = "layer2.conv2.weight"
     assert not torch.equal(last[conv], trained[conv].contiguous())  # an average, not the weights
     # the first BatchNorm's mean: that of its inputs over the 5 training batches, not the
     # running mean that training left
-    block = trainer.average.module.layers[0]
+    block = trainer.average.module.layer1
     inputs = []
     handle = block.bn1.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
     with torch.no_grad():
@@ -100,8 +100,8 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
     handle.remove()
     assert len(inputs) == 5
     mean = torch.cat(inputs).mean((0, 2, 3))
-    assert torch.allclose(last["layers.0.bn1.running_mean"], mean, atol=1e-5)
-    assert not torch.allclose(trained["layers.0.bn1.running_mean"], mean, atol=1e-3)
+    assert torch.allclose(last["layer1.bn1.running_mean"], mean, atol=1e-5)
+    assert not torch.allclose(trained["layer1.bn1.running_mean"], mean, atol=1e-3)
 
 
 def test_a_run_with_weight_averaging_resumes_exactly(

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from resnetlab.models.blocks import init_weights
 from resnetlab.models.classifier import ClassifierMixin
+from resnetlab.models.features import FeatureLevel
 from resnetlab.models.registry import register_model
 
 # Batch norm with fixed settings (Jordan 2024, sec. 3.2): a fast running average (PyTorch
@@ -82,17 +83,22 @@ class SpeedrunNet(ClassifierMixin, nn.Module):
         self.whiten.weight.requires_grad_(False)
         self.act = nn.GELU()
         channels = [stem, *widths]
-        self.layers = nn.Sequential(
-            *(SpeedrunBlock(channels[i], channels[i + 1]) for i in range(3))
-        )
+        self.layer1 = SpeedrunBlock(channels[0], channels[1])
+        self.layer2 = SpeedrunBlock(channels[1], channels[2])
+        self.layer3 = SpeedrunBlock(channels[2], channels[3])
+        self.feature_levels = [
+            FeatureLevel(("whiten", "act"), stem, 1),
+            *(FeatureLevel((f"layer{i + 1}",), w, 2 ** (i + 1)) for i, w in enumerate(widths)),
+        ]
         self.avgpool = nn.AdaptiveMaxPool2d(1)  # the name ClassifierMixin pools with
         self.head_scale = head_scale
         self.fc = nn.Linear(widths[-1], num_classes)
-        init_weights(self.layers, linear=False)
+        for layer in (self.layer1, self.layer2, self.layer3):
+            init_weights(layer, linear=False)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map, before pooling: (N, widths[-1], ~H/8, ~W/8)."""
-        return self.layers(self.act(self.whiten(x)))
+        return self.layer3(self.layer2(self.layer1(self.act(self.whiten(x)))))
 
     def pool_features(self, x: Tensor) -> Tensor:
         """The global maximum of each channel, scaled by ``head_scale``."""
