@@ -285,3 +285,12 @@ def test_a_classifier_checkpoint_is_not_a_detector(
     save_checkpoint(path, create_model("resnet20").state_dict(), {"model": "resnet20"})
     code, _, err = run_cli(capsys, "detect", "eval", "--checkpoint", str(path))
     assert_one_line_error(code, err, "a classifier's checkpoint")
+
+
+def test_torchrun_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run_cli(capsys, "detect", "train", "--limit", "2", "--batch-size", "2")
+    assert_one_line_error(code, err, "torchrun is not supported for detection")

@@ -18,8 +18,14 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
     from resnetlab.detection.model import DetectorSpec, build_detector
     from resnetlab.detection.sources import load_splits
     from resnetlab.detection.train import fit, read_state
+    from resnetlab.engine.distributed import launched_world
     from resnetlab.engine.state_dicts import read_weights
 
+    if launched_world().distributed:
+        raise ResnetlabError(
+            "detect train runs as one process: torchrun is not supported for detection yet "
+            "(start it without torchrun)"
+        )
     state = None
     if cfg.resume:
         state = read_state(cfg.resume)
