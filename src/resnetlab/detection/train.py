@@ -3,7 +3,6 @@ validation split each epoch, checkpoints and a training state that resumes bit f
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from resnetlab.detection.config import DetectConfig
 from resnetlab.detection.data import DetectionSet, num_batches, training_batches
 from resnetlab.detection.figures import draw_samples, plot_detection_curves
 from resnetlab.detection.metrics import evaluate_detector
+from resnetlab.engine.optim import lr_factor
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import capture_rng, load_state, restore_rng, save_state
 
@@ -48,10 +48,7 @@ def make_optimizer(cfg: DetectConfig, model: nn.Module, total_steps: int):
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        done = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        return lr_factor("cosine", step, total_steps, cfg.warmup_steps)
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
