@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -235,12 +236,16 @@ def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(
 ) -> None:
     root = write_coco(tmp_path / "coco")
     run = tmp_path / "run"
+    settings = tmp_path / "detect.yaml"  # --config sets the flags that the command line does not
+    settings.write_text("model: resnet18\nepochs: 1\nbatch-size: 1\nimage_size: 64\nlr: 0.5\n")
     code, out, err = run_cli(
-        capsys, "detect", "train", "--data", str(root), "--model", "resnet18", "--epochs", "1",
-        "--batch-size", "1", "--image-size", "64", "--val-fraction", "0.3",
-        "--test-fraction", "0.3", "--detector", "fcos", "--out", str(run),
+        capsys, "detect", "train", "--config", str(settings), "--data", str(root),
+        "--lr", "0.01", "--val-fraction", "0.3", "--test-fraction", "0.3", "--detector", "fcos",
+        "--out", str(run),
     )  # fmt: skip
     assert code == 0, err
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["model"], config["image_size"], config["lr"]) == ("resnet18", 64, 0.01)
     assert "mAP@0.5: " in out and "b.png: box" in err
     checkpoint = str(run / "best.safetensors")
     code, out, _ = run_cli(capsys, "detect", "eval", "--checkpoint", checkpoint, "--json")
@@ -261,6 +266,7 @@ def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(
         (["train", "--model", "resnet1d"], ["resnet1d", "no 2-D feature maps"]),
         (["train", "--weights", "missing.pt"], ["missing.pt"]),
         (["eval", "--checkpoint", "none.safetensors"], ["none.safetensors"]),
+        (["train", "--config", "none.yaml"], ["--config: cannot read 'none.yaml'"]),
         (
             ["predict", "--checkpoint", "x.safetensors", "a.png", "--threshold", "2"],
             ["--threshold"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -16,6 +17,38 @@ def parse_option(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, yaml.safe_load(value)
+
+
+class NestedParser(argparse.ArgumentParser):
+    """The parser of a command's action (`experiment degradation`, `detect train`), starting
+    from the defaults set on the command's own parser.
+
+    ``--config FILE.yaml`` turns the file into defaults of the command's parser, and argparse
+    lets a nested parser's own defaults override its parent's; so the parent's are copied in
+    before parsing. ``--config`` may come before or after the action's name.
+    """
+
+    def __init__(self, *args: Any, parent: argparse.ArgumentParser, **kwargs: Any) -> None:
+        self.parent, self.dests = parent, []
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
+            help="YAML file setting any flag of this command; flags given override it",
+        )  # fmt: skip
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """Add an argument, remembering its destination."""
+        action = super().add_argument(*args, **kwargs)
+        self.dests.append(action.dest)
+        return action
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse, with the parent's defaults (from ``--config``) in place of this parser's."""
+        inherited = {dest: self.parent.get_default(dest) for dest in self.dests}
+        self.set_defaults(**{k: v for k, v in inherited.items() if v is not None})
+        return super().parse_known_args(args, namespace)
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:

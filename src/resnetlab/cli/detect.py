@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, fields
+from functools import partial
 
+from resnetlab.cli.common import NestedParser
 from resnetlab.detection.config import DETECTORS, NORMS, OPTIMIZERS, DetectConfig
 
 
@@ -17,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Faster R-CNN, RetinaNet or FCOS on a resnetlab backbone with a feature "
         "pyramid, on the built-in `shapes` set or a COCO-format folder.",
     )
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=partial(NestedParser, parent=p)
+    )
     _register_train(actions)
     _register_eval(actions)
     _register_predict(actions)

@@ -4,12 +4,11 @@ ResNets."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from dataclasses import fields
 from functools import partial
 from typing import Any
 
-from resnetlab.cli.common import add_runtime_flags
+from resnetlab.cli.common import NestedParser, add_runtime_flags
 from resnetlab.engine.config import SCHEDULES
 from resnetlab.experiments.config import (
     FAST,
@@ -22,37 +21,6 @@ from resnetlab.experiments.config import (
 )
 
 
-class _ExperimentParser(argparse.ArgumentParser):
-    """One experiment's parser, starting from the defaults set on ``resnetlab experiment``.
-
-    ``--config FILE.yaml`` turns the file into defaults of the ``experiment`` parser, and
-    argparse lets a nested parser's own defaults override its parent's; so the parent's are
-    copied in before parsing. ``--config`` may come before or after the experiment's name.
-    """
-
-    def __init__(self, *args: Any, parent: argparse.ArgumentParser, **kwargs: Any) -> None:
-        self.parent, self.dests = parent, []
-        super().__init__(*args, **kwargs)
-        self.add_argument(
-            "--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
-            help="YAML file setting any flag of this experiment; flags given override it",
-        )  # fmt: skip
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
-        """Add an argument, remembering its destination."""
-        action = super().add_argument(*args, **kwargs)
-        self.dests.append(action.dest)
-        return action
-
-    def parse_known_args(
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        """Parse, with the parent's defaults (from ``--config``) in place of this parser's."""
-        inherited = {dest: self.parent.get_default(dest) for dest in self.dests}
-        self.set_defaults(**{k: v for k, v in inherited.items() if v is not None})
-        return super().parse_known_args(args, namespace)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand to ``sub``."""
     p = sub.add_parser(
@@ -62,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     experiments = p.add_subparsers(
         dest="experiment", required=True, metavar="EXPERIMENT",
-        parser_class=partial(_ExperimentParser, parent=p),
+        parser_class=partial(NestedParser, parent=p),
     )  # fmt: skip
     _register_degradation(experiments)
     _register_gradients(experiments)
