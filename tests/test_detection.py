@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from resnetlab.commands.detect import detect_train
+from resnetlab.commands.detect import check_batch_size, detect_train
 from resnetlab.detection.coco import read_coco
 from resnetlab.detection.config import DetectConfig
 from resnetlab.detection.data import hflip, training_batches, training_target
@@ -293,10 +293,9 @@ def test_a_classifier_checkpoint_is_not_a_detector(
     assert_one_line_error(code, err, "a classifier's checkpoint")
 
 
-def test_torchrun_is_refused_in_one_line(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    code, _, err = run_cli(capsys, "detect", "train", "--limit", "2", "--batch-size", "2")
-    assert_one_line_error(code, err, "torchrun is not supported for detection")
+def test_the_global_batch_must_fill_and_divide_among_the_processes() -> None:
+    check_batch_size(8, images=8, processes=2)
+    with pytest.raises(ResnetlabError, match=r"--batch-size 6 is the global batch: .* 4 processes"):
+        check_batch_size(6, images=8, processes=4)
+    with pytest.raises(ResnetlabError, match="--batch-size 16: the training split has 8 images"):
+        check_batch_size(16, images=8, processes=1)

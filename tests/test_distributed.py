@@ -176,3 +176,34 @@ def test_every_torchrun_process_stops_at_the_same_epoch(tmp_path: Path) -> None:
     history = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     best = load_checkpoint(tmp_path / "run" / "best.safetensors")[1]["epoch"]
     assert len(history) == best + 1 < 200 and output.count("Early stop") == 1
+
+
+DETECT = [
+    "detect", "train", "--data", "shapes", "--limit", "8", "--epochs", "2", "--batch-size", "4",
+    "--image-size", "64", "--warmup-steps", "2", "--save-every", "1", "--norm", "bn",
+]  # fmt: skip
+
+
+def test_detection_trains_on_two_processes_and_a_killed_run_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    """`detect train` under torchrun: rank 0 alone prints and writes, the state holds each
+    process's random streams, and a run killed after its first step ends as an uninterrupted
+    one, byte for byte."""
+    codes, output = two_processes([*DETECT, "--out", "whole"], tmp_path)
+    assert codes == [0, 0], output[-2000:]
+    assert output.count("Epoch [1/2]") == 1 and output.count("Test mAP@0.5") == 1
+    assert len(load_state(tmp_path / "whole" / "state.pt", frozenset({"rng"}))["rng"]) == 2
+    processes = start_two([*DETECT, "--out", "killed"], tmp_path)
+    state = tmp_path / "killed" / "state.pt"
+    while not state.exists() and all(p.poll() is None for p in processes):
+        time.sleep(0.02)
+    for process in processes:
+        process.kill()
+        process.communicate()
+    saved = load_state(state, frozenset({"epoch", "step"}))
+    assert (saved["epoch"], saved["step"]) < (2, 0)  # killed before the end
+    codes, output = two_processes(["detect", "train", "--resume", "killed"], tmp_path)
+    assert codes == [0, 0], output[-2000:]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    assert (killed / "last.safetensors").read_bytes() == (whole / "last.safetensors").read_bytes()

@@ -18,14 +18,10 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
     from resnetlab.detection.model import DetectorSpec, build_detector
     from resnetlab.detection.sources import load_splits
     from resnetlab.detection.train import fit, read_state
-    from resnetlab.engine.distributed import launched_world
+    from resnetlab.engine.distributed import joined
+    from resnetlab.engine.rundir import open_run_dir
     from resnetlab.engine.state_dicts import read_weights
 
-    if launched_world().distributed:
-        raise ResnetlabError(
-            "detect train runs as one process: torchrun is not supported for detection yet "
-            "(start it without torchrun)"
-        )
     state = None
     if cfg.resume:
         state = read_state(cfg.resume)
@@ -39,10 +35,6 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
         test_fraction=cfg.test_fraction,
         limit=cfg.limit,
     )
-    if len(splits["train"]) < cfg.batch_size:
-        raise ResnetlabError(
-            f"--batch-size {cfg.batch_size}: the training split has {len(splits['train'])} images"
-        )
     classes = splits["train"].classes
     if state is None:
         model, spec, loaded = start_detector(cfg, classes, weights)
@@ -50,7 +42,8 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
         spec, loaded = DetectorSpec(**state["spec"]), None
         model = build_detector(spec)
     folder = cfg.resume or cfg.out or default_run_dir(f"{cfg.detector}-{cfg.model}", cfg.data)
-    with RunDir(folder) as run:
+    with joined("cpu") as world, open_run_dir(folder, world) as run:  # detection runs on CPUs
+        check_batch_size(cfg.batch_size, len(splits["train"]), world.size)
         if state is None:
             run.write_config(cfg.as_dict())
         sizes = ", ".join(f"{len(data)} {name}" for name, data in splits.items())
@@ -64,7 +57,18 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
             run.print(loaded)
         if state is not None:
             run.print(f"resuming from epoch {state['epoch'] + 1}, step {state['step']}")
-        return fit(cfg, model, spec.as_dict(), splits, run, state, limit_steps)
+        return fit(cfg, model, spec.as_dict(), splits, run, world, state, limit_steps)
+
+
+def check_batch_size(batch_size: int, images: int, processes: int) -> None:
+    """A global batch that the training split fills and the processes share evenly."""
+    if images < batch_size:
+        raise ResnetlabError(f"--batch-size {batch_size}: the training split has {images} images")
+    if batch_size % processes:
+        raise ResnetlabError(
+            f"--batch-size {batch_size} is the global batch: it must divide evenly among the "
+            f"{processes} processes"
+        )
 
 
 def detect_eval(

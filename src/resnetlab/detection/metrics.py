@@ -22,7 +22,10 @@ def detection_map(predictions: list[Target], targets: list[Target]) -> dict[str,
             "detection mAP needs torchmetrics and faster-coco-eval: "
             "pip install 'resnetlab[detection]'"
         ) from None
-    metric = MeanAveragePrecision(iou_type="bbox", backend="faster_coco_eval")
+    # every image is given here: under torchrun, no gathering from the other processes
+    metric = MeanAveragePrecision(
+        iou_type="bbox", backend="faster_coco_eval", sync_on_compute=False
+    )
     with warnings.catch_warnings():  # "no ground truth" for a split of negatives only
         warnings.simplefilter("ignore", UserWarning)
         metric.update(predictions, [_with_crowd(t) for t in targets])

@@ -1,9 +1,14 @@
 """`detect train`'s loop: seeded batches, SGD/AdamW with warmup and cosine decay, mAP on the
-validation split each epoch, checkpoints and a training state that resumes bit for bit."""
+validation split each epoch, checkpoints and a training state that resumes bit for bit.
+
+Under torchrun each process trains on its share of every global batch (images ``rank``,
+``rank + size``, ...) in DistributedDataParallel; rank 0 alone validates, tests and writes.
+"""
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +20,7 @@ from resnetlab.detection.config import DetectConfig
 from resnetlab.detection.data import DetectionSet, num_batches, training_batches
 from resnetlab.detection.figures import draw_samples, plot_detection_curves
 from resnetlab.detection.metrics import evaluate_detector
+from resnetlab.engine.distributed import World
 from resnetlab.engine.optim import lr_factor
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import capture_rng, load_state, restore_rng, save_state
@@ -59,12 +65,13 @@ def fit(
     spec: dict[str, Any],
     splits: dict[str, DetectionSet],
     run: RunDir,
+    world: World,
     state: dict[str, Any] | None = None,
     limit_steps: int | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` for ``cfg.epochs`` (from ``state`` where resumed) and test the best
-    epoch's weights; return the test metrics. ``limit_steps`` stops after that many steps of
-    this call, with the state saved (for tests of resuming)."""
+    """Train ``model`` for ``cfg.epochs`` (from ``state`` where resumed) on the processes of
+    ``world`` and test the best epoch's weights; return the test metrics. ``limit_steps``
+    stops after that many steps of this call, with the state saved (for tests of resuming)."""
     train = splits["train"]
     steps_per_epoch = num_batches(train, cfg.batch_size)
     optimizer, scheduler = make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
@@ -77,17 +84,21 @@ def fit(
             state["epoch"], state["step"], state["loss_sum"], state["best"], state["elapsed_s"]
         )
         history = state["history"]
-        restore_rng(state["rng"])
+        restore_rank_rng(state["rng"], world)
     run.rewrite_metrics(history)
+    trained = world.wrap(model)  # averages the gradients over the processes
 
     def save(epoch: int, step: int, elapsed_s: float) -> None:
+        rng = world.gather(capture_rng())  # every process's: each draws its own proposals
+        if not world.is_main:
+            return
         save_state(
             run.file("state.pt"),
             {
                 "config": cfg.as_dict(), "spec": spec, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "step": step, "loss_sum": progress.loss_sum,
-                "history": history, "best": progress.best, "rng": capture_rng(),
+                "history": history, "best": progress.best, "rng": rng,
                 "elapsed_s": elapsed_s,
             },
         )  # fmt: skip
@@ -97,14 +108,15 @@ def fit(
         model.train()
         start, images_seen, epoch_s = time.perf_counter(), 0, 0.0
         batches = training_batches(train, cfg.batch_size, cfg.seed, epoch, progress.step)
+        share = slice(world.rank, None, world.size)
         for step, (images, targets) in enumerate(batches, start=progress.step):
-            losses = model([image.float() / 255 for image in images], targets)
+            losses = trained([image.float() / 255 for image in images[share]], targets[share])
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            progress.loss_sum += float(loss.detach())
+            progress.loss_sum += float(world.sum(loss.detach().clone())) / world.size
             images_seen += len(images)
             steps_this_call += 1
             done = step + 1
@@ -116,7 +128,8 @@ def fit(
                 return {}
         epoch_s += time.perf_counter() - start
         progress.elapsed_s += epoch_s
-        scores = evaluate_detector(model, splits["val"])
+        world.average_batchnorm(model)  # --norm bn: each process saw other images
+        scores = world.broadcast(evaluate_detector(model, splits["val"]) if world.is_main else None)
         record = {
             "epoch": epoch + 1,
             "train_loss": progress.loss_sum / steps_per_epoch,
@@ -139,14 +152,17 @@ def fit(
             "metrics": {k: record[k] for k in ("val_map_50", "val_map")},
             "data": {key: getattr(cfg, key) for key in DATA_KEYS},
         }
-        save_detector(run.file("last.safetensors"), model, spec, header)
-        if scores["map_50"] > progress.best:
-            progress.best = scores["map_50"]
-            save_detector(run.file("best.safetensors"), model, spec, header)
+        best = scores["map_50"] > progress.best
+        progress.best = max(progress.best, scores["map_50"])
+        if world.is_main:
+            save_detector(run.file("last.safetensors"), model, spec, header)
+            if best:
+                save_detector(run.file("best.safetensors"), model, spec, header)
+            plot_detection_curves(history, run.file("curves.png"), spec["model"])
         progress.step, progress.loss_sum = 0, 0.0
         save(epoch + 1, 0, progress.elapsed_s)
-        plot_detection_curves(history, run.file("curves.png"), spec["model"])
-    return test_best(model, splits["test"], run, spec)
+    scores = test_best(model, splits["test"], run, spec) if world.is_main else None
+    return world.broadcast(scores)
 
 
 def test_best(
@@ -161,6 +177,19 @@ def test_best(
     run.write_json("test.json", scores)
     draw_samples(model, test, run.file("predictions"), spec["classes"], SAMPLES)
     return scores
+
+
+def restore_rank_rng(saved: list[dict[str, Any]] | dict[str, Any], world: World) -> None:
+    """Continue this process's random streams from the state's (one per process; a single
+    one in states written before detection ran under torchrun)."""
+    streams = saved if isinstance(saved, list) else [saved]
+    if len(streams) != world.size:
+        warnings.warn(
+            f"--resume: {world.size} processes, the run had {len(streams)}; the images each "
+            "process sees change, so the run will not match an uninterrupted one",
+            stacklevel=2,
+        )
+    restore_rng(streams[world.rank % len(streams)])
 
 
 def read_state(folder: str) -> dict[str, Any]:
