@@ -35,6 +35,7 @@ from resnetlab.engine.loop import (
     predict,
     train_one_epoch,
 )
+from resnetlab.engine.memory import keep_freed_memory
 from resnetlab.engine.metrics import classification_report, regression_report, topk_accuracy
 from resnetlab.engine.optim import build_scheduler
 from resnetlab.engine.plots import plot_confusion, plot_curves, plot_time_to_accuracy
@@ -117,6 +118,8 @@ class Trainer:
         self.requested = requested if requested is not None else cfg.to_dict()
         self.world = launched_world()
         self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
+        if self.precision.device.type == "cpu":
+            keep_freed_memory()  # about 10% faster steps (engine/memory.py)
         if cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self.precision.prepare(model)
