@@ -21,7 +21,10 @@ from resnetlab.engine.trainer import Trainer
 
 TIMED_STEPS = 5  # steps timed after the first one, which warms up (and compiles); the median
 # Kept back for what is not measured (start-up, checkpoints, figures): seconds, and a share
-MARGIN_S, MARGIN_SHARE = 5.0, 0.03
+# that also covers a misjudged step: the median of the timed steps has been 7% below a whole
+# run's (1.20 s against 1.28 s for the speed run on a quiet 2-core AMD EPYC; that run, with a
+# 3% share, took 21 min of a 20-minute budget)
+MARGIN_S, MARGIN_SHARE = 5.0, 0.08
 
 
 @dataclass(frozen=True)
