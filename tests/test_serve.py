@@ -127,10 +127,11 @@ def test_bad_uploads_get_their_status_and_the_server_keeps_serving(
         f"{server}/predict",
         content=chunks,
         headers={"content-type": "multipart/form-data; boundary=x"},
+        timeout=60,
     )
     assert response.status_code == 413  # cut off after the limit (Starlette's plain text)
     for form in ({}, {"image": ("a.png", good)}):  # no file, or under another name
-        response = httpx.post(f"{server}/predict", files=form or None, data={"x": "1"})
+        response = httpx.post(f"{server}/predict", files=form or None, data={"x": "1"}, timeout=60)
         assert response.status_code == 422
         assert response.json()["detail"] == (
             "no file: send the image as the multipart form field 'file'"
