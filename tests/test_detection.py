@@ -21,6 +21,7 @@ from resnetlab.detection.metrics import detection_map
 from resnetlab.detection.model import DetectorSpec, build_detector
 from resnetlab.detection.shapes import ShapesSet
 from resnetlab.engine.checkpoint import save_checkpoint
+from resnetlab.engine.distributed import World
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 from tests.helpers import assert_one_line_error, run_cli
@@ -294,8 +295,8 @@ def test_a_classifier_checkpoint_is_not_a_detector(
 
 
 def test_the_global_batch_must_fill_and_divide_among_the_processes() -> None:
-    check_batch_size(8, images=8, processes=2)
+    check_batch_size(8, images=8, world=World(0, 2))
     with pytest.raises(ResnetlabError, match=r"--batch-size 6 is the global batch: .* 4 processes"):
-        check_batch_size(6, images=8, processes=4)
+        check_batch_size(6, images=8, world=World(0, 4))
     with pytest.raises(ResnetlabError, match="--batch-size 16: the training split has 8 images"):
-        check_batch_size(16, images=8, processes=1)
+        check_batch_size(16, images=8, world=World())

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnetlab.detection.config import DetectConfig
 from resnetlab.engine.rundir import RunDir, default_run_dir
 from resnetlab.errors import ResnetlabError
+
+if TYPE_CHECKING:
+    from resnetlab.engine.distributed import World
 
 
 def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str, float]:
@@ -43,7 +46,7 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
         model = build_detector(spec)
     folder = cfg.resume or cfg.out or default_run_dir(f"{cfg.detector}-{cfg.model}", cfg.data)
     with joined("cpu") as world, open_run_dir(folder, world) as run:  # detection runs on CPUs
-        check_batch_size(cfg.batch_size, len(splits["train"]), world.size)
+        check_batch_size(cfg.batch_size, len(splits["train"]), world)
         if state is None:
             run.write_config(cfg.as_dict())
         sizes = ", ".join(f"{len(data)} {name}" for name, data in splits.items())
@@ -60,15 +63,11 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
         return fit(cfg, model, spec.as_dict(), splits, run, world, state, limit_steps)
 
 
-def check_batch_size(batch_size: int, images: int, processes: int) -> None:
+def check_batch_size(batch_size: int, images: int, world: World) -> None:
     """A global batch that the training split fills and the processes share evenly."""
     if images < batch_size:
         raise ResnetlabError(f"--batch-size {batch_size}: the training split has {images} images")
-    if batch_size % processes:
-        raise ResnetlabError(
-            f"--batch-size {batch_size} is the global batch: it must divide evenly among the "
-            f"{processes} processes"
-        )
+    world.check_global_batch(batch_size)
 
 
 def detect_eval(

@@ -81,6 +81,14 @@ class World:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor
 
+    def check_global_batch(self, batch_size: int) -> None:
+        """Refuse a ``--batch-size`` (the global batch) that the processes cannot share evenly."""
+        if batch_size % self.size:
+            raise ResnetlabError(
+                f"--batch-size {batch_size} is the global batch: it must divide evenly among the "
+                f"{self.size} processes"
+            )
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel, which averages gradients over the processes
         during the backward pass (the model itself in one process). Wrap it again whenever

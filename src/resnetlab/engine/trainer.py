@@ -172,11 +172,7 @@ class Trainer:
         """``--batch-size``, or the whole training split where that is smaller (with a warning):
         training drops an incomplete last batch, and would otherwise have no step at all."""
         samples, processes = len(self.bundle.train), self.world.size
-        if self.cfg.batch_size % processes:
-            raise ResnetlabError(
-                f"--batch-size {self.cfg.batch_size} is the global batch: it must divide evenly "
-                f"among the {processes} processes"
-            )
+        self.world.check_global_batch(self.cfg.batch_size)
         if self.cfg.batch_size <= samples:
             return self.cfg.batch_size
         batch = samples - samples % processes
