@@ -15,7 +15,7 @@ A run that stops (crash, end of a session) is resumed bit for bit on the next ca
 once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``; the accuracy at
 ``--source-quality`` (the folder as it is: 75 for the shared CIFAR-10 copy), 50, 30 and 15 is
 extrapolated linearly to quality 100.
-Results: ``--out``/paper_gap.json and paper_gap.md.
+Runs and results (paper_gap.json, paper_gap.md) go to ``--out``/e``EPOCHS``/.
 """
 
 from __future__ import annotations
@@ -80,8 +80,13 @@ def reencoded(source: Path, quality: int, out: Path) -> Path:
     return target
 
 
-def run_dir(out: Path, factor: str, seed: int) -> Path:
-    return out / f"{factor}-seed{seed}"
+def protocol_dir(args: argparse.Namespace) -> Path:
+    """Where the runs and results of the ``--epochs``-long protocol live."""
+    return args.out / f"e{args.epochs}"
+
+
+def run_dir(args: argparse.Namespace, factor: str, seed: int) -> Path:
+    return protocol_dir(args) / f"{factor}-seed{seed}"
 
 
 def finished(path: Path) -> bool:
@@ -90,7 +95,7 @@ def finished(path: Path) -> bool:
 
 def train(factor: str, seed: int, args: argparse.Namespace) -> None:
     """Start, resume or skip one run."""
-    path = run_dir(args.out, factor, seed)
+    path = run_dir(args, factor, seed)
     if finished(path):
         return
     command = [sys.executable, "-m", "resnetlab", "train"]
@@ -124,7 +129,7 @@ def report(args: argparse.Namespace) -> dict:
         scores = {
             seed: acc
             for seed in args.seeds
-            if (acc := final_accuracy(run_dir(args.out, factor, seed))) is not None
+            if (acc := final_accuracy(run_dir(args, factor, seed))) is not None
         }
         if scores:
             rows[factor] = {"seeds": scores, "mean": statistics.fmean(scores.values())}
@@ -176,19 +181,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_gap"))
     parser.add_argument("--report", action="store_true", help="only write the table")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    protocol_dir(args).mkdir(parents=True, exist_ok=True)
     if not args.report:
         for factor in args.factors:
             for seed in args.seeds:
                 train(factor, seed, args)
     result = report(args)
     write_atomically(
-        args.out / "paper_gap.json",
+        protocol_dir(args) / "paper_gap.json",
         lambda f: f.write(json.dumps(result, indent=2).encode()),
         "the results",
     )
     write_atomically(
-        args.out / "paper_gap.md", lambda f: f.write(markdown(result).encode()), "the table"
+        protocol_dir(args) / "paper_gap.md",
+        lambda f: f.write(markdown(result).encode()),
+        "the table",
     )
     print(markdown(result))
 

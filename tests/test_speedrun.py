@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,8 @@ from helpers import assert_one_line_error, crash_after_state, make_folder, run_c
 from safetensors.torch import load_file
 
 from resnetlab.cli import main
-from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Speed, fit_length
+from resnetlab.engine import budget
+from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Pace, Speed, fit_length, pace_of
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.state import STATE_FILE, load_state
 from resnetlab.engine.trainer import Trainer
@@ -133,26 +135,92 @@ def test_a_tiny_time_budget_cuts_the_run_and_still_writes_its_outputs(
     assert load_state(out / STATE_FILE)["config"]["epochs"] == 1  # what a resume repeats
 
 
-def budget_run(val_batches: int = 2, average: bool = True, tta: str | None = "flip") -> object:
-    """What ``fit_length`` reads of a trainer: 10 steps an epoch of batch 512."""
+def budget_run(steps_done: int = 0) -> object:
+    """What ``fit_length`` and ``pace_of`` read of a trainer: 10 steps an epoch of batch 512,
+    2 validation batches, weight averaging and flip TTA."""
     return SimpleNamespace(
-        cfg=SimpleNamespace(tta=tta, limit_steps=None),
-        val_loader=[None] * val_batches,
-        average=object() if average else None,
+        cfg=SimpleNamespace(tta="flip", limit_steps=None),
+        val_loader=[None] * 2,
+        average=object(),
         order=SimpleNamespace(batch_size=512),
         steps_per_epoch=10,
+        steps_done=steps_done,
     )
 
 
 def test_the_budget_buys_steps_after_compiling_validation_and_the_final_evaluation() -> None:
-    speed = Speed(first_step_s=31.0, step_s=1.0, eval_batch_s=0.5)
+    pace = pace_of(budget_run(), Speed(first_step_s=31.0, step_s=1.0, eval_batch_s=0.5))
     # an epoch: 10 steps + (2 validation + 4 BatchNorm batches) x 0.5 s = 13 s; compiling
     # 30 s; final TTA 2 x 2 x 0.5 = 2 s
+    assert pace == Pace(step_s=1.0, epoch_s=3.0, final_s=2.0, once_s=30.0)
     whole = (MARGIN_S + 30 + 2 + 7 * 13) / (1 - MARGIN_SHARE)
-    assert fit_length(budget_run(), speed, whole) == Length(7, None)
+    assert fit_length(budget_run(), pace, whole, None) == Length(7, None)
     cut = (MARGIN_S + 30 + 2 + 7 * 13 + 3 + 4.5) / (1 - MARGIN_SHARE)  # 8th: 3 s + 4.5 steps
-    assert fit_length(budget_run(), speed, cut) == Length(8, 74)
-    assert fit_length(budget_run(), speed, 1.0) == Length(1, 1)
+    assert fit_length(budget_run(), pace, cut, None) == Length(8, 74)
+    assert fit_length(budget_run(), pace, cut, 60) == Length(6, None)  # at most 60 steps
+    assert fit_length(budget_run(), pace, 1.0, None) == Length(1, 1)
+    # re-fitted after 3 epochs, nothing left to compile: 4 more epochs, 30 + 40 steps
+    later = Pace(step_s=1.0, epoch_s=3.0, final_s=2.0)
+    left = (MARGIN_S + 2 + 4 * 13) / (1 - MARGIN_SHARE)
+    assert fit_length(budget_run(steps_done=30), later, left, 100) == Length(7, None)
+
+
+def test_the_budget_is_refitted_after_each_epoch_and_its_schedule_still_ends(
+    folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first fit 100 times too optimistic is cut back after the first epoch: the run takes
+    the length of its re-fitted config, its warmup keeps its share of the run, and the lr still
+    anneals to zero at the last step."""
+    measure = budget.measure_speed
+    monkeypatch.setattr(
+        budget,
+        "measure_speed",
+        lambda trainer: Speed(*(s / 100 for s in astuple(measure(trainer)))),
+    )
+    out = tmp_path / "run"
+    argv = [*RECIPE, "--data", str(folder), "--epochs", "50", "--warmup-epochs", "5"]
+    code, stdout, _ = run_cli(capsys, *argv, "--out", str(out), "--time-budget", "0.15")
+    assert code == 0 and "steps instead of" in stdout, stdout
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    metrics = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = config["limit_steps"] or 5 * config["epochs"]
+    assert len(metrics) == config["epochs"] and metrics[-1]["step"] == steps
+    assert config["warmup_epochs"] == pytest.approx(5 / 50 * steps / 5, abs=1e-4)  # a 10% share
+    assert metrics[-1]["lr"] == 0.0
+
+
+def test_a_run_shortened_while_it_trains_resumes_exactly(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cut from 15 to 12 steps after its first epoch (as a budget's re-fit cuts it):
+    killed in its second epoch, it resumes to the run never stopped."""
+
+    class CutOnce:
+        def after_epoch(self, trainer: Trainer, tally: object, other_s: float) -> None:
+            if trainer.cfg.limit_steps is None:
+                trainer.set_length(3, 12)
+                trainer.run.write_config(trainer.cfg.to_dict())
+
+    init = Trainer.__init__
+
+    def init_with_cut(self: Trainer, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        self.budget = CutOnce()
+
+    argv = [*RECIPE, "--data", str(folder), *RESUMABLE]
+    monkeypatch.setattr(Trainer, "__init__", init_with_cut)
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    crash_after_state(monkeypatch, at_step=9)  # in epoch 2, after the cut
+    with pytest.raises(MemoryError):
+        main([*argv, "--out", str(tmp_path / "crashed")])
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "crashed")]) == 0
+    metrics = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    assert yaml.safe_load(metrics[-1])["step"] == 12
+    assert fingerprint(tmp_path / "crashed") == fingerprint(tmp_path / "whole")
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,10 @@ from resnetlab.engine.state import capture_rng, restore_rng
 from resnetlab.engine.trainer import Trainer
 
 TIMED_STEPS = 5  # steps timed after the first one, which warms up (and compiles); the median
-# Kept back for what is not measured (start-up, checkpoints, figures): seconds, and a share
-# that also covers a misjudged step: the median of the timed steps has been 7% below a whole
-# run's (1.20 s against 1.28 s for the speed run on a quiet 2-core AMD EPYC; that run, with a
-# 3% share, took 21 min of a 20-minute budget)
-MARGIN_S, MARGIN_SHARE = 5.0, 0.08
+# Kept back for what is not measured (start-up, checkpoints, figures, a step's noise): seconds,
+# and a share of the time left. The length is re-fitted after every epoch from the run's own
+# pace (a virtual machine's steps have varied by 20% within a minute).
+MARGIN_S, MARGIN_SHARE = 5.0, 0.03
 
 
 @dataclass(frozen=True)
@@ -83,38 +82,95 @@ def _timed(work: Callable[[], object], trainer: Trainer) -> float:
     return time.perf_counter() - start
 
 
-def fit_length(trainer: Trainer, speed: Speed, seconds: float) -> Length:
-    """The most steps of ``trainer``'s run that end within ``seconds`` together with each
-    epoch's validation, compiling, the final (TTA) evaluation and a margin (at least one):
-    whole epochs, the last one cut short by ``limit_steps`` where the budget ends within it."""
-    cfg = trainer.cfg
-    per_epoch = trainer.steps_per_epoch
+@dataclass(frozen=True)
+class Pace:
+    """Seconds that the rest of a run costs: each training step, each epoch's work besides its
+    steps (validation, BatchNorm recomputation, checkpoints), the final (TTA) evaluation, and
+    what is paid once at the start (compiling)."""
+
+    step_s: float
+    epoch_s: float
+    final_s: float
+    once_s: float = 0.0
+
+
+def pace_of(trainer: Trainer, speed: Speed) -> Pace:
+    """The pace that ``speed``'s measurements predict for ``trainer``'s run."""
     val_batches = 0 if trainer.val_loader is None else len(trainer.val_loader)
     # BatchNorm recomputation: forward passes of training batches, half an evaluation batch each
     bn_batches = 0 if trainer.average is None else BN_SAMPLES / (2 * trainer.order.batch_size)
-    eval_epoch_s = (val_batches + bn_batches) * speed.eval_batch_s
-    final_s = val_batches * speed.eval_batch_s * (2 if cfg.tta == "flip" else 1)
-    compile_s = max(0.0, speed.first_step_s - speed.step_s)
-    left = seconds * (1 - MARGIN_SHARE) - MARGIN_S - compile_s - final_s
-    epochs = max(1, math.ceil(left / (per_epoch * speed.step_s + eval_epoch_s)))
-    steps = max(1, math.floor((left - epochs * eval_epoch_s) / speed.step_s))
-    if cfg.limit_steps is not None:
-        steps = min(steps, cfg.limit_steps)
+    return Pace(
+        step_s=speed.step_s,
+        epoch_s=(val_batches + bn_batches) * speed.eval_batch_s,
+        final_s=val_batches * speed.eval_batch_s * (2 if trainer.cfg.tta == "flip" else 1),
+        once_s=max(0.0, speed.first_step_s - speed.step_s),
+    )
+
+
+def fit_length(trainer: Trainer, pace: Pace, seconds: float, most: int | None) -> Length:
+    """The most steps of ``trainer``'s run (at most ``most`` in all) that end within
+    ``seconds`` from now, an epoch's end, at ``pace``, with a margin (at least one more step):
+    whole epochs, the last one cut short by ``limit_steps`` where the budget ends within it."""
+    per_epoch = trainer.steps_per_epoch
+    left = seconds * (1 - MARGIN_SHARE) - MARGIN_S - pace.once_s - pace.final_s
+    epochs = max(1, math.ceil(left / (per_epoch * pace.step_s + pace.epoch_s)))
+    steps = trainer.steps_done + max(1, math.floor((left - epochs * pace.epoch_s) / pace.step_s))
+    if most is not None:
+        steps = min(steps, most)
     epochs = max(1, math.ceil(steps / per_epoch))
-    whole = steps == epochs * per_epoch and cfg.limit_steps is None
+    whole = steps == epochs * per_epoch and trainer.cfg.limit_steps is None
     return Length(epochs, None if whole else steps)
+
+
+class Budget:
+    """A run's wall-clock budget after its length was first fitted: at the end of each epoch
+    the rest of the run is fitted again at the pace measured so far (every process's slowest),
+    and shortened where it would overrun. It never grows: the first fit keeps the margin."""
+
+    def __init__(self, deadline: float, pace: Pace) -> None:
+        self.deadline, self.pace = deadline, pace  # deadline: a time.perf_counter()
+        self.train_s, self.steps, self.other_s, self.epochs = 0.0, 0, 0.0, 0
+
+    def after_epoch(self, trainer: Trainer, tally: EpochTally, other_s: float) -> None:
+        """Count the epoch's ``tally`` (its steps' seconds) and ``other_s`` seconds of
+        validation and checkpoints, then shorten the run if it would end after the deadline."""
+        self.train_s, self.steps = self.train_s + tally.seconds, self.steps + tally.steps
+        self.other_s, self.epochs = self.other_s + other_s, self.epochs + 1
+        planned = trainer.total_steps(trainer.cfg.epochs, first_step=0)
+        if trainer.steps_done >= planned:
+            return
+        observed = torch.tensor([self.train_s / self.steps, self.other_s / self.epochs])
+        step_s, epoch_s = trainer.world.max(observed.double()).tolist()
+        pace = Pace(step_s, epoch_s, self.pace.final_s)
+        length = fit_length(trainer, pace, self.deadline - time.perf_counter(), planned)
+        steps = length.limit_steps or length.epochs * trainer.steps_per_epoch
+        if steps < planned:
+            trainer.set_length(length.epochs, length.limit_steps)
+            trainer.run.write_config(trainer.cfg.to_dict())
+            trainer.run.print(
+                f"--time-budget: {step_s:.3g} s a step so far -> {steps} steps instead of "
+                f"{planned} ({_flags(length)})"
+            )
 
 
 def fit_to_budget(trainer: Trainer, seconds: float) -> Length:
     """Measure ``trainer``'s speed and set its run to the length that fits ``seconds`` (the
-    budget left); print what was chosen."""
+    budget left), to be re-fitted after each epoch; print what was chosen."""
+    deadline = time.perf_counter() + seconds
     speed = measure_speed(trainer)
-    length = fit_length(trainer, speed, seconds)
+    pace = pace_of(trainer, speed)
+    length = fit_length(trainer, pace, deadline - time.perf_counter(), trainer.cfg.limit_steps)
     trainer.set_length(length.epochs, length.limit_steps)
-    steps = "" if length.limit_steps is None else f", --limit-steps {length.limit_steps}"
+    trainer.budget = Budget(deadline, pace)
     trainer.run.print(
         f"--time-budget: {speed.step_s:.3g} s a step, "
         f"{speed.eval_batch_s:.3g} s an evaluation batch, {speed.first_step_s:.3g} s the first "
-        f"step -> --epochs {length.epochs}{steps} ({seconds:.0f} s of the budget left)"
+        f"step -> {_flags(length)} ({seconds:.0f} s of the budget left)"
     )
     return length
+
+
+def _flags(length: Length) -> str:
+    """``length`` as the flags that ask for it."""
+    steps = "" if length.limit_steps is None else f", --limit-steps {length.limit_steps}"
+    return f"--epochs {length.epochs}{steps}"

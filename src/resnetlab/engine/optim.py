@@ -69,8 +69,17 @@ def _cosine(step: int, steps: int) -> float:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    total_steps: int,
+    steps_per_epoch: int,
+    last_step: int = -1,
 ) -> LambdaLR:
-    """The schedule named by ``cfg.schedule``, over ``total_steps`` optimiser steps."""
+    """The schedule named by ``cfg.schedule``, over ``total_steps`` optimiser steps; given the
+    ``last_step`` taken, it sets the lr of the next one."""
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    return LambdaLR(optimizer, lambda step: lr_factor(cfg.schedule, step, total_steps, warmup))
+    return LambdaLR(
+        optimizer,
+        lambda step: lr_factor(cfg.schedule, step, total_steps, warmup),
+        last_epoch=last_step,
+    )

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -44,6 +44,9 @@ from resnetlab.engine.rundir import TIMINGS, RunDir, progress_enabled
 from resnetlab.engine.state import STATE_FILE, capture_rng, restore_rng, save_state
 from resnetlab.engine.stops import StopRequests
 from resnetlab.errors import ResnetlabError, RunStopped
+
+if TYPE_CHECKING:
+    from resnetlab.engine.budget import Budget
 
 _CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count (--on-nan stop)
 MIN_TIMED_S = 1.0  # shorter epochs print no samples/s: a few steps are too few to time
@@ -151,6 +154,7 @@ class Trainer:
         steps = self.total_steps(cfg.epochs, 0)
         self.compiled = should_compile(cfg.compile, bundle.kind, self.precision.device, steps)
         self.phase: _Phase | None = None
+        self.budget: Budget | None = None  # --time-budget, once fit_to_budget has fitted it
         self.pending = resume
         if resume is not None:
             self._restore_progress(resume)
@@ -160,13 +164,27 @@ class Trainer:
         self.board = open_board(run, len(self.history) + 1) if wants_board else None
 
     def set_length(self, epochs: int, limit_steps: int | None) -> None:
-        """Before training: make the run ``epochs`` long, capped at ``limit_steps`` (what
-        ``--time-budget`` chose), in the config, the request that a resume or a replay repeats,
-        and the checkpoints' recipe; the budget itself is then spent."""
-        changes = {"epochs": epochs, "limit_steps": limit_steps, "time_budget": None}
+        """Make the run (one phase) ``epochs`` long, capped at ``limit_steps`` (what
+        ``--time-budget`` chose), its warmup scaled to keep its share of the run: in the config,
+        the request that a resume or a replay repeats, and the checkpoints' recipe; the budget
+        itself is then spent. During training, the lr schedule goes on over the new length."""
+        before = self.total_steps(self.cfg.epochs, first_step=0)
+        self.cfg = replace(self.cfg, epochs=epochs, limit_steps=limit_steps)
+        after = self.total_steps(epochs, first_step=0)
+        warmup = round(self.cfg.warmup_epochs * after / before, 4)
+        changes = {
+            "epochs": epochs, "limit_steps": limit_steps, "warmup_epochs": warmup,
+            "time_budget": None,
+        }  # fmt: skip
         self.cfg = replace(self.cfg, **changes)
         self.requested = {**self.requested, **changes}
         self.header = {**self.header, "recipe": {**self.header["recipe"], **changes}}
+        if self.phase is not None:
+            done = self.steps_done - self.phase.first_step
+            scheduler = build_scheduler(
+                self.phase.optimizer, self.cfg, after, self.steps_per_epoch, last_step=done - 1
+            )
+            self.phase = replace(self.phase, scheduler=scheduler)
 
     def _train_batch_size(self) -> int:
         """``--batch-size``, or the whole training split where that is smaller (with a warning):
@@ -247,7 +265,10 @@ class Trainer:
                 tally = self._train_epoch(
                     tally or EpochTally(self.precision.device, self.regression)
                 )
+                trained = time.perf_counter()
                 self._end_epoch(self._epoch_record(tally))
+                if self.budget is not None:  # before the state, which holds the length
+                    self.budget.after_epoch(self, tally, time.perf_counter() - trained)
                 tally = None
                 self.save_state(None)
                 self._stop_if_asked()
