@@ -58,6 +58,13 @@ def test_scheduler_runs_the_whole_budget(schedule: str) -> None:
         assert lrs[-1] < 0.1
 
 
+def test_a_warmup_as_long_as_the_run_is_warned_about() -> None:
+    cfg = TrainConfig(schedule="onecycle", lr=0.1, warmup_epochs=3)
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg)
+    with pytest.warns(UserWarning, match=r"--warmup-epochs 3 \(30 steps\) is not shorter"):
+        build_scheduler(optimizer, cfg, total_steps=20, steps_per_epoch=10)
+
+
 def test_bce_head_matches_two_class_softmax() -> None:
     z = torch.tensor([[0.3], [-2.0]])
     probs = class_logits(z).softmax(1)[:, 1]

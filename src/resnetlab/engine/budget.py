@@ -139,10 +139,11 @@ class Budget:
         planned = trainer.total_steps(trainer.cfg.epochs, first_step=0)
         if trainer.steps_done >= planned:
             return
-        observed = torch.tensor([self.train_s / self.steps, self.other_s / self.epochs])
-        step_s, epoch_s = trainer.world.max(observed.double()).tolist()
+        late = time.perf_counter() - self.deadline  # every process fits to the earliest end
+        observed = [self.train_s / self.steps, self.other_s / self.epochs, late]
+        step_s, epoch_s, late = trainer.world.max(torch.tensor(observed).double()).tolist()
         pace = Pace(step_s, epoch_s, self.pace.final_s)
-        length = fit_length(trainer, pace, self.deadline - time.perf_counter(), planned)
+        length = fit_length(trainer, pace, -late, planned)
         steps = length.limit_steps or length.epochs * trainer.steps_per_epoch
         if steps < planned:
             trainer.set_length(length.epochs, length.limit_steps)
@@ -159,7 +160,8 @@ def fit_to_budget(trainer: Trainer, seconds: float) -> Length:
     deadline = time.perf_counter() + seconds
     speed = measure_speed(trainer)
     pace = pace_of(trainer, speed)
-    length = fit_length(trainer, pace, deadline - time.perf_counter(), trainer.cfg.limit_steps)
+    late = trainer.world.max(torch.tensor([time.perf_counter() - deadline]).double()).item()
+    length = fit_length(trainer, pace, -late, trainer.cfg.limit_steps)
     trainer.set_length(length.epochs, length.limit_steps)
     trainer.budget = Budget(deadline, pace)
     trainer.run.print(

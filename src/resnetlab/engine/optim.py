@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -76,8 +77,15 @@ def build_scheduler(
     last_step: int = -1,
 ) -> LambdaLR:
     """The schedule named by ``cfg.schedule``, over ``total_steps`` optimiser steps; given the
-    ``last_step`` taken, it sets the lr of the next one."""
+    ``last_step`` taken, it sets the lr of the next one. A warmup as long as the run (the
+    lr would never decay) gets a warning."""
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if warmup >= total_steps:
+        warnings.warn(
+            f"--warmup-epochs {cfg.warmup_epochs:g} ({warmup} steps) is not shorter than the "
+            f"run ({total_steps} steps): the lr would only rise",
+            stacklevel=2,
+        )
     return LambdaLR(
         optimizer,
         lambda step: lr_factor(cfg.schedule, step, total_steps, warmup),
