@@ -124,8 +124,9 @@ def fit_length(trainer: Trainer, pace: Pace, seconds: float, most: int | None) -
 
 class Budget:
     """A run's wall-clock budget after its length was first fitted: at the end of each epoch
-    the rest of the run is fitted again at the pace measured so far (every process's slowest),
-    and shortened where it would overrun. It never grows: the first fit keeps the margin."""
+    the rest of the run is fitted again at the pace measured so far (a step: the slower of the
+    run's mean and the last epoch's; every process's slowest), and shortened where it would
+    overrun. It never grows: the first fit keeps the margin."""
 
     def __init__(self, deadline: float, pace: Pace) -> None:
         self.deadline, self.pace = deadline, pace  # deadline: a time.perf_counter()
@@ -140,7 +141,8 @@ class Budget:
         if trainer.steps_done >= planned:
             return
         late = time.perf_counter() - self.deadline  # every process fits to the earliest end
-        observed = [self.train_s / self.steps, self.other_s / self.epochs, late]
+        step_s = max(self.train_s / self.steps, tally.seconds / tally.steps)  # slowing down?
+        observed = [step_s, self.other_s / self.epochs, late]
         step_s, epoch_s, late = trainer.world.max(torch.tensor(observed).double()).tolist()
         pace = Pace(step_s, epoch_s, self.pace.final_s)
         length = fit_length(trainer, pace, -late, planned)
