@@ -141,8 +141,8 @@ class Budget:
         if trainer.steps_done >= planned:
             return
         late = time.perf_counter() - self.deadline  # every process fits to the earliest end
-        step_s = max(self.train_s / self.steps, tally.seconds / tally.steps)  # slowing down?
-        observed = [step_s, self.other_s / self.epochs, late]
+        mean_s, last_s = self.train_s / self.steps, tally.seconds / tally.steps
+        observed = [max(mean_s, last_s), self.other_s / self.epochs, late]  # slowing down?
         step_s, epoch_s, late = trainer.world.max(torch.tensor(observed).double()).tolist()
         pace = Pace(step_s, epoch_s, self.pace.final_s)
         length = fit_length(trainer, pace, -late, planned)
