@@ -12,9 +12,10 @@ Each factor changes one thing against ``baseline``:
 
 A run that stops (crash, end of a session) is resumed bit for bit on the next call
 (`resnetlab train --resume`); finished runs are skipped. JPEG factors re-encode the folder
-once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``; the accuracy at
+once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``. The accuracy at
 ``--source-quality`` (the folder as it is: 75 for the shared CIFAR-10 copy), 50, 30 and 15 is
-extrapolated linearly to quality 100.
+extrapolated to lossless by two lines: through the qualities, to quality 100, and through each
+folder's estimated error against the lost lossless images (jpeg_distortion.py), to zero.
 Runs and results (paper_gap.json, paper_gap.md) go to ``--out``/e``EPOCHS``/.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jpeg_distortion import against_lossless
 from PIL import Image
 
 from resnetlab.bench.hardware import machine_name
@@ -57,16 +59,23 @@ FACTORS = {
     "jpeg15": Factor("the folder re-encoded at JPEG quality 15", quality=15),
     "no-bn-decay": Factor("no weight decay on BN and biases", ("--no-decay-norm-and-bias",)),
     "reflect-pad": Factor("crops from reflect-padded images", ("--padding-mode", "reflect")),
+    "cosine": Factor(
+        "a cosine schedule instead of the steps at 50% and 75%", ("--schedule", "cosine")
+    ),
     "zero-init": Factor(
         "residual branches start at zero", ("--model-option", "zero_init_residual=true")
     ),
 }  # fmt: skip
 
 
+def reencoded_dir(out: Path, quality: int) -> Path:
+    return out / f"data-q{quality}"
+
+
 def reencoded(source: Path, quality: int, out: Path) -> Path:
     """``source`` re-encoded at JPEG ``quality`` under ``out`` (made once, renamed into place
     when complete)."""
-    target = out / f"data-q{quality}"
+    target = reencoded_dir(out, quality)
     if target.exists():
         return target
     partial = out / f"data-q{quality}.partial"
@@ -136,18 +145,38 @@ def report(args: argparse.Namespace) -> dict:
     base = rows.get("baseline", {}).get("mean")
     for row in rows.values():
         row["delta"] = None if base is None else row["mean"] - base
-    qualities = [(args.source_quality, base)] + [
-        (FACTORS[f].quality, rows[f]["mean"]) for f in rows if FACTORS[f].quality
-    ]
-    extrapolated = None
-    if base is not None and len(qualities) >= 3:
-        slope, intercept = np.polyfit(*zip(*qualities, strict=True), 1)
-        extrapolated = {"quality100": float(slope * 100 + intercept), "per_quality_point": slope}
+    jpeg = {FACTORS[f].quality: rows[f]["mean"] for f in rows if FACTORS[f].quality}
     return {
         "protocol": f"resnet20, --recipe paper --epochs {args.epochs}, final-epoch val accuracy",
         "machine": machine_name(torch.device("cpu")),
         "factors": rows,
-        "jpeg_extrapolation": extrapolated,
+        "jpeg_extrapolation": None if base is None or not jpeg else extrapolate(args, base, jpeg),
+    }
+
+
+def extrapolate(args: argparse.Namespace, base: float, jpeg: dict[int, float]) -> dict:
+    """Accuracy on lossless images, by two straight lines through the folders' accuracies: one
+    against JPEG quality (read at 100), one against the estimated error against lossless (read
+    at zero; every re-encoded folder made so far calibrates the estimate)."""
+    accuracy = {args.source_quality: base} | jpeg
+    folders = {
+        spec.quality: reencoded_dir(args.out, spec.quality)
+        for spec in FACTORS.values()
+        if spec.quality and reencoded_dir(args.out, spec.quality).exists()
+    }
+    distortion = against_lossless(args.data, args.source_quality, folders)
+    by_quality = np.polyfit(list(accuracy), list(accuracy.values()), 1)
+    errors = [distortion["mse"][quality] for quality in accuracy]
+    by_error = np.polyfit(errors, list(accuracy.values()), 1)
+    return {
+        "points": len(accuracy),
+        "quality100": float(np.polyval(by_quality, 100)),
+        "per_quality_point": float(by_quality[0]),
+        "lossless": float(by_error[1]),
+        "per_mse_unit": float(by_error[0]),
+        "mse_against_lossless": distortion["mse"],
+        "content_scale": distortion["content_scale"],
+        "content_scale_per_quality": distortion["content_scale_per_quality"],
     }
 
 
@@ -165,7 +194,17 @@ def markdown(result: dict) -> str:
             f"| {factor} | {FACTORS[factor].what} | {seeds} | {row['mean']:.2f} | {delta} |"
         )
     if extrapolated := result["jpeg_extrapolation"]:
-        lines += ["", f"JPEG quality 100, extrapolated: {extrapolated['quality100']:.2f}%."]
+        errors = ", ".join(
+            f"{quality}: {error:.0f}"
+            for quality, error in extrapolated["mse_against_lossless"].items()
+        )
+        lines += [
+            "",
+            f"Lossless, extrapolated from {extrapolated['points']} qualities: "
+            f"{extrapolated['lossless']:.2f}% by a line through the folders' estimated errors "
+            f"against lossless (MSE at quality {errors}), {extrapolated['quality100']:.2f}% by a "
+            "line through the qualities.",
+        ]
     return "\n".join(lines) + "\n"
 
 

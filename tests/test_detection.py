@@ -242,18 +242,21 @@ def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(
     code, out, err = run_cli(
         capsys, "detect", "train", "--config", str(settings), "--data", str(root),
         "--lr", "0.01", "--val-fraction", "0.3", "--test-fraction", "0.3", "--detector", "fcos",
-        "--out", str(run),
+        "--out", str(run), "--device", "cpu",
     )  # fmt: skip
     assert code == 0, err
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert (config["model"], config["image_size"], config["lr"]) == ("resnet18", 64, 0.01)
+    assert config["device"] == "cpu" and "| cpu |" in out
     assert "mAP@0.5: " in out and "b.png: box" in err
     checkpoint = str(run / "best.safetensors")
-    code, out, _ = run_cli(capsys, "detect", "eval", "--checkpoint", checkpoint, "--json")
+    code, out, _ = run_cli(
+        capsys, "detect", "eval", "--checkpoint", checkpoint, "--json", "--device", "cpu"
+    )
     assert code == 0 and json.loads(out)["images"] == 1
     code, out, _ = run_cli(
         capsys, "detect", "predict", "--checkpoint", checkpoint, str(root / "a.png"),
-        "--out", str(tmp_path / "drawn"), "--threshold", "0",
+        "--out", str(tmp_path / "drawn"), "--threshold", "0", "--device", "cpu",
     )  # fmt: skip
     assert code == 0 and out.startswith(str(root / "a.png"))
     assert Image.open(tmp_path / "drawn" / "a.png").size == (40, 30)
@@ -267,6 +270,9 @@ def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(
         (["train", "--model", "resnet1d"], ["resnet1d", "no 2-D feature maps"]),
         (["train", "--weights", "missing.pt"], ["missing.pt"]),
         (["eval", "--checkpoint", "none.safetensors"], ["none.safetensors"]),
+        (["train", "--device", "tpu9"], ["--device: unknown device 'tpu9'"]),
+        (["eval", "--checkpoint", "none.safetensors", "--device", "tpu9"], ["--device"]),
+        (["predict", "--checkpoint", "x.safetensors", "a.png", "--device", "tpu9"], ["--device"]),
         (["train", "--config", "none.yaml"], ["--config: cannot read 'none.yaml'"]),
         (
             ["predict", "--checkpoint", "x.safetensors", "a.png", "--threshold", "2"],

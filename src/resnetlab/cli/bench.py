@@ -6,6 +6,8 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
+from resnetlab.cli.common import DEVICE_HELP
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand to ``sub``."""
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-compile", dest="compile", action="store_false", help="leave out the compiled row"
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--user-loop",
         metavar="FILE",

@@ -10,6 +10,8 @@ import yaml
 
 from resnetlab.engine.config import AUTO_RULE, COMPILE_CHOICES, PRECISIONS
 
+DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: auto, a GPU where there is one)"
+
 
 def parse_option(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with the value read as YAML (so ``3`` is an int and ``B`` a string)."""
@@ -59,7 +61,7 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="autocast precision; auto = bf16 where supported (default: auto)",
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, fields
 from functools import partial
 
-from resnetlab.cli.common import NestedParser
+from resnetlab.cli.common import DEVICE_HELP, NestedParser
 from resnetlab.detection.config import DETECTORS, NORMS, OPTIMIZERS, DetectConfig
 
 
@@ -68,6 +68,7 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="COCO data")
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between states")
     p.add_argument("--limit", type=int, help="keep the first N images of each split (trials)")
+    p.add_argument("--device", default=d.device, help=DEVICE_HELP)
     p.add_argument("--out", help="run folder (default: runs/<date-time>-<detector>-<model>-<data>)")
     # dest differs from `train`'s --resume, whose run folders hold another kind of state
     p.add_argument("--resume", dest="resume_run", metavar="RUN_DIR", help="continue this run")
@@ -80,6 +81,7 @@ def _register_eval(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="shapes or a COCO folder (default: the run's own data)")
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
 
@@ -90,6 +92,7 @@ def _register_predict(actions: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE")
     p.add_argument("--out", help="folder for the images with their boxes drawn")
     p.add_argument("--threshold", type=float, default=0.5, help="lowest score shown")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_predict)
 
@@ -104,7 +107,7 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from resnetlab.commands.detect import detect_eval
 
-    result = detect_eval(args.checkpoint, args.data, args.split, args.batch_size)
+    result = detect_eval(args.checkpoint, args.data, args.split, args.batch_size, args.device)
     if args.json:
         print(json.dumps(result))
         return
@@ -117,7 +120,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from resnetlab.commands.detect import detect_predict
 
-    results = detect_predict(args.checkpoint, args.inputs, args.out, args.threshold)
+    results = detect_predict(args.checkpoint, args.inputs, args.out, args.threshold, args.device)
     if args.json:
         print(json.dumps([asdict(r) for r in results]))
         return

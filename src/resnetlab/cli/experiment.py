@@ -8,7 +8,7 @@ from dataclasses import fields
 from functools import partial
 from typing import Any
 
-from resnetlab.cli.common import NestedParser, add_runtime_flags
+from resnetlab.cli.common import DEVICE_HELP, NestedParser, add_runtime_flags
 from resnetlab.engine.config import SCHEDULES
 from resnetlab.experiments.config import (
     FAST,
@@ -114,7 +114,7 @@ def _register_gradients(experiments: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="constant learning rate (%(default)s)")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--device", default=d.device, help=DEVICE_HELP)
     _add_common(p, d.seed)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from resnetlab.cli.common import DEVICE_HELP
 from resnetlab.engine.config import EXPLAIN_METHODS
 
 
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", default="explanations", help="folder for the pictures (default: explanations)"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=run)
 
 

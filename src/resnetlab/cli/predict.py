@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resnetlab.cli.common import add_compile_flag
+from resnetlab.cli.common import DEVICE_HELP, add_compile_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_compile_flag(p, "off")
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from resnetlab.cli.common import DEVICE_HELP
 from resnetlab.engine.config import EXPLAIN_METHODS
 
 
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam")
     p.add_argument("--layer", help="the layer the overlay explains (default: the last stage)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=run)
 
 

@@ -22,6 +22,7 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
     from resnetlab.detection.sources import load_splits
     from resnetlab.detection.train import fit, read_state
     from resnetlab.engine.distributed import joined
+    from resnetlab.engine.precision import resolve_device
     from resnetlab.engine.rundir import open_run_dir
     from resnetlab.engine.state_dicts import read_weights
 
@@ -30,6 +31,7 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
         state = read_state(cfg.resume)
         cfg = replace(DetectConfig(**state["config"]), resume=cfg.resume)
     cfg.validate()
+    device = resolve_device(cfg.device)
     weights = read_weights(cfg.weights) if cfg.weights and state is None else None
     splits = load_splits(
         cfg.data,
@@ -45,7 +47,8 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
         spec, loaded = DetectorSpec(**state["spec"]), None
         model = build_detector(spec)
     folder = cfg.resume or cfg.out or default_run_dir(f"{cfg.detector}-{cfg.model}", cfg.data)
-    with joined("cpu") as world, open_run_dir(folder, world) as run:  # detection runs on CPUs
+    with joined(cfg.device) as world, open_run_dir(folder, world) as run:
+        model.to(device)  # under torchrun, "cuda" is this process's GPU (joined set it)
         check_batch_size(cfg.batch_size, len(splits["train"]), world)
         if state is None:
             run.write_config(cfg.as_dict())
@@ -53,7 +56,8 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
         run.print(
             f"{spec.detector} on {cfg.model}-FPN ({spec.norm} norm, trainable stages "
             f"{spec.trainable_stages or 'all'}) | {cfg.data}: {sizes} images, "
-            f"{len(classes)} classes | input {cfg.image_size} px | {cfg.optimizer} lr {cfg.lr}, "
+            f"{len(classes)} classes | input {cfg.image_size} px | {device} | {cfg.optimizer} "
+            f"lr {cfg.lr}, "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}"
         )
         if loaded:
@@ -71,14 +75,20 @@ def check_batch_size(batch_size: int, images: int, world: World) -> None:
 
 
 def detect_eval(
-    checkpoint: str, data: str | None = None, split: str = "test", batch_size: int = 8
+    checkpoint: str,
+    data: str | None = None,
+    split: str = "test",
+    batch_size: int = 8,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """mAP@0.5 and mAP@[.5:.95] of a detector checkpoint on a split of its training data (the
-    run's split, rebuilt from its seed) or of ``data``."""
+    run's split, rebuilt from its seed) or of ``data``, computed on ``device``."""
     from resnetlab.detection.checkpoint import load_detector
     from resnetlab.detection.metrics import evaluate_detector
     from resnetlab.detection.sources import SPLIT_NAMES, load_splits
+    from resnetlab.engine.precision import resolve_device
 
+    on = resolve_device(device)
     if split not in SPLIT_NAMES:
         raise ResnetlabError(f"--split {split!r}: use one of {', '.join(SPLIT_NAMES)}")
     if batch_size < 1:
@@ -97,7 +107,7 @@ def detect_eval(
             f"--data: classes {images.classes} differ from the checkpoint's "
             f"{header['detector']['classes']}"
         )
-    scores = evaluate_detector(model, images, batch_size)
+    scores = evaluate_detector(model.to(on), images, batch_size)
     return {"data": data or source["data"], "split": split, "images": len(images), **scores}
 
 
@@ -111,19 +121,27 @@ class Detection:
 
 
 def detect_predict(
-    checkpoint: str, inputs: list[str], out: str | None = None, threshold: float = 0.5
+    checkpoint: str,
+    inputs: list[str],
+    out: str | None = None,
+    threshold: float = 0.5,
+    device: str = "auto",
 ) -> list[Detection]:
-    """Each image's detections; with ``out``, the image with its boxes drawn, as
-    ``out/<name>.png``."""
+    """Each image's detections, computed on ``device``; with ``out``, the image with its boxes
+    drawn, as ``out/<name>.png``."""
     import torch
 
     from resnetlab.data.decode import BadImage, decode_image
     from resnetlab.detection.checkpoint import load_detector
+    from resnetlab.detection.data import detector_inputs, targets_on
     from resnetlab.detection.figures import draw_detections, save_image
+    from resnetlab.engine.precision import resolve_device
 
+    on = resolve_device(device)
     if not 0 <= threshold <= 1:
         raise ResnetlabError(f"--threshold {threshold}: need a score in [0, 1]")
     model, header = load_detector(checkpoint)
+    model.to(on)
     classes = header["detector"]["classes"]
     folder = Path(out) if out else None
     if folder is not None:
@@ -135,7 +153,7 @@ def detect_predict(
         except BadImage as exc:
             raise ResnetlabError(str(exc)) from None
         with torch.no_grad():
-            found = model([image.float() / 255])[0]
+            found = targets_on(model(detector_inputs([image], on)), "cpu")[0]
         keep = found["scores"] >= threshold
         boxes = [
             {"class": classes[int(label) - 1], "score": float(score), "box": box.tolist()}

@@ -36,6 +36,7 @@ class DetectConfig:
     test_fraction: float = 0.1  # and for the test
     save_every: int = 100  # steps between training states within an epoch
     limit: int | None = None  # keep the first images of each split (quick trials)
+    device: str = "auto"  # cpu, cuda, cuda:1 ... (auto: a GPU where there is one)
     out: str | None = None
     resume: str | None = None
 

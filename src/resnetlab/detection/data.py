@@ -69,6 +69,21 @@ def training_batches(
         yield images, targets
 
 
+def detector_inputs(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """uint8 images as a detector's inputs: floats in [0, 1] on ``device``."""
+    return [image.to(device).float() / 255 for image in images]
+
+
+def targets_on(targets: list[Target], device: torch.device | str) -> list[Target]:
+    """``targets`` (or a detector's outputs) with every tensor on ``device``."""
+    return [{key: value.to(device) for key, value in target.items()} for target in targets]
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters live."""
+    return next(model.parameters()).device
+
+
 def num_batches(data: DetectionSet, batch_size: int) -> int:
     """Full training batches per epoch."""
     return len(data) // batch_size

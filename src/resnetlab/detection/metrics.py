@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-from resnetlab.detection.data import DetectionSet, Target
+from resnetlab.detection.data import DetectionSet, Target, detector_inputs, device_of, targets_on
 from resnetlab.errors import ResnetlabError
 
 
@@ -47,14 +47,17 @@ def _score(value: torch.Tensor) -> float:
 def predict_set(
     model: nn.Module, data: DetectionSet, batch_size: int = 8
 ) -> tuple[list[Target], list[Target]]:
-    """The model's detections for every image of ``data``, and the images' targets."""
+    """The model's detections (on the CPU) for every image of ``data``, and the images'
+    targets."""
     model.eval()
+    device = device_of(model)
     predictions: list[Target] = []
     targets: list[Target] = []
     for first in range(0, len(data), batch_size):
         items = [data[i] for i in range(first, min(first + batch_size, len(data)))]
-        outputs = model([image.float() / 255 for image, _ in items])
-        predictions += [{k: v.detach() for k, v in out.items()} for out in outputs]
+        predictions += targets_on(
+            model(detector_inputs([image for image, _ in items], device)), "cpu"
+        )
         targets += [target for _, target in items]
     return predictions, targets
 

@@ -17,7 +17,14 @@ from torch import nn
 
 from resnetlab.detection.checkpoint import save_detector
 from resnetlab.detection.config import DetectConfig
-from resnetlab.detection.data import DetectionSet, num_batches, training_batches
+from resnetlab.detection.data import (
+    DetectionSet,
+    detector_inputs,
+    device_of,
+    num_batches,
+    targets_on,
+    training_batches,
+)
 from resnetlab.detection.figures import draw_samples, plot_detection_curves
 from resnetlab.detection.metrics import evaluate_detector
 from resnetlab.engine.distributed import World
@@ -87,6 +94,7 @@ def fit(
         restore_rank_rng(state["rng"], world)
     run.rewrite_metrics(history)
     trained = world.wrap(model)  # averages the gradients over the processes
+    device = device_of(model)
 
     def save(epoch: int, step: int, elapsed_s: float) -> None:
         rng = world.gather(capture_rng())  # every process's: each draws its own proposals
@@ -110,7 +118,9 @@ def fit(
         batches = training_batches(train, cfg.batch_size, cfg.seed, epoch, progress.step)
         share = slice(world.rank, None, world.size)
         for step, (images, targets) in enumerate(batches, start=progress.step):
-            losses = trained([image.float() / 255 for image in images[share]], targets[share])
+            losses = trained(
+                detector_inputs(images[share], device), targets_on(targets[share], device)
+            )
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
