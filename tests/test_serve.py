@@ -23,6 +23,7 @@ from PIL import Image
 from resnetlab.commands.serve import listen
 from resnetlab.engine.predictor import load
 from resnetlab.serve.app import STATIC, create_app
+from resnetlab.serve.batcher import Batcher
 
 LIMIT = 64 * 1024  # bytes per upload in these tests
 MAX_PIXELS = 1_000_000
@@ -156,6 +157,8 @@ def test_serve_bad_flags_are_one_line_errors(
     checkpoint = str(squares_checkpoint)
     code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--max-upload-mb", "0")
     assert_one_line_error(code, err, "--max-upload-mb must be positive (got 0)")
+    code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--max-batch", "0")
+    assert_one_line_error(code, err, "--max-batch must be 1 or more (got 0)")
     code, _, err = run_cli(capsys, "serve", "--checkpoint", "missing.safetensors")
     assert_one_line_error(code, err, "missing.safetensors")
     code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--layer", "layer7")
@@ -166,3 +169,73 @@ def test_serve_bad_flags_are_one_line_errors(
         port = str(taken.getsockname()[1])
         code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--port", port)
     assert_one_line_error(code, err, f"--host 127.0.0.1 --port {port}: cannot listen")
+
+
+def _ask_in_threads(batcher: Batcher, items: list[int], answers: dict[int, object]) -> list:
+    def ask(item: int) -> None:
+        try:
+            answers[item] = batcher(item)
+        except ValueError as exc:
+            answers[item] = exc
+
+    threads = [threading.Thread(target=ask, args=(item,)) for item in items]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _wait_until_queued(batcher: Batcher, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while batcher._queue.qsize() < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_requests_that_arrive_during_a_call_share_the_next_ones() -> None:
+    calls: list[list[int]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def work(items: list[int]) -> list[int]:
+        calls.append(items)
+        entered.set()
+        release.wait(timeout=30)
+        return [10 * item for item in items]
+
+    batcher = Batcher(work, max_batch=3)
+    answers: dict[int, object] = {}
+    first = _ask_in_threads(batcher, [0], answers)
+    assert entered.wait(timeout=30)
+    waiting = _ask_in_threads(batcher, [1, 2, 3, 4, 5], answers)
+    _wait_until_queued(batcher, 5)
+    release.set()
+    for thread in first + waiting:
+        thread.join(timeout=30)
+    assert answers == {item: 10 * item for item in range(6)}
+    assert calls[0] == [0] and sorted(calls[1] + calls[2]) == [1, 2, 3, 4, 5]
+    assert [len(call) for call in calls] == [1, 3, 2] and batcher.batches == 3
+    batcher.close()
+    assert not batcher._thread.is_alive()
+
+
+def test_an_error_reaches_every_request_of_its_batch_and_the_batcher_goes_on() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def work(items: list[int]) -> list[int]:
+        entered.set()
+        release.wait(timeout=30)
+        if -1 in items:
+            raise ValueError("bad item")
+        return items
+
+    batcher = Batcher(work, max_batch=8)
+    answers: dict[int, object] = {}
+    threads = _ask_in_threads(batcher, [0], answers)
+    assert entered.wait(timeout=30)
+    threads += _ask_in_threads(batcher, [-1, 2], answers)
+    _wait_until_queued(batcher, 2)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert answers[0] == 0 and batcher.batches == 2
+    assert isinstance(answers[-1], ValueError) and isinstance(answers[2], ValueError)
+    assert batcher(7) == 7
+    batcher.close()

@@ -6,6 +6,7 @@ import argparse
 
 from resnetlab.cli.common import DEVICE_HELP
 from resnetlab.engine.config import EXPLAIN_METHODS
+from resnetlab.serve.batcher import MAX_BATCH
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam")
     p.add_argument("--layer", help="the layer the overlay explains (default: the last stage)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--max-batch", type=int, default=MAX_BATCH,
+        help="most requests explained in one call of the network: those that arrived while "
+        "the last call ran (default: %(default)s; 1: one at a time)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -37,4 +43,5 @@ def run(args: argparse.Namespace) -> None:
         method=args.method,
         layer=args.layer,
         device=args.device,
+        max_batch=args.max_batch,
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from resnetlab.engine.predictor import load
 from resnetlab.errors import ResnetlabError
+from resnetlab.serve.batcher import MAX_BATCH
 
 _EXTRA = "pip install 'resnetlab[serve]'"
 
@@ -20,10 +21,14 @@ def serve(
     method: str = "gradcam",
     layer: str | None = None,
     device: str = "auto",
+    max_batch: int = MAX_BATCH,
 ) -> None:
-    """Serve ``checkpoint``'s page and ``POST /predict`` on ``host:port`` until Ctrl-C."""
+    """Serve ``checkpoint``'s page and ``POST /predict`` on ``host:port`` until Ctrl-C;
+    concurrent requests share calls of the network, up to ``max_batch`` images each."""
     if max_upload_mb <= 0:
         raise ResnetlabError(f"--max-upload-mb must be positive (got {max_upload_mb:g})")
+    if max_batch < 1:
+        raise ResnetlabError(f"--max-batch must be 1 or more (got {max_batch})")
     if not 0 <= port <= 65535:
         raise ResnetlabError(f"--port must be 0-65535 (got {port})")
     try:
@@ -37,6 +42,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         method=method,
         layer=layer,
+        max_batch=max_batch,
     )
     listener = listen(host, port)
     bound_host, bound_port = listener.getsockname()[:2]

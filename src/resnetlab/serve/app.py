@@ -1,11 +1,12 @@
 """The web app: ``GET /`` the page (plain HTML, CSS and JS from ``static/``, nothing fetched from
 elsewhere), ``POST /predict`` an image as the multipart field ``file`` -> JSON with the top-5
-classes and the Grad-CAM overlay."""
+classes and the Grad-CAM overlay. Concurrent requests share the network's calls (``Batcher``)."""
 
 from __future__ import annotations
 
 import base64
-import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from resnetlab.engine.explain import Explainer
 from resnetlab.engine.overlay import caption, overlay, png_bytes
 from resnetlab.engine.predictor import Predictor
+from resnetlab.serve.batcher import MAX_BATCH, Batcher
 from resnetlab.serve.upload import UploadRefused, read_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -31,13 +33,23 @@ def create_app(
     max_pixels: int = MAX_PIXELS,
     method: str = "gradcam",
     layer: str | None = None,
+    max_batch: int = MAX_BATCH,
 ) -> FastAPI:
-    """The app for ``predictor``. One lock serialises the network's calls (the explainer's
-    hooks and gradients are per call); uploads are received and decoded in parallel."""
+    """The app for ``predictor``. Uploads are received and decoded in parallel; one thread
+    calls the network (the explainer's hooks and gradients are per call), on up to
+    ``max_batch`` images that arrived while its last call ran (``app.state.batcher``)."""
     explainer = Explainer(predictor, layer=layer, method=method)
-    lock = threading.Lock()
+    batcher = Batcher(lambda images: explainer.explain(images, topk=5), max_batch)
     limit_mb = max_upload_bytes / 2**20
-    app = FastAPI(title="resnetlab", docs_url=None, redoc_url=None)  # their pages use a CDN
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
+    # no /docs or /redoc: their pages use a CDN
+    app = FastAPI(title="resnetlab", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.batcher = batcher
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -63,9 +75,7 @@ def create_app(
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise UploadRefused(413, f"{name}: larger than the limit of {limit_mb:g} MB")
-        image = read_upload(data, name, max_pixels)
-        with lock:
-            explanation = explainer.explain([image], topk=5)[0]
+        explanation = batcher(read_upload(data, name, max_pixels))
         picture = overlay(explanation, caption=None)
         return {
             "input": name,
