@@ -57,8 +57,7 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
             f"{spec.detector} on {cfg.model}-FPN ({spec.norm} norm, trainable stages "
             f"{spec.trainable_stages or 'all'}) | {cfg.data}: {sizes} images, "
             f"{len(classes)} classes | input {cfg.image_size} px | {device} | {cfg.optimizer} "
-            f"lr {cfg.lr}, "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}"
+            f"lr {cfg.lr}, {cfg.epochs} epochs, batch {cfg.batch_size}"
         )
         if loaded:
             run.print(loaded)
