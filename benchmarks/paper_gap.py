@@ -14,8 +14,9 @@ A run that stops (crash, end of a session) is resumed bit for bit on the next ca
 (`resnetlab train --resume`); finished runs are skipped. JPEG factors re-encode the folder
 once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``. The accuracy at
 ``--source-quality`` (the folder as it is: 75 for the shared CIFAR-10 copy), 50, 30 and 15 is
-extrapolated to lossless by two lines: through the qualities, to quality 100, and through each
-folder's estimated error against the lost lossless images (jpeg_distortion.py), to zero.
+extrapolated to lossless by three lines: against the quality (to 100), the quantiser scale (to
+0) and each folder's estimated error against the lost lossless images (jpeg_distortion.py; to
+0).
 Runs and results (paper_gap.json, paper_gap.md) go to ``--out``/e``EPOCHS``/.
 """
 
@@ -154,10 +155,18 @@ def report(args: argparse.Namespace) -> dict:
     }
 
 
+def quantiser_scale(quality: int) -> float:
+    """libjpeg's (and PIL's) scale of the standard quantisation tables at ``quality``, in
+    percent: every step is the table's times this over 100 (at least 1), so 0 at quality 100."""
+    return 5000 / quality if quality < 50 else 200 - 2 * quality
+
+
 def extrapolate(args: argparse.Namespace, base: float, jpeg: dict[int, float]) -> dict:
-    """Accuracy on lossless images, by two straight lines through the folders' accuracies: one
-    against JPEG quality (read at 100), one against the estimated error against lossless (read
-    at zero; every re-encoded folder made so far calibrates the estimate)."""
+    """Accuracy on lossless images, by a straight line through the folders' accuracies against
+    each of three measures of the loss: JPEG quality (read at 100), the quantiser scale (read
+    at 0) and the estimated error against the lost lossless images (read at 0; every folder
+    re-encoded so far calibrates the estimate, see jpeg_distortion.py). Each line's residuals
+    tell how well it fits."""
     accuracy = {args.source_quality: base} | jpeg
     folders = {
         spec.quality: reencoded_dir(args.out, spec.quality)
@@ -165,16 +174,25 @@ def extrapolate(args: argparse.Namespace, base: float, jpeg: dict[int, float]) -
         if spec.quality and reencoded_dir(args.out, spec.quality).exists()
     }
     distortion = against_lossless(args.data, args.source_quality, folders)
-    by_quality = np.polyfit(list(accuracy), list(accuracy.values()), 1)
-    errors = [distortion["mse"][quality] for quality in accuracy]
-    by_error = np.polyfit(errors, list(accuracy.values()), 1)
+    axes = {
+        "quality": ([float(q) for q in accuracy], 100.0),
+        "quantiser_scale": ([quantiser_scale(q) for q in accuracy], 0.0),
+        "mse_against_lossless": ([distortion["mse"][q] for q in accuracy], 0.0),
+    }
+    scores = np.array(list(accuracy.values()))
+    lines = {}
+    for axis, (values, lossless) in axes.items():
+        line = np.polyfit(values, scores, 1)
+        residuals = scores - np.polyval(line, values)
+        lines[axis] = {
+            "lossless": float(np.polyval(line, lossless)),
+            "slope": float(line[0]),
+            "rms_residual": float(np.sqrt(np.mean(residuals**2))),
+            "at": dict(zip(accuracy, values, strict=True)),
+        }
     return {
         "points": len(accuracy),
-        "quality100": float(np.polyval(by_quality, 100)),
-        "per_quality_point": float(by_quality[0]),
-        "lossless": float(by_error[1]),
-        "per_mse_unit": float(by_error[0]),
-        "mse_against_lossless": distortion["mse"],
+        "lines": lines,
         "content_scale": distortion["content_scale"],
         "content_scale_per_quality": distortion["content_scale_per_quality"],
     }
@@ -194,17 +212,16 @@ def markdown(result: dict) -> str:
             f"| {factor} | {FACTORS[factor].what} | {seeds} | {row['mean']:.2f} | {delta} |"
         )
     if extrapolated := result["jpeg_extrapolation"]:
-        errors = ", ".join(
-            f"{quality}: {error:.0f}"
-            for quality, error in extrapolated["mse_against_lossless"].items()
-        )
         lines += [
             "",
-            f"Lossless, extrapolated from {extrapolated['points']} qualities: "
-            f"{extrapolated['lossless']:.2f}% by a line through the folders' estimated errors "
-            f"against lossless (MSE at quality {errors}), {extrapolated['quality100']:.2f}% by a "
-            "line through the qualities.",
+            f"Lossless, extrapolated from {extrapolated['points']} qualities by a line against:",
+            "",
+            "| measure | at each quality | lossless | rms residual |",
+            "|---|---|---|---|",
         ]
+        for axis, line in extrapolated["lines"].items():
+            at = ", ".join(f"{quality}: {value:.0f}" for quality, value in line["at"].items())
+            lines.append(f"| {axis} | {at} | {line['lossless']:.2f} | {line['rms_residual']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
