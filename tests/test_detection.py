@@ -20,6 +20,7 @@ from resnetlab.detection.data import hflip, training_batches, training_target
 from resnetlab.detection.metrics import detection_map
 from resnetlab.detection.model import DetectorSpec, build_detector
 from resnetlab.detection.shapes import ShapesSet
+from resnetlab.detection.train import read_state
 from resnetlab.engine.checkpoint import save_checkpoint
 from resnetlab.engine.distributed import World
 from resnetlab.errors import ResnetlabError
@@ -230,6 +231,15 @@ def test_train_resumes_bit_for_bit(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [line["val_map"] for line in lines] == [line["val_map"] for line in expected]
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ResnetlabError, match=r"non-finite loss \(loss_classifier.*epoch 2, step 1"):
+        detect_train(tiny(run, lr=1000.0, warmup_steps=0))
+    saved = read_state(str(run))  # after epoch 1, written before the loss blew up
+    assert (saved["epoch"], saved["step"]) == (1, 0)
+    assert all(torch.isfinite(value).all() for value in saved["model"].values())
 
 
 def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(

@@ -7,6 +7,7 @@ Under torchrun each process trains on its share of every global batch (images ``
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from resnetlab.engine.distributed import World
 from resnetlab.engine.optim import lr_factor
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state import capture_rng, load_state, restore_rng, save_state
+from resnetlab.errors import ResnetlabError
 
 STATE_KEYS = frozenset(
     {"config", "spec", "model", "optimizer", "scheduler", "epoch", "step", "loss_sum",
@@ -122,11 +124,14 @@ def fit(
                 detector_inputs(images[share], device), targets_on(targets[share], device)
             )
             loss = sum(losses.values())
+            loss_value = float(world.sum(loss.detach().clone())) / world.size
+            if not math.isfinite(loss_value):  # every process sees the same sum and stops
+                raise non_finite(losses, epoch, step, optimizer)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            progress.loss_sum += float(world.sum(loss.detach().clone())) / world.size
+            progress.loss_sum += loss_value
             images_seen += len(images)
             steps_this_call += 1
             done = step + 1
@@ -187,6 +192,20 @@ def test_best(
     run.write_json("test.json", scores)
     draw_samples(model, test, run.file("predictions"), spec["classes"], SAMPLES)
     return scores
+
+
+def non_finite(
+    losses: dict[str, torch.Tensor], epoch: int, step: int, optimizer: torch.optim.Optimizer
+) -> ResnetlabError:
+    """The error that stops a run at a non-finite loss, before the update that would spread it
+    into the weights (the checkpoints and state on disk stay good): which losses, and where."""
+    parts = ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all())
+    return ResnetlabError(
+        f"non-finite loss ({parts or 'on another process'}) at epoch {epoch + 1}, step "
+        f"{step + 1} (lr {optimizer.param_groups[0]['lr']:.4g}); the run stopped before the "
+        "update, its files hold the last good weights (a lower --lr or more --warmup-steps may "
+        "help)"
+    )
 
 
 def restore_rank_rng(saved: list[dict[str, Any]] | dict[str, Any], world: World) -> None:
