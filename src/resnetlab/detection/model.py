@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -16,6 +17,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -116,8 +118,16 @@ def build_detector(spec: DetectorSpec, body: nn.Module | None = None) -> nn.Modu
         )
     if spec.detector == "retinanet":
         scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-        sizes = tuple(tuple(4 * s * k for k in scales) for s in strides)
-        return RetinaNet(backbone, anchor_generator=_anchors(sizes), **common)
+        anchors = _anchors(tuple(tuple(4 * s * k for k in scales) for s in strides))
+        # GroupNorm in the head's convolutions, as torchvision's RetinaNet v2 and FCOS have:
+        # the plain head (v1) found nothing in one epoch from scratch (README, "Detection")
+        head = RetinaNetHead(
+            FPN_CHANNELS,
+            anchors.num_anchors_per_location()[0],
+            common["num_classes"],
+            norm_layer=partial(nn.GroupNorm, _groups(FPN_CHANNELS)),
+        )
+        return RetinaNet(backbone, anchor_generator=anchors, head=head, **common)
     # FCOS: one point per location; torchvision reads regression ranges off the sizes.
     return FCOS(backbone, anchor_generator=_anchors(tuple((s,) for s in strides), (1.0,)), **common)
 
