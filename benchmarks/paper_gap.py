@@ -133,7 +133,8 @@ def final_accuracy(path: Path) -> float | None:
 
 
 def report(args: argparse.Namespace) -> dict:
-    """Each factor's final accuracies per seed, their mean, and the change against baseline."""
+    """Each factor's final accuracies per seed, their mean, and the change against baseline
+    on the seeds both have (paired: a seed's data order and initialisation are the same)."""
     rows = {}
     for factor in FACTORS:
         scores = {
@@ -143,10 +144,20 @@ def report(args: argparse.Namespace) -> dict:
         }
         if scores:
             rows[factor] = {"seeds": scores, "mean": statistics.fmean(scores.values())}
-    base = rows.get("baseline", {}).get("mean")
+    base = rows.get("baseline", {"seeds": {}})
     for row in rows.values():
-        row["delta"] = None if base is None else row["mean"] - base
-    jpeg = {FACTORS[f].quality: rows[f]["mean"] for f in rows if FACTORS[f].quality}
+        paired = [
+            row["seeds"][seed] - base["seeds"][seed]
+            for seed in row["seeds"]
+            if seed in base["seeds"]
+        ]
+        row["delta"] = statistics.fmean(paired) if paired else None
+    base = base.get("mean")
+    jpeg = {  # each quality's accuracy as the baseline's mean plus its paired change
+        FACTORS[f].quality: base + rows[f]["delta"]
+        for f in rows
+        if FACTORS[f].quality and rows[f]["delta"] is not None
+    }
     return {
         "protocol": f"resnet20, --recipe paper --epochs {args.epochs}, final-epoch val accuracy",
         "machine": machine_name(torch.device("cpu")),
@@ -202,11 +213,11 @@ def markdown(result: dict) -> str:
     lines = [
         f"Protocol: {result['protocol']}.",
         "",
-        "| factor | what | seeds | mean | vs baseline |",
+        "| factor | what | seeds | mean | vs baseline, same seeds |",
         "|---|---|---|---|---|",
     ]
     for factor, row in result["factors"].items():
-        seeds = ", ".join(f"{acc:.2f}" for acc in row["seeds"].values())
+        seeds = ", ".join(f"{seed}: {acc:.2f}" for seed, acc in row["seeds"].items())
         delta = "" if row["delta"] is None else f"{row['delta']:+.2f}"
         lines.append(
             f"| {factor} | {FACTORS[factor].what} | {seeds} | {row['mean']:.2f} | {delta} |"
