@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -163,6 +164,7 @@ def fewer_training_images(
         split.train, train_size=count, stratify=labels[split.train], random_state=seed
     )
     partial = args.out / f"data-train{count}-seed{seed}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # what a stopped call left
     for folder, indices in (("train", keep), ("val", split.val)):
         for index in indices:
             source = samples[index][0]
