@@ -52,6 +52,11 @@ def stand_in(size: tuple[int, int], count: int = STAND_IN_COUNT, seed: int = 0) 
     photos, box-downsampled at least ``SMALLEST_REDUCTION``-fold."""
     rng = random.Random(seed)
     photos = [Image.fromarray(array) for array in load_sample_images().images]
+    if SMALLEST_REDUCTION * max(size) > min(min(photo.size) for photo in photos):
+        raise SystemExit(
+            f"jpeg_distortion: {size[0]}x{size[1]} images are too large for a stand-in made of "
+            "scikit-learn's 640x427 sample photos"
+        )
     images = []
     for index in range(count):
         photo = photos[index % len(photos)]
