@@ -286,19 +286,26 @@ def extrapolate(args: argparse.Namespace, base: float, jpeg: dict[int, float]) -
     }
 
 
-def markdown(result: dict) -> str:
-    lines = [
-        f"Protocol: {result['protocol']}.",
-        "",
-        "| factor | what | seeds | mean | vs baseline, same seeds |",
-        "|---|---|---|---|---|",
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    return [" | ".join(["", *header, ""]).strip(), "|" + "---|" * len(header)] + [
+        " | ".join(["", *row, ""]).strip() for row in rows
     ]
-    for factor, row in result["factors"].items():
-        seeds = ", ".join(f"{seed}: {acc:.2f}" for seed, acc in row["seeds"].items())
-        delta = "" if row["delta"] is None else f"{row['delta']:+.2f}"
-        lines.append(
-            f"| {factor} | {FACTORS[factor].what} | {seeds} | {row['mean']:.2f} | {delta} |"
-        )
+
+
+def markdown(result: dict) -> str:
+    rows = [
+        [
+            factor,
+            FACTORS[factor].what,
+            ", ".join(f"{seed}: {acc:.2f}" for seed, acc in row["seeds"].items()),
+            f"{row['mean']:.2f}",
+            "" if row["delta"] is None else f"{row['delta']:+.2f}",
+        ]
+        for factor, row in result["factors"].items()
+    ]
+    header = ["factor", "what", "seeds", "mean", "vs baseline, same seeds"]
+    lines = [f"Protocol: {result['protocol']}.", "", *table(header, rows)]
     if gain := result["all_50k"]:
         lines += [
             "",
@@ -306,16 +313,22 @@ def markdown(result: dict) -> str:
             f"points along a line in the images, {gain['log_linear']:+.2f} in their logarithm.",
         ]
     if extrapolated := result["jpeg_extrapolation"]:
+        rows = [
+            [
+                axis,
+                ", ".join(f"{quality}: {value:.0f}" for quality, value in line["at"].items()),
+                f"{line['lossless']:.2f}",
+                f"{line['rms_residual']:.2f}",
+            ]
+            for axis, line in extrapolated["lines"].items()
+        ]
+        header = ["measure", "at each quality", "lossless", "rms residual"]
         lines += [
             "",
             f"Lossless, extrapolated from {extrapolated['points']} qualities by a line against:",
             "",
-            "| measure | at each quality | lossless | rms residual |",
-            "|---|---|---|---|",
+            *table(header, rows),
         ]
-        for axis, line in extrapolated["lines"].items():
-            at = ", ".join(f"{quality}: {value:.0f}" for quality, value in line["at"].items())
-            lines.append(f"| {axis} | {at} | {line['lossless']:.2f} | {line['rms_residual']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
