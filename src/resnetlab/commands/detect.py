@@ -87,7 +87,7 @@ def detect_eval(
     from resnetlab.detection.sources import SPLIT_NAMES, load_splits
     from resnetlab.engine.precision import resolve_device
 
-    on = resolve_device(device)
+    resolved = resolve_device(device)
     if split not in SPLIT_NAMES:
         raise ResnetlabError(f"--split {split!r}: use one of {', '.join(SPLIT_NAMES)}")
     if batch_size < 1:
@@ -106,7 +106,7 @@ def detect_eval(
             f"--data: classes {images.classes} differ from the checkpoint's "
             f"{header['detector']['classes']}"
         )
-    scores = evaluate_detector(model.to(on), images, batch_size)
+    scores = evaluate_detector(model.to(resolved), images, batch_size)
     return {"data": data or source["data"], "split": split, "images": len(images), **scores}
 
 
@@ -132,15 +132,15 @@ def detect_predict(
 
     from resnetlab.data.decode import BadImage, decode_image
     from resnetlab.detection.checkpoint import load_detector
-    from resnetlab.detection.data import detector_inputs, targets_on
+    from resnetlab.detection.data import detections
     from resnetlab.detection.figures import draw_detections, save_image
     from resnetlab.engine.precision import resolve_device
 
-    on = resolve_device(device)
+    resolved = resolve_device(device)
     if not 0 <= threshold <= 1:
         raise ResnetlabError(f"--threshold {threshold}: need a score in [0, 1]")
     model, header = load_detector(checkpoint)
-    model.to(on)
+    model.to(resolved)
     classes = header["detector"]["classes"]
     folder = Path(out) if out else None
     if folder is not None:
@@ -152,7 +152,7 @@ def detect_predict(
         except BadImage as exc:
             raise ResnetlabError(str(exc)) from None
         with torch.no_grad():
-            found = targets_on(model(detector_inputs([image], on)), "cpu")[0]
+            found = detections(model, [image])[0]
         keep = found["scores"] >= threshold
         boxes = [
             {"class": classes[int(label) - 1], "score": float(score), "box": box.tolist()}

@@ -84,6 +84,11 @@ def device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def detections(model: torch.nn.Module, images: list[torch.Tensor]) -> list[Target]:
+    """``model``'s detections for uint8 ``images``, computed where it lives, on the CPU."""
+    return targets_on(model(detector_inputs(images, device_of(model))), "cpu")
+
+
 def num_batches(data: DetectionSet, batch_size: int) -> int:
     """Full training batches per epoch."""
     return len(data) // batch_size

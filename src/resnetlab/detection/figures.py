@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import draw_bounding_boxes
 
-from resnetlab.detection.data import DetectionSet, Target, detector_inputs, device_of, targets_on
+from resnetlab.detection.data import DetectionSet, Target, detections
 from resnetlab.engine.files import write_atomically, writing
 from resnetlab.engine.plots import plt
 
@@ -71,7 +71,7 @@ def draw_samples(
     model.eval()
     for index in range(min(count, len(data))):
         image, _ = data[index]
-        prediction = targets_on(model(detector_inputs([image], device_of(model))), "cpu")[0]
+        prediction = detections(model, [image])[0]
         save_image(
             draw_detections(image, prediction, classes),
             folder / f"{Path(data.names[index]).stem}.png",

@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-from resnetlab.detection.data import DetectionSet, Target, detector_inputs, device_of, targets_on
+from resnetlab.detection.data import DetectionSet, Target, detections
 from resnetlab.errors import ResnetlabError
 
 
@@ -50,14 +50,11 @@ def predict_set(
     """The model's detections (on the CPU) for every image of ``data``, and the images'
     targets."""
     model.eval()
-    device = device_of(model)
     predictions: list[Target] = []
     targets: list[Target] = []
     for first in range(0, len(data), batch_size):
         items = [data[i] for i in range(first, min(first + batch_size, len(data)))]
-        predictions += targets_on(
-            model(detector_inputs([image for image, _ in items], device)), "cpu"
-        )
+        predictions += detections(model, [image for image, _ in items])
         targets += [target for _, target in items]
     return predictions, targets
 

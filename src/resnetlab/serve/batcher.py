@@ -46,15 +46,19 @@ class Batcher(Generic[Item, Result]):
         self._thread.join()
 
     def _serve(self) -> None:
-        while (first := self._queue.get()) is not _STOP:
-            pending = [first]
-            stop = False
-            while len(pending) < self._max_batch and not self._queue.empty():
-                if (waiting := self._queue.get()) is _STOP:
-                    stop = True
-                    break
-                pending.append(waiting)
-            self._run(pending)
+        while True:
+            pending = [self._queue.get()]
+            while (
+                pending[-1] is not _STOP
+                and len(pending) < self._max_batch
+                and not self._queue.empty()
+            ):
+                pending.append(self._queue.get())
+            stop = pending[-1] is _STOP
+            if stop:
+                pending.pop()
+            if pending:
+                self._run(pending)
             if stop:
                 return
 
