@@ -21,6 +21,7 @@ from resnetlab.data.cache import (
     fits_in_memory,
     load_or_build,
 )
+from resnetlab.data.stats import STD_FLOOR
 from resnetlab.errors import ResnetlabError
 
 CLASSES = ["cat", "dog"]
@@ -84,6 +85,12 @@ def test_channel_stats_are_exact() -> None:
     scaled = images.double() / 255
     assert mean == pytest.approx(scaled.mean((0, 2, 3)).tolist(), abs=1e-12)
     assert std == pytest.approx(scaled.std((0, 2, 3), unbiased=False).tolist(), abs=1e-12)
+
+
+def test_a_constant_channel_gets_the_floored_std() -> None:
+    images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    images[:, 2] = 0  # a blue channel that is always 0 would normalise to 0 / 0
+    assert channel_stats(images)[1][2] == STD_FLOOR
 
 
 def test_build_then_reuse_without_decoding(

@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from resnetlab.data.decode import BadFileReport, BadImage, decode_array
+from resnetlab.data.stats import STD_FLOOR
 from resnetlab.errors import ResnetlabError
 
 CACHE_FORMAT = 1  # bump whenever decoding changes the pixels it produces
@@ -113,7 +114,8 @@ def decode_all(
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Exact per-channel mean and (population) std of uint8 images (N, C, H, W) scaled to [0, 1]."""
+    """Exact per-channel mean and (population) std of uint8 images (N, C, H, W) scaled to [0, 1];
+    the std floored at ``STD_FLOOR`` (a channel constant over the split would divide by zero)."""
     values = torch.arange(256, dtype=torch.float64) / 255
     means, stds = [], []
     for c in range(images.shape[1]):
@@ -121,7 +123,7 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
         mean = (counts * values).sum() / counts.sum()
         var = (counts * (values - mean) ** 2).sum() / counts.sum()
         means.append(mean.item())
-        stds.append(var.sqrt().item())
+        stds.append(max(var.sqrt().item(), STD_FLOOR))
     return means, stds
 
 

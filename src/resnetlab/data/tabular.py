@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,9 @@ def infer_task(column: pd.Series, name: str) -> tuple[str, str]:
     if is_categorical(column):
         return "classification", f"target {name!r} holds text"
     present = column.dropna().to_numpy(dtype=float)
-    if not np.equal(np.mod(present, 1), 0).all():
+    with np.errstate(invalid="ignore"):  # inf is not whole: a quantity, refused when encoded
+        fractional = not np.equal(np.mod(present, 1), 0).all()
+    if fractional:
         return "regression", f"target {name!r} holds fractional numbers"
     distinct = len(np.unique(present))
     if distinct <= MAX_CLASSES:
@@ -167,7 +170,7 @@ def load_table(
         if options.task is not None:
             task, why = options.task, f"--task {options.task}"
         fitted = {"task": task, "task_rule": why, "target": target}
-    y, classes = _encode_target(frame[target], fitted, target)
+    y, classes = _encode_target(frame[target], fitted, target, _row_namer(path, frame))
     features = frame.drop(columns=[target])
     if features.columns.empty:
         raise ResnetlabError(f"{path}: no feature columns besides the target {target!r}")
@@ -217,6 +220,8 @@ def _rows_with_target(
     missing = frame[target].isna().to_numpy()
     if not missing.any():
         return frame
+    if missing.all():
+        raise ResnetlabError(f"{path}: the target {target!r} has no value in any row")
     where = _row_namer(path, frame)(int(np.flatnonzero(missing)[0]))
     if strict:
         raise ResnetlabError(
@@ -232,15 +237,18 @@ def _rows_with_target(
 
 
 def _encode_target(
-    column: pd.Series, fitted: dict[str, Any], target: str
+    column: pd.Series, fitted: dict[str, Any], target: str, where: Callable[[int], str]
 ) -> tuple[np.ndarray, list[str]]:
     """The target as float64 values (regression; ``classes`` empty), or as class indices into
     ``classes``: ``fitted``'s when it has them, else the column's own."""
     if fitted["task"] == "regression":
         values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
-        if np.isnan(values).any():
-            bad = column.iloc[int(np.flatnonzero(np.isnan(values))[0])]
-            raise ResnetlabError(f"regression: target {target!r} is not numeric (e.g. {bad!r})")
+        if not np.isfinite(values).all():
+            row = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ResnetlabError(
+                f"{where(row)}: regression: target {target!r} must be a finite number "
+                f"(got {column.iloc[row]})"
+            )
         return values, []
     names = category_strings(column)
     classes = fitted.get("classes") or _sorted_classes(set(names))
@@ -264,7 +272,7 @@ def _sorted_classes(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-def _row_namer(path: str | Path, frame: pd.DataFrame) -> Any:
+def _row_namer(path: str | Path, frame: pd.DataFrame) -> Callable[[int], str]:
     """``where(i)``: the file and, for text tables, the line of the ``i``-th row of ``frame``
     (-1: the file alone). Lines count the header; blank lines are not counted."""
     name, text = Path(path).name, Path(path).suffix.lower() != ".parquet"
