@@ -91,6 +91,10 @@ def test_checkpoint_round_trip_and_atomic_write(
     ckpt.save_checkpoint(path, state, {"model": "x", "classes": ["a"]})
     loaded, header = ckpt.load_checkpoint(path)
     assert torch.equal(loaded["w"], state["w"]) and header["classes"] == ["a"]
+    plain = tmp_path / "plain"
+    plain.touch()  # the mode any new file gets under this process's umask
+    assert path.stat().st_mode == plain.stat().st_mode  # not mkstemp's 0600
+    plain.unlink()
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

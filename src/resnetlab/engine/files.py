@@ -13,6 +13,16 @@ from typing import BinaryIO
 from resnetlab.errors import ResnetlabError
 
 
+def _new_file_mode() -> int:
+    """The mode ``open`` gives a new file under the process's umask (``mkstemp`` gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _new_file_mode()  # read once, at import: os.umask can only be read by setting it
+
+
 def os_reason(exc: OSError) -> str:
     """Why an operating-system call failed, e.g. ``No space left on device``."""
     return exc.strerror or str(exc)
@@ -48,6 +58,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], what: str)
     with writing(path, what, atomic=True):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, _NEW_FILE_MODE)  # readable as any other file of the run, not 0600
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
