@@ -130,6 +130,14 @@ def test_bad_flags_are_one_line_errors(
     assert_one_line_error(code, err, *needles)
 
 
+def test_a_class_named_by_a_number_is_taken_by_its_name(squares_checkpoint: Path) -> None:
+    explainer = Explainer(load(squares_checkpoint, device="cpu"))
+    explainer.predictor.header["classes"] = ["3", "4", "0", "1", "2"]  # folders named 0-4
+    assert [explainer.target_index(k) for k in ("0", 4, "2")] == [2, 1, 4]
+    explainer.predictor.header["classes"] = ["10", "11", "12", "13", "14"]
+    assert explainer.target_index("1") == 1  # no class named 1: an index
+
+
 def test_unreadable_image_is_a_one_line_error(
     capsys: pytest.CaptureFixture[str], squares_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -163,6 +163,8 @@ def test_serve_bad_flags_are_one_line_errors(
     assert_one_line_error(code, err, "missing.safetensors")
     code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--layer", "layer7")
     assert_one_line_error(code, err, "--layer layer7: no such layer")
+    code, _, err = run_cli(capsys, "serve", "--checkpoint", checkpoint, "--layer", "fc")
+    assert_one_line_error(code, err, "--layer fc: gives (1, 5), not a feature map")  # at start
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

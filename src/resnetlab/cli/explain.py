@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--class",
         dest="target",
         metavar="K",
-        help="the class to explain, by index or name (default: each image's top class)",
+        help="the class to explain, by name or index (a name wins: a folder's class 9 is the "
+        "class named 9; default: each image's top class)",
     )
     p.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam")
     p.add_argument(

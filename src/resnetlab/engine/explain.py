@@ -76,14 +76,18 @@ class Explainer:
                 "(any module name works, e.g. layer1.0.conv1)"
             )
         self.layer = modules[self.layer_name]
+        with torch.no_grad():  # a --layer that gives no feature map fails here, not per request
+            self._forward(torch.zeros(1, *predictor.input_shape, device=predictor.device))
 
     def target_index(self, target: int | str | None) -> int | None:
-        """The class index that ``--class`` names (an index or a class name); None for each
-        input's top class."""
+        """The class index that ``--class`` names (a class name, else an index: a folder's
+        class ``9`` is the name ``9``); None for each input's top class."""
         if target is None:
             return None
         names = self.predictor.classes or []
         count = int(self.predictor.header["num_classes"])
+        if str(target) in names:
+            return names.index(str(target))
         if isinstance(target, str) and not target.lstrip("-").isdigit():
             if target not in names:
                 raise ResnetlabError(f"--class {target}: no such class ({', '.join(names)})")
