@@ -165,31 +165,51 @@ def test_the_budget_buys_steps_after_compiling_validation_and_the_final_evaluati
     assert fit_length(budget_run(steps_done=30), later, left, 100) == Length(7, None)
 
 
-def test_the_budget_is_refitted_after_each_epoch_and_its_schedule_still_ends(
-    folder: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A first fit 100 times too optimistic is cut back after the first epoch: the run takes
-    the length of its re-fitted config, its warmup keeps its share of the run, and the lr still
-    anneals to zero at the last step."""
+@pytest.fixture
+def optimistic_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first fit of the budget 100 times too optimistic, as a noisy machine can give."""
     measure = budget.measure_speed
     monkeypatch.setattr(
         budget,
         "measure_speed",
         lambda trainer: Speed(*(s / 100 for s in astuple(measure(trainer)))),
     )
-    out = tmp_path / "run"
-    argv = [*RECIPE, "--data", str(folder), "--epochs", "50", "--warmup-epochs", "5"]
+
+
+def _budget_run(argv: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> tuple:
+    """Train ``argv`` into ``out`` within 9 s; its config and metrics."""
     code, stdout, _ = run_cli(capsys, *argv, "--out", str(out), "--time-budget", "0.15")
     assert code == 0 and "steps instead of" in stdout, stdout
     config = yaml.safe_load((out / "config.yaml").read_text())
     metrics = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = config["limit_steps"] or 5 * config["epochs"]
+    return config, metrics
+
+
+@pytest.mark.usefixtures("optimistic_speed")
+def test_the_budget_is_refitted_after_each_epoch_and_its_schedule_still_ends(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first fit is cut back after the first epoch: the run takes the length of its
+    re-fitted config, its warmup keeps its share of the run, and the lr still anneals to zero
+    at the last step."""
+    argv = [*RECIPE, "--data", str(folder), "--epochs", "50", "--warmup-epochs", "5"]
+    config, metrics = _budget_run(argv, tmp_path / "run", capsys)
+    steps = config["limit_steps"]
     assert len(metrics) == config["epochs"] and metrics[-1]["step"] == steps
     assert config["warmup_epochs"] == pytest.approx(5 / 50 * steps / 5, abs=1e-4)  # a 10% share
     assert metrics[-1]["lr"] == 0.0
+
+
+@pytest.mark.usefixtures("optimistic_speed")
+def test_a_budget_cut_to_whole_epochs_ends_there(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With one step an epoch every re-fit lands on whole epochs; the run still stops at the
+    cut (it once trained on to the first fit's length at lr 0)."""
+    argv = [*RECIPE, "--data", str(folder), "--epochs", "50", "--batch-size", "40"]
+    config, metrics = _budget_run(argv, tmp_path / "run", capsys)
+    assert config["epochs"] < 50 and config["limit_steps"] == config["epochs"]
+    assert [m["step"] for m in metrics] == list(range(1, config["epochs"] + 1))
 
 
 def test_a_run_shortened_while_it_trains_resumes_exactly(

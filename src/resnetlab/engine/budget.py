@@ -147,8 +147,8 @@ class Budget:
         pace = Pace(step_s, epoch_s, self.pace.final_s)
         length = fit_length(trainer, pace, -late, planned)
         steps = length.limit_steps or length.epochs * trainer.steps_per_epoch
-        if steps < planned:
-            trainer.set_length(length.epochs, length.limit_steps)
+        if steps < planned:  # capped by steps: the phase's epoch loop was given the old length
+            trainer.set_length(length.epochs, steps)
             trainer.run.write_config(trainer.cfg.to_dict())
             trainer.run.print(
                 f"--time-budget: {step_s:.3g} s a step so far -> {steps} steps instead of "

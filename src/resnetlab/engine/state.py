@@ -25,7 +25,7 @@ STATE_FORMAT = 1
 # What ``Trainer.save_state`` writes and a resumed run reads (besides "format").
 STATE_KEYS = frozenset(
     {
-        "command", "config", "resolved", "header", "model", "optimizer", "scheduler", "scaler",
+        "command", "config", "resolved", "header", "model", "optimizer", "scaler",
         "phase", "phase_start_step", "epoch", "steps_done", "tally", "best_score", "best_epoch",
         "bad_epochs", "skipped_steps", "history", "elapsed_s", "threads", "world", "rng",
     }

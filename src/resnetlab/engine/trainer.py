@@ -54,10 +54,12 @@ MIN_TIMED_S = 1.0  # shorter epochs print no samples/s: a few steps are too few 
 
 @dataclass
 class _Phase:
-    """The phase being trained: its number, first step, optimiser, lr schedule and step."""
+    """The phase being trained: its number, first step and length in steps, optimiser, lr
+    schedule and step."""
 
     index: int
     first_step: int
+    total_steps: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     step: TrainStep
@@ -180,11 +182,17 @@ class Trainer:
         self.requested = {**self.requested, **changes}
         self.header = {**self.header, "recipe": {**self.header["recipe"], **changes}}
         if self.phase is not None:
-            done = self.steps_done - self.phase.first_step
-            scheduler = build_scheduler(
-                self.phase.optimizer, self.cfg, after, self.steps_per_epoch, last_step=done - 1
-            )
-            self.phase = replace(self.phase, scheduler=scheduler)
+            self._reschedule(after)
+
+    def _reschedule(self, total_steps: int) -> None:
+        """The current phase's lr schedule made ``total_steps`` long, at the step the phase has
+        reached: the optimiser's lr set for its next step."""
+        assert self.phase is not None
+        done = self.steps_done - self.phase.first_step
+        scheduler = build_scheduler(
+            self.phase.optimizer, self.cfg, total_steps, self.steps_per_epoch, last_step=done - 1
+        )
+        self.phase = replace(self.phase, total_steps=total_steps, scheduler=scheduler)
 
     def _train_batch_size(self) -> int:
         """``--batch-size``, or the whole training split where that is smaller (with a warning):
@@ -246,16 +254,15 @@ class Trainer:
         ``optimizer`` on its lr schedule; log, validate, checkpoint and save the state."""
         resuming = self.pending is not None and self.pending["phase"] == phase
         first_step = self.pending["phase_start_step"] if resuming else self.steps_done
-        scheduler = build_scheduler(
-            optimizer, self.cfg, self.total_steps(epochs, first_step), self.steps_per_epoch
-        )
+        total_steps = self.total_steps(epochs, first_step)
+        scheduler = build_scheduler(optimizer, self.cfg, total_steps, self.steps_per_epoch)
         step = TrainStep(
             self.world.wrap(self.model),  # after the phase set requires_grad
             optimizer, self.loss_fn, self.precision, self.transform,
             scaler=self.scaler, options=self.step_options, compile=self.compiled,
             report=self.run.print,
         )  # fmt: skip
-        self.phase = _Phase(phase, first_step, optimizer, scheduler, step)
+        self.phase = _Phase(phase, first_step, total_steps, optimizer, scheduler, step)
         tally = self._restore_training(self.pending) if resuming else None
         with self.stops:
             # an epoch that a resumed state left unfinished ends even at --limit-steps
@@ -442,7 +449,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "averaged": None if self.average is None else self.average.state_dict(),
             "optimizer": self.phase.optimizer.state_dict(),
-            "scheduler": self.phase.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "phase": self.phase.index,
             "phase_start_step": self.phase.first_step,
@@ -476,11 +482,12 @@ class Trainer:
         self.run.rewrite_metrics(self.history)
 
     def _restore_training(self, state: dict[str, Any]) -> EpochTally | None:
-        """Optimiser, schedule, scaler and random streams of the resumed phase; the running
-        sums of the epoch it stopped in (None: it stopped between epochs)."""
+        """Optimiser, scaler and random streams of the resumed phase, and its lr schedule at the
+        step reached (rebuilt: a resume with another ``--epochs`` takes its lr from the first
+        step); the running sums of the epoch it stopped in (None: it stopped between epochs)."""
         assert self.phase is not None
         self.phase.optimizer.load_state_dict(state["optimizer"])
-        self.phase.scheduler.load_state_dict(state["scheduler"])
+        self._reschedule(self.phase.total_steps)  # the schedule at its step, of this run's length
         self.scaler.load_state_dict(state["scaler"])
         rank = self.world.rank % state["world"]  # another world: not exact, as --resume warned
         restore_rng(state["rng"][rank])
