@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import crash_after_state, make_folder
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -180,6 +182,23 @@ def test_a_resume_with_other_settings_is_refused_naming_them(
     assert "lr (run: 0.1, now: 0.5)" in err[0] and "seed (run: 0, now: 3)" in err[0]
     assert main(["finetune", "--resume", str(stopped_run)]) == 2
     assert "continue it with resnetlab train --resume" in capsys.readouterr().err
+
+
+def test_a_moved_run_resumes_where_it_is_and_its_config_replays_as_a_new_run(
+    stopped_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(stopped_run, moved)
+    monkeypatch.chdir(tmp_path)  # another working folder than the run's
+    assert main(["train", "--resume", "elsewhere", "--epochs", "3"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (moved / "metrics.jsonl").open()]
+    assert epochs == [1, 2, 3] and (moved / "last.safetensors").exists()
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    assert "out" not in config and "resume" not in config  # a replay writes a new folder
+    for _ in range(2):  # a new run in a used folder keeps no line of the one before
+        assert main(["train", "--config", "elsewhere/config.yaml", "--out", "again"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "again/metrics.jsonl").open()]
+    assert epochs == [1, 2, 3]
 
 
 def test_more_epochs_on_resume_train_on_with_a_warning(

@@ -323,16 +323,19 @@ def test_a_torch_save_on_a_full_disk_is_one_line_naming_the_file(tmp_path: Path)
         torch.save({"weights": torch.zeros(1000)}, FullDisk())
 
 
-RUN_FILES: dict[str, Callable[[RunDir], None]] = {
+APPENDED_FILES: dict[str, Callable[[RunDir], None]] = {
     "log.txt": lambda run: run.print("a line"),
     "metrics.jsonl": lambda run: run.append_metrics({"epoch": 1}),
-    "config.yaml": lambda run: run.write_config({"epoch": 1}),
+}
+REPLACED_FILES: dict[str, Callable[[RunDir], None]] = {
+    "config.yaml": lambda run: run.write_config({"epoch": 2}),
     "confusion.json": lambda run: run.write_json("confusion.json", {"accuracy": 1.0}),
+    "metrics.jsonl": lambda run: run.rewrite_metrics([{"epoch": 2}]),
 }
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-@pytest.mark.parametrize("name", RUN_FILES)
+@pytest.mark.parametrize("name", APPENDED_FILES)
 def test_the_run_folder_s_files_on_a_full_disk_are_one_line_errors(name: str) -> None:
     """/dev/full fails every write with ENOSPC; leaving the RunDir (which logs the error)
     must not fail again."""
@@ -340,7 +343,27 @@ def test_the_run_folder_s_files_on_a_full_disk_are_one_line_errors(name: str) ->
     Path("run", name).symlink_to("/dev/full")
     expected = rf"^run/{re.escape(name)}: cannot write .*{NO_SPACE}"
     with pytest.raises(ResnetlabError, match=expected), RunDir("run") as run:
-        RUN_FILES[name](run)
+        APPENDED_FILES[name](run)
+
+
+@pytest.mark.parametrize("name", REPLACED_FILES)
+def test_a_run_folder_s_file_rewritten_on_a_full_disk_keeps_its_last_version(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.yaml is rewritten during a run (a budget's re-fit), and the JSON reports at its
+    end: a failed write is one line, and the file written before is intact."""
+    Path("run").mkdir()
+    Path("run", name).write_text("before")
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, NO_SPACE)
+
+    monkeypatch.setattr(resnetlab.engine.files.os, "replace", full)
+    expected = rf"^run/{re.escape(name)}: cannot write .*{NO_SPACE}.*{re.escape(name)} is intact"
+    with pytest.raises(ResnetlabError, match=expected), RunDir("run") as run:
+        REPLACED_FILES[name](run)
+    assert Path("run", name).read_text() == "before"
+    assert sorted(p.name for p in Path("run").iterdir()) == sorted({name, "log.txt"})
 
 
 @pytest.fixture()

@@ -23,6 +23,7 @@ from resnetlab.errors import ResnetlabError
 
 # Metrics that measure the machine, not the run: checkpoints and fingerprints leave them out.
 TIMINGS = ("samples_per_s", "elapsed_s", "train_s")
+REPLAY_OMITS = ("out", "resume")  # config keys that config.yaml leaves out
 
 
 def fingerprint(run_dir: str | Path) -> dict[str, Any]:
@@ -82,10 +83,14 @@ class RunDir:
             self._log.flush()
 
     def write_config(self, config: dict[str, Any]) -> None:
-        """Write config.yaml; `resnetlab train --config` reads it back."""
-        path = self.file("config.yaml")
-        with writing(path, "the config"):
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
+        """Write config.yaml, which ``--config`` replays as a new run: without the run's own
+        folder (``out``) and ``resume``, so a replay neither writes into this run nor resumes it."""
+        kept = {key: value for key, value in config.items() if key not in REPLAY_OMITS}
+        self._write("config.yaml", yaml.safe_dump(kept, sort_keys=False), "the config")
+
+    def _write(self, name: str, text: str, what: str) -> None:
+        """Replace the file ``name`` by ``text`` atomically."""
+        write_atomically(self.file(name), lambda f: f.write(text.encode()), what)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl."""
@@ -96,16 +101,11 @@ class RunDir:
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl by ``records`` (a resumed run drops lines written after the
         state it continues from), via a temporary file and a rename."""
-        text = "".join(json.dumps(record) + "\n" for record in records)
-        write_atomically(
-            self.file("metrics.jsonl"), lambda f: f.write(text.encode()), "the metrics"
-        )
+        self._write("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records), "the metrics")
 
     def write_json(self, name: str, data: Any) -> None:
         """Write a JSON file in the run folder."""
-        path = self.file(name)
-        with writing(path, "the file"):
-            path.write_text(json.dumps(data, indent=2) + "\n")
+        self._write(name, json.dumps(data, indent=2) + "\n", "the file")
 
     def __enter__(self) -> RunDir:
         return self

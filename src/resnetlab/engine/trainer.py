@@ -160,6 +160,8 @@ class Trainer:
         self.pending = resume
         if resume is not None:
             self._restore_progress(resume)
+        else:  # a new run in a used folder: its metrics are its own
+            run.rewrite_metrics([])
         self.start = time.perf_counter()
         self.last_save = self.start
         wants_board = cfg.tensorboard and self.world.is_main

@@ -315,7 +315,8 @@ def resume_config(run_dir: str | Path, command: str | None = None, **changes: An
     state = load_state(Path(run_dir) / STATE_FILE)
     _check_command(state, command or state["command"], run_dir)
     cls = FinetuneConfig if state["command"] == FinetuneConfig.command else TrainConfig
-    return replace(cls(**state["config"]), resume=str(run_dir), **changes)
+    # the folder as given now: a run moved or copied resumes where it is
+    return replace(cls(**state["config"]), resume=str(run_dir), out=str(run_dir), **changes)
 
 
 def _check_command(state: dict[str, Any], command: str, run_dir: str | Path) -> None:
