@@ -236,14 +236,16 @@ def test_frozen_batchnorm_computes_what_eval_batchnorm_does() -> None:
         torch.testing.assert_close(freeze_batchnorm(model)(x), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("ema", [None, 0.9])  # the average's BatchNorm statistics kept too
 def test_linear_probe_keeps_the_backbone_and_records_its_source(
-    source: Path, colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    source: Path, colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], ema: float
 ) -> None:
     cfg = FinetuneConfig(
         weights=str(source),
         data=str(colours),
         strategy="linear-probe",
         epochs=2,
+        ema=ema,
         out=str(tmp_path / "lp"),
         quiet=True,
     )

@@ -106,6 +106,16 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
     assert not torch.allclose(trained["layer1.bn1.running_mean"], mean, atol=1e-3)
 
 
+def test_the_average_s_batchnorm_leaves_out_a_last_batch_of_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """800 training rows in batches of 17 end with a batch of one, which BatchNorm1d refuses
+    in training mode (and which would weigh as much as a whole batch)."""
+    argv = ["train", "--model", "resnet_tabular", "--data", "tabular-synthetic", "--epochs", "1"]
+    code, _, err = run_cli(capsys, *argv, "--batch-size", "17", "--ema", "0.9", "--quiet")
+    assert code == 0, err
+
+
 def test_a_run_with_weight_averaging_resumes_exactly(
     recipe_run: SimpleNamespace, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

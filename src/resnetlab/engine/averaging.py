@@ -5,7 +5,8 @@ way, so they are recomputed for them (``swa_utils.update_bn``) before each evalu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
@@ -35,11 +36,18 @@ class WeightAverage:
         """Move the average towards ``model``'s current parameters."""
         self.averaged.update_parameters(model)
 
-    def recompute_batchnorm(self, batches: Iterable[torch.Tensor], precision: Precision) -> None:
+    def recompute_batchnorm(
+        self, batches: Iterable[torch.Tensor], precision: Precision, keep: Collection[str] = ()
+    ) -> None:
         """Replace the averaged network's BatchNorm running statistics by those of
-        ``batches`` (model inputs), averaged over all of them."""
+        ``batches`` (model inputs), averaged over all of them; the layers named in ``keep``
+        (whose statistics the training keeps fixed, e.g. a linear probe's) keep theirs."""
+        modules = dict(self.module.named_modules())
+        kept = {name: copy.deepcopy(modules[name].state_dict()) for name in keep}
         with precision.autocast():
             update_bn(batches, self.module)
+        for name, state in kept.items():
+            modules[name].load_state_dict(state)
 
     def state_dict(self) -> dict[str, Any]:
         """The averaged weights, BatchNorm statistics and update count."""

@@ -224,24 +224,28 @@ def _stay_in_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
 
 
 @contextmanager
-def phase_mode(model: nn.Module, phase: Phase, bn_policy: str) -> Iterator[None]:
+def phase_mode(model: nn.Module, phase: Phase, bn_policy: str) -> Iterator[frozenset[str]]:
     """Within the block, only ``phase``'s parameters require gradients, and the BatchNorm
-    layers whose statistics must stay fixed run in eval mode even under ``model.train()``.
-    On exit the model's ``requires_grad`` flags are as they were."""
+    layers whose statistics must stay fixed run in eval mode even under ``model.train()``; it
+    gives their names. On exit the model's ``requires_grad`` flags are as they were."""
     head, _ = parameter_stages(model)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = {
+        n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
     # BatchNorm1d has no frozen twin in torchvision: under 'frozen' it is pinned and not trained.
     fixed_norms = not phase.trains_backbone or bn_policy != "train"
-    fixed_affine = {id(p) for m in norms for p in m.parameters()} if bn_policy == "frozen" else ()
+    fixed_affine = (
+        {id(p) for m in norms.values() for p in m.parameters()} if bn_policy == "frozen" else ()
+    )
     trains = {id(p) for p in head}
     if phase.trains_backbone:
         trains |= {id(p) for p in model.parameters() if id(p) not in fixed_affine}
     before = [(p, p.requires_grad) for p in model.parameters()]
     for param in model.parameters():
         param.requires_grad_(id(param) in trains)
-    hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms if fixed_norms]
+    hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms.values() if fixed_norms]
     try:
-        yield
+        yield frozenset(norms if fixed_norms else ())
     finally:
         for hook in hooks:
             hook.remove()
@@ -282,7 +286,7 @@ def fit_phases(
         end_epoch += phase.epochs
         if index < trainer.resumed_phase:
             continue
-        with phase_mode(trainer.model, phase, bn_policy):
+        with phase_mode(trainer.model, phase, bn_policy) as trainer.fixed_norms:
             groups = phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg)
             if announce:
                 first_epoch = end_epoch - phase.epochs + 1

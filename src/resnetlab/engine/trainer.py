@@ -157,6 +157,7 @@ class Trainer:
         self.compiled = should_compile(cfg.compile, bundle.kind, self.precision.device, steps)
         self.phase: _Phase | None = None
         self.budget: Budget | None = None  # --time-budget, once fit_to_budget has fitted it
+        self.fixed_norms: frozenset[str] = frozenset()  # BatchNorm layers the phase keeps as is
         self.pending = resume
         if resume is not None:
             self._restore_progress(resume)
@@ -380,7 +381,8 @@ class Trainer:
             record.update(tally.gradient_summary())
         self.world.average_batchnorm(self.model)  # before validation and the checkpoints
         if self.average is not None:
-            self.average.recompute_batchnorm(self._batchnorm_inputs(), self.precision)
+            inputs = self._batchnorm_inputs()
+            self.average.recompute_batchnorm(inputs, self.precision, keep=self.fixed_norms)
             self.world.average_batchnorm(self.average.module)
         if self.val_loader is not None:
             outputs, targets, record["val_loss"] = self._predict(self.val_loader, self.evaluated)
@@ -399,10 +401,12 @@ class Trainer:
 
     def _batchnorm_inputs(self) -> Iterator[torch.Tensor]:
         """Model inputs of about ``BN_SAMPLES`` training images (this process's share), the
-        same in every epoch: what the weight average's BatchNorm statistics are taken from."""
+        same in every epoch, in whole batches (a batch of one breaks BatchNorm, and a small one
+        would weigh as much as a whole one): what the weight average's BatchNorm statistics
+        are taken from."""
         order = BatchOrder(
             len(self.bundle.train), self.order.batch_size, shuffle=True, seed=self.cfg.seed,
-            rank=self.world.rank, world=self.world.size,
+            drop_last=True, rank=self.world.rank, world=self.world.size,
         )  # fmt: skip
         batches = max(1, min(len(order), BN_SAMPLES // order.batch_size))
         for x, _, _ in itertools.islice(make_loader(self.bundle.train, order), batches):
