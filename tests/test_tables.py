@@ -203,6 +203,14 @@ def test_cli_errors_for_tables_are_one_line(
     assert_one_line_error(code, err, "--baselines applies to tables; --data digits is image data")
 
 
+@pytest.mark.parametrize("name", ["tabular-synthetic", "digits"])
+def test_built_in_data_counts_its_training_classes(name: str) -> None:
+    """What --class-weight balanced needs (it crashed on the built-in table)."""
+    bundle = load_data(name)
+    labels = torch.tensor([int(y) for _, y in bundle.train])
+    assert bundle.class_counts == torch.bincount(labels, minlength=len(bundle.classes)).tolist()
+
+
 def test_class_weights_weigh_each_sample_by_its_class() -> None:
     torch.manual_seed(0)
     logits, y = torch.randn(6, 2), torch.tensor([0, 0, 0, 0, 1, 1])

@@ -56,6 +56,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     regression checkpoint, RMSE, MAE and R² in the target's units."""
     if (cfg.checkpoint is None) == (cfg.weights is None):
         raise ResnetlabError("eval needs either --checkpoint or --weights (one of them)")
+    if cfg.batch_size < 1:
+        raise ResnetlabError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
     if cfg.checkpoint is not None:
         model, header = load_network(cfg.checkpoint, expect_model=cfg.model)
         bundle = replace(load_data_like(header, cfg.data), mean=header["mean"], std=header["std"])

@@ -38,7 +38,7 @@ class DataBundle:
     split_record: dict[str, Any] | None = None  # image folders: see ``splits.record_split``
     task: str = "classification"  # or "regression": y is then the standardised target (float)
     table: dict[str, Any] | None = None  # tables read from files: see ``data.preprocess``
-    class_counts: list[int] | None = None  # tables: training rows per class (class weights)
+    class_counts: list[int] | None = None  # training samples per class (class weights)
 
     @property
     def num_classes(self) -> int:
@@ -118,4 +118,5 @@ def bundle_from_tensors(
         mean,
         std,
         feature_names or [],
+        class_counts=torch.bincount(y[split.train], minlength=len(classes)).tolist(),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -120,11 +121,20 @@ class TrainConfig:
         run reads its --weights with ``read_weights`` before making its folder)."""
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
-            (self.batch_size >= 0, f"--batch-size must be >= 0 (got {self.batch_size})"),
+            (
+                self.batch_size == 0 or self.batch_size >= 2,
+                f"--batch-size must be 0 (from the data) or at least 2, for BatchNorm's batch "
+                f"statistics (got {self.batch_size})",
+            ),
+            (0 <= self.seed < 2**32, f"--seed must be in [0, 2**32) (got {self.seed})"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
-            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})"),
+            (not self.nesterov or self.momentum > 0, "--nesterov needs a --momentum above 0"),
+            (
+                0 <= self.warmup_epochs < math.inf,
+                f"--warmup-epochs must be >= 0 and finite (got {self.warmup_epochs})",
+            ),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
             (self.limit_steps is None or self.limit_steps >= 1, "--limit-steps must be >= 1"),
