@@ -75,7 +75,9 @@ def make_loss(
 ) -> LossFn:
     """Cross-entropy ``-sum_c q_c log p_c(x)`` over labels ``q`` (optionally smoothed), or,
     for a single-logit head, binary cross-entropy ``-[y log s(z) + (1-y) log(1-s(z))]``; each
-    sample weighted by its class's ``class_weight`` if given. Regression: the mean squared
+    sample weighted by its class's ``class_weight`` if given (the mean of the weighted losses,
+    as scikit-learn weighs samples: a batch's loss times its size adds up over batches, so a
+    split's mean loss does not depend on how it is batched). Regression: the mean squared
     error (``mse``) or Huber loss (``huber``, quadratic within 1) of the single output."""
     if kind in ("mse", "huber"):
         error = F.mse_loss if kind == "mse" else F.huber_loss
@@ -94,7 +96,15 @@ def make_loss(
             )
 
         return bce
-    return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=label_smoothing)
+    if class_weight is None:
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def weighted_ce(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            output, y, weight=class_weight, label_smoothing=label_smoothing, reduction="none"
+        ).mean()
+
+    return weighted_ce
 
 
 class EpochTally:
