@@ -22,6 +22,7 @@ from resnetlab.data import TableOptions, load_data
 from resnetlab.data.preprocess import quantile_normal
 from resnetlab.data.tabular import infer_task, read_inputs, read_table
 from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.engine.checkpoint_data import load_data_like
 from resnetlab.engine.loop import make_loss
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.trainer import epoch_line
@@ -262,6 +263,28 @@ def test_preprocessing_round_trips_through_the_checkpoint(
     write(frame.drop(columns=["size"]), tmp_path / "partial.csv")
     code, _, err = run_cli(capsys, "predict", "--checkpoint", "run/best.safetensors", "partial.csv")
     assert_one_line_error(code, err, "partial.csv: no column(s) 'size'")
+
+
+def test_a_table_changed_after_training_keeps_its_split_row_by_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Held-out rows are recorded by their values: a table reordered, with rows added, still
+    gives eval the run's test rows (not training rows), and a resume refuses it."""
+    frame = linear(200)
+    source = write(frame, tmp_path / "t.csv")
+    argv = ["train", "--data", source, "--target", "y", "--epochs", "1", "--quiet"]
+    assert run_cli(capsys, *argv, "--out", "run")[0] == 0
+    header = load_checkpoint("run/best.safetensors")[1]
+
+    def test_rows() -> list[tuple[float, ...]]:
+        return sorted(tuple(x.tolist()) for x, _ in load_data_like(header, None).test)
+
+    before = test_rows()
+    write(pd.concat([frame.sample(frac=1, random_state=1), linear(5, seed=1)]), tmp_path / "t.csv")
+    with pytest.warns(UserWarning, match=r"the table has changed .* \(5 rows added, 0 removed\)"):
+        assert test_rows() == before
+    code, _, err = run_cli(capsys, "train", "--resume", "run")
+    assert_one_line_error(code, err, f"--data {source} changed since the run started (200 samples")
 
 
 def test_regression_on_a_linear_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

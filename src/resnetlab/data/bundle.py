@@ -35,7 +35,7 @@ class DataBundle:
     std: list[float]
     feature_names: list[str] = field(default_factory=list)  # tabular only: column order
     pipeline: str = "in-memory tensors"  # how samples are produced, printed at the start of a run
-    split_record: dict[str, Any] | None = None  # image folders: see ``splits.record_split``
+    split_record: dict[str, Any] | None = None  # image folders, tables: ``splits.record_split``
     task: str = "classification"  # or "regression": y is then the standardised target (float)
     table: dict[str, Any] | None = None  # tables read from files: see ``data.preprocess``
     class_counts: list[int] | None = None  # training samples per class (class weights)

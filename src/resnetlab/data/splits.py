@@ -122,10 +122,18 @@ def record_split(names: Sequence[str], split: SplitIndices) -> dict[str, Any]:
     }
 
 
-def restore_split(record: dict[str, Any], names: Sequence[str], source: str) -> SplitIndices:
-    """The recorded split (``record_split``) applied to today's ``names``. If the list has
-    changed, held-out files are found again by their ids, files that are gone are dropped,
-    new files count as training data, and a warning says how many were added and removed."""
+def restore_split(
+    record: dict[str, Any],
+    names: Sequence[str],
+    source: str,
+    *,
+    kind: str = "folder",
+    unit: str = "files",
+) -> SplitIndices:
+    """The recorded split (``record_split``) applied to today's ``names`` (of the ``unit``
+    of a ``kind``). If the list has changed, held-out ones are found again by their ids, ones
+    that are gone are dropped, new ones count as training data, and a warning says how many
+    were added and removed."""
     held_out = {key: unpack_ints(record[key], np.int64) for key in ("val", "test") if record[key]}
     if record["sha256"] != _list_digest(names):
         old_ids, new_ids = unpack_ints(record["ids"], np.uint64), _name_ids(names)
@@ -139,8 +147,8 @@ def restore_split(record: dict[str, Any], names: Sequence[str], source: str) -> 
         added = len(set(position) - set(map(int, old_ids)))
         removed = len(set(map(int, old_ids)) - set(position))
         warnings.warn(
-            f"{source}: the folder has changed since training ({added} files added, "
-            f"{removed} removed); the recorded split is kept for the files that remain",
+            f"{source}: the {kind} has changed since training ({added} {unit} added, "
+            f"{removed} removed); the recorded split is kept for the {unit} that remain",
             stacklevel=2,
         )
     taken = np.concatenate([np.empty(0, dtype=np.int64), *held_out.values()])

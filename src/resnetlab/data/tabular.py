@@ -23,7 +23,7 @@ from resnetlab.data.preprocess import (
     fit_preprocessing,
     is_categorical,
 )
-from resnetlab.data.splits import SplitIndices, split_indices, split_subsets
+from resnetlab.data.splits import record_split, restore_split, split_indices, split_subsets
 from resnetlab.errors import ResnetlabError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -46,6 +46,7 @@ class TableOptions:
     task: str | None = None
     strict: bool = False
     fitted: dict[str, Any] | None = field(default=None, compare=False)
+    split_record: dict[str, Any] | None = field(default=None, compare=False)  # a checkpoint's
 
 
 def is_table_file(source: str | Path) -> bool:
@@ -150,12 +151,11 @@ def load_table(
     val_fraction: float,
     test_fraction: float,
     seed: int,
-    split: SplitIndices | None = None,
 ) -> DataBundle:
     """Load a table: the target and task, rows without a target dropped (``--strict``:
     refused), a seeded split (stratified by class, or by target quintile for regression; or
-    ``split``, positions among the rows with a target), then the preprocessing fitted on the
-    training rows (or ``options.fitted``) applied to all."""
+    ``options.split_record``'s, found again row by row if the table changed), then the
+    preprocessing fitted on the training rows (or ``options.fitted``) applied to all."""
     frame = read_table(path, options.delimiter)
     if target is None:
         raise ResnetlabError(f"--target is required for tables (columns: {', '.join(frame)})")
@@ -175,11 +175,15 @@ def load_table(
     if features.columns.empty:
         raise ResnetlabError(f"{path}: no feature columns besides the target {target!r}")
     regression = fitted["task"] == "regression"
-    strata = np.digitize(y, np.quantile(y, np.linspace(0, 1, _REGRESSION_STRATA + 1)[1:-1]))
-    split = split or split_indices(
-        strata if regression else y, val_fraction=val_fraction, test_fraction=test_fraction,
-        seed=seed, class_names=None if regression else classes,
-    )  # fmt: skip
+    rows = row_names(frame)
+    if options.split_record is not None:
+        split = restore_split(options.split_record, rows, str(path), kind="table", unit="rows")
+    else:
+        strata = np.digitize(y, np.quantile(y, np.linspace(0, 1, _REGRESSION_STRATA + 1)[1:-1]))
+        split = split_indices(
+            strata if regression else y, val_fraction=val_fraction, test_fraction=test_fraction,
+            seed=seed, class_names=None if regression else classes,
+        )  # fmt: skip
     if "columns" not in fitted:
         train_rows = features.iloc[split.train]
         fitted = {
@@ -202,7 +206,14 @@ def load_table(
         Path(path).name, "tabular", classes, (len(names),), train, val, test,
         [0.0] * len(names), [1.0] * len(names), names,
         task=fitted["task"], table=fitted, class_counts=counts,
+        split_record=record_split(rows, split),
     )  # fmt: skip
+
+
+def row_names(frame: pd.DataFrame) -> list[str]:
+    """A name per row from its values (a 64-bit hash), by which a recorded split finds its
+    held-out rows again in a table that was reordered or had rows added or removed."""
+    return [f"{h:016x}" for h in pd.util.hash_pandas_object(frame, index=False).to_numpy()]
 
 
 def _target_record(y: np.ndarray, classes: list[str], regression: bool) -> dict[str, Any]:

@@ -28,10 +28,10 @@ def is_training_data(header: dict[str, Any], source: str | None) -> bool:
 
 def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
     """Load ``source`` for a checkpoint. The training data (the default) is split exactly as
-    the run split it: its recorded split folders, and for image folders the recorded split
-    of the file list (see ``splits.restore_split``). Any other source is loaded whole, as the
-    training split of a bundle without val/test splits. Tables get the checkpoint's fitted
-    preprocessing."""
+    the run split it: its recorded split folders, and for image folders and tables the
+    recorded split of the files or rows (see ``splits.restore_split``). Any other source is
+    loaded whole, as the training split of a bundle without val/test splits. Tables get the
+    checkpoint's fitted preprocessing."""
     data = header["data"]
     image_size = {"image": header["input_shape"][-1], "video": data.get("image_size")}.get(
         header["data_kind"]
@@ -52,7 +52,7 @@ def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
         image_size=image_size,
         in_chans=header["in_chans"],
         image_options=options,
-        table_options=TableOptions(fitted=header.get("table")),
+        table_options=TableOptions(fitted=header.get("table"), split_record=options.split_record),
         **fractions,
     )
     if bundle.classes != header["classes"]:

@@ -353,8 +353,8 @@ def resume_run(cfg: TrainConfig) -> Start:
     recorded = header["data"]["split"]
     if recorded and bundle.split_record and recorded["sha256"] != bundle.split_record["sha256"]:
         raise ResnetlabError(
-            f"--resume {cfg.resume}: the files of --data {cfg.data} changed since the run started "
-            f"({recorded['files']} then, {bundle.split_record['files']} now); an exact "
+            f"--resume {cfg.resume}: --data {cfg.data} changed since the run started "
+            f"({recorded['files']} samples then, {bundle.split_record['files']} now); an exact "
             "continuation needs the same data"
         )
     bundle = replace(bundle, mean=header["mean"], std=header["std"])
