@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,11 +16,13 @@ from torch.utils.data import Subset
 
 from resnetlab.data import (
     BUILTIN_DATASETS,
+    ImageOptions,
     load_data,
     make_case_study_data,
     scan_image_folder,
     split_indices,
 )
+from resnetlab.data.bundle import DataBundle
 from resnetlab.data.stats import dataset_mean_std, tensor_mean_std
 from resnetlab.data.tabular import read_feature_columns
 from resnetlab.errors import ResnetlabError
@@ -326,6 +329,45 @@ def test_scan_image_folder_and_empty_class_warning(tmp_path: Path) -> None:
         classes, samples = scan_image_folder(tmp_path)
     assert classes == ["y", "z"]
     assert samples == [(tmp_path / "z" / "img0.png", 1), (tmp_path / "z" / "img1.png", 1)]
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path: Path) -> None:
+    make_images(tmp_path / "cat", COLOURS["cat"], 2)
+    make_images(tmp_path / "cat" / ".thumbs", COLOURS["dog"], 2)
+    (tmp_path / "cat" / "._img0.png").write_bytes(b"AppleDouble")
+    _, samples = scan_image_folder(tmp_path)
+    assert samples == [(tmp_path / "cat" / "img0.png", 0), (tmp_path / "cat" / "img1.png", 0)]
+
+
+def test_an_unreadable_first_file_is_skipped_like_any_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, colour in COLOURS.items():
+        make_images(tmp_path / name, colour, 3, size=(8, 6))
+    (tmp_path / "ant" / "0bad.png").write_bytes(b"not an image")  # the first file
+    bundle = load_data(str(tmp_path), val_fraction=0.0, test_fraction=0.0)
+    assert bundle.input_shape == (3, 6, 6) and len(bundle.train) == 9
+    assert "skipped" in capsys.readouterr().err
+    with pytest.raises(ResnetlabError, match=r"1 bad image file\(s\) \(--strict\): .*0bad.png"):
+        load_data(str(tmp_path), image_options=ImageOptions(strict=True))
+
+
+def test_the_cached_and_streaming_pipelines_number_the_files_alike(tmp_path: Path) -> None:
+    make_images(tmp_path / "a", COLOURS["cat"], 6)  # "a-b/..." sorts before "a/..." as text
+    make_images(tmp_path / "a-b", COLOURS["dog"], 6)
+
+    def load(**options: Any) -> DataBundle:
+        image_options = ImageOptions(cache_dir=None, **options)
+        return load_data(str(tmp_path), val_fraction=0.25, test_fraction=0.25, seed=0,
+                         image_options=image_options)  # fmt: skip
+
+    cached, streamed = load(), load(cache_mem_gb=0.0)
+    assert cached.pipeline.startswith("cached") and streamed.pipeline.startswith("streaming")
+    assert streamed.split_record == cached.split_record
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "the folder has changed"
+        again = load(cache_mem_gb=0.0, split_record=cached.split_record)
+    assert again.split_record == cached.split_record
 
 
 def test_empty_folders_are_errors_naming_the_folder(tmp_path: Path) -> None:

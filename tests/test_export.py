@@ -211,3 +211,19 @@ def test_bad_export_requests_end_in_one_line(
     for argv, needle in cases:
         code, _, err = run_cli(capsys, *argv)
         assert_one_line_error(code, err, needle)
+
+
+def test_quantize_refuses_a_regression_network_before_writing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    x = np.random.default_rng(0).random((120, 3))
+    table = tmp_path / "data.csv"
+    lines = [f"{a:.4f},{b:.4f},{c:.4f},{a + 2 * b - c:.4f}" for a, b, c in x]
+    table.write_text("a,b,c,y\n" + "\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    argv = ["train", "--model", "resnet_tabular", "--data", str(table), "--target", "y"]
+    assert main([*argv, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    checkpoint, out = str(run / "best.safetensors"), tmp_path / "q.onnx"
+    code, _, err = run_cli(capsys, "quantize", "--checkpoint", checkpoint, "--out", str(out))
+    assert_one_line_error(code, err, f"--checkpoint {checkpoint}: quantize takes classifiers")
+    assert list(tmp_path.glob("q.onnx*")) == []

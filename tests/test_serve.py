@@ -10,13 +10,15 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from helpers import assert_one_line_error, make_squares, run_cli
 from PIL import Image
 
@@ -41,6 +43,13 @@ def server(squares_checkpoint: Path) -> Iterator[str]:
     app = create_app(
         load(squares_checkpoint, device="cpu"), max_upload_bytes=LIMIT, max_pixels=MAX_PIXELS
     )
+    with _serving(app) as url:
+        yield url
+
+
+@contextmanager
+def _serving(app: FastAPI) -> Iterator[str]:
+    """``app`` on uvicorn in a thread, on a free port of 127.0.0.1: its URL."""
     listener = listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -50,9 +59,11 @@ def server(squares_checkpoint: Path) -> Iterator[str]:
     while not uvicorn_server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert uvicorn_server.started
-    yield f"http://127.0.0.1:{port}"
-    uvicorn_server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=30)
 
 
 def _post(url: str, name: str, data: bytes) -> httpx.Response:
@@ -138,6 +149,71 @@ def test_bad_uploads_get_their_status_and_the_server_keeps_serving(
             "no file: send the image as the multipart form field 'file'"
         )
     assert _post(server, "good.png", good).status_code == 200
+
+
+def _jpeg(pixels: np.ndarray, exif: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def test_a_bad_upload_is_refused_before_its_batch_and_jpegs_decode_as_in_predict(
+    squares_checkpoint: Path, tmp_path: Path
+) -> None:
+    predictor = load(squares_checkpoint, device="cpu")
+    app = create_app(predictor, max_upload_bytes=LIMIT, max_pixels=MAX_PIXELS)
+    batcher = app.state.batcher
+    work, entered, release = batcher._work, threading.Event(), threading.Event()
+
+    def held(items: list) -> list:  # the first call waits, so that the next ones queue up
+        entered.set()
+        release.wait(timeout=30)
+        return work(items)
+
+    batcher._work = held
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "cam"  # rotated; then Make renumbered as a numeric tag
+    broken = _jpeg(
+        np.zeros((16, 16, 3), np.uint8), exif.tobytes().replace(b"\x01\x0f", b"\x01\x56")
+    )
+    photo = tmp_path / "photo.jpg"  # 4x the input size: predict decodes it at 1/4 scale
+    photo.write_bytes(_jpeg(np.random.default_rng(0).integers(0, 256, (128, 128, 3), np.uint8)))
+    answers: dict[str, httpx.Response] = {}
+    with _serving(app) as url:
+
+        def send(name: str, data: bytes) -> threading.Thread:
+            def post() -> None:
+                answers[name] = _post(url, name, data)
+
+            thread = threading.Thread(target=post)
+            thread.start()
+            return thread
+
+        def wait_for(done: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 30
+            while not done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        threads = [send("first.jpg", photo.read_bytes())]
+        assert entered.wait(timeout=30)
+        threads.append(send("broken.jpg", broken))
+        wait_for(lambda: "broken.jpg" in answers or batcher._queue.qsize() == 1)
+        threads.append(send("photo.jpg", photo.read_bytes()))
+        wait_for(lambda: batcher._queue.qsize() == 1 + ("broken.jpg" not in answers))
+        release.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert answers["broken.jpg"].status_code == 400
+    assert answers["broken.jpg"].json()["detail"].startswith("broken.jpg: damaged (")
+    want = predictor.predict(str(photo), topk=5)[0]["top"]
+    for name in ("first.jpg", "photo.jpg"):
+        assert answers[name].status_code == 200, answers[name].text
+        top = answers[name].json()["top"]
+        assert [p["class"] for p in top] == [p["class"] for p in want]
+        assert [p["probability"] for p in top] == pytest.approx(
+            [p["probability"] for p in want], abs=1e-6
+        )
+    assert batcher.items == 2  # the broken upload never reached the network
 
 
 def test_page_is_served_with_nothing_from_elsewhere(server: str) -> None:

@@ -153,6 +153,15 @@ def test_a_clip_folder_loads_as_one_clip_tensor(tmp_path: Path) -> None:
     assert clip.dtype == torch.uint8 and int(label) in (0, 1)
 
 
+def test_hidden_frame_files_are_skipped(tmp_path: Path) -> None:
+    root = make_clip_folder(tmp_path / "clips")
+    (root / "dark" / "c0" / "._00.png").write_bytes(b"AppleDouble")  # macOS metadata
+    (root / "dark" / "c9").mkdir()
+    (root / "dark" / "c9" / "._00.png").write_bytes(b"AppleDouble")  # no frames: no clip
+    bundle = load_data(str(root), val_fraction=0.0, test_fraction=0.0, image_size=8)
+    assert bundle.input_shape == (1, 5, 8, 8) and len(bundle.train) == 12
+
+
 def test_a_bad_clip_is_named_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,6 +26,7 @@ from resnetlab.engine.exported import (
     onnx_bytes,
     onnxruntime,
     pt2_bytes,
+    task_of,
     write_file,
 )
 from resnetlab.engine.int8 import int8_warning, quantize_onnx
@@ -104,6 +105,11 @@ def quantize(cfg: ExportConfig) -> dict[str, Any]:
     cfg.int8, cfg.format = True, "onnx"
     cfg.validate()
     model, header = _float_model(cfg.checkpoint)
+    if task_of(header) == "regression":  # before anything is written
+        raise ResnetlabError(
+            f"--checkpoint {cfg.checkpoint}: quantize takes classifiers; a regression "
+            "network's int8 error is not measured"
+        )
     bundle = _checkpoint_data(header, cfg.data, needed=True)
     result = _export(cfg, model, header, bundle)
     split = "all"

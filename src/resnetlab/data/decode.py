@@ -42,6 +42,11 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` (inside ``root``) or a folder between them is hidden: named ``.*``."""
+    return any(part.startswith(".") for part in path.parts[len(root.parts) :])
+
+
 class BadImage(Exception):
     """A file that cannot be decoded; ``reason`` says why in a few words."""
 
@@ -103,14 +108,20 @@ def decode_array(
         if path.stat().st_size == 0:
             raise BadImage(path, "empty file (0 bytes)")
         with Image.open(path) as img:
-            if size is not None:
-                img.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if enough
-            img.load()
-            return image_array(img, channels, size)  # a writable copy that outlives the file
+            return opened_array(img, channels, size)  # a writable copy that outlives the file
     except BadImage:
         raise
     except Exception as exc:  # Pillow raises many types on malformed data; all mean "bad file"
         raise _read_error(path, exc) from exc
+
+
+def opened_array(img: Image.Image, channels: int = 3, size: int | None = None) -> np.ndarray:
+    """An opened, not yet loaded Pillow image decoded as ``decode_array`` decodes a file (a
+    JPEG at the smallest DCT scale that covers ``size``); Pillow's errors pass through."""
+    if size is not None:
+        img.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if enough
+    img.load()
+    return image_array(img, channels, size)
 
 
 def image_array(img: Image.Image, channels: int = 3, size: int | None = None) -> np.ndarray:

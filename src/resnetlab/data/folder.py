@@ -28,7 +28,13 @@ from resnetlab.data.cache import (
     load_or_build,
     relative_paths,
 )
-from resnetlab.data.decode import IMAGE_EXTENSIONS, BadFileReport, is_image_file, try_decode
+from resnetlab.data.decode import (
+    IMAGE_EXTENSIONS,
+    BadFileReport,
+    is_hidden,
+    is_image_file,
+    try_decode,
+)
 from resnetlab.data.splits import record_split, restore_split, split_indices, split_subsets
 from resnetlab.data.stats import dataset_mean_std
 from resnetlab.data.streaming import ImageFileDataset, eval_transforms, train_transforms
@@ -39,10 +45,12 @@ Sample = tuple[Path, int]
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
-    """Class names (the sub-folders of ``root``, sorted) and ``(path, label)`` of every image.
+    """Class names (the sub-folders of ``root``, sorted) and ``(path, label)`` of every image,
+    sorted by the path relative to ``root`` as a string (the cache's order: every pipeline
+    numbers the files alike, which recorded splits rely on).
 
-    Images are found by extension, in sub-folders too; hidden files are skipped. A class
-    folder without images is kept (so class indices stay stable) with a warning.
+    Images are found by extension, in sub-folders too; hidden files and folders are skipped.
+    A class folder without images is kept (so class indices stay stable) with a warning.
     """
     root = Path(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -50,18 +58,20 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
         raise ResnetlabError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
     samples: list[Sample] = []
     for label, folder in enumerate(class_dirs):
-        images = sorted(
+        images = [
             p
             for p in folder.rglob("*")
-            if p.is_file() and is_image_file(p) and not p.name.startswith(".")
-        )
+            if p.is_file() and is_image_file(p) and not is_hidden(p, root)
+        ]
         if not images:
             warnings.warn(f"class folder {folder} has no images", stacklevel=2)
         samples.extend((path, label) for path in images)
     if not samples:
         extensions = ", ".join(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))
         raise ResnetlabError(f"{root}: no images ({extensions}) in any class folder")
-    return [folder.name for folder in class_dirs], samples
+    names = relative_paths(root, [path for path, _ in samples])
+    order = sorted(range(len(samples)), key=names.__getitem__)
+    return [folder.name for folder in class_dirs], [samples[i] for i in order]
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,8 @@ def load_image_folder(
     Folders that fit the memory budget are decoded once into a cached uint8 tensor; larger ones
     stream through DataLoader workers. Bad files are skipped with one warning line each and a
     summary (``strict``: an error listing them all, before any training). ``image_size``
-    defaults to the shorter side of the first training image and ``in_chans`` to 1 if that
-    image is greyscale, else 3. Mean/std come from the training split.
+    defaults to the shorter side of the first training image that opens and ``in_chans`` to 1
+    if that image is greyscale, else 3. Mean/std come from the training split.
     """
     root = Path(root)
     folders = split_folders(root)
@@ -112,7 +122,7 @@ def load_image_folder(
         if split in folders:
             split_classes, given[split] = scan_image_folder(folders[split])
             _check_same_classes(root, classes, split, split_classes)
-    size, channels = _image_format(train_samples[0][0], image_size, in_chans)
+    size, channels = _image_format(folders["train"], train_samples, image_size, in_chans)
     n_files = len(train_samples) + sum(map(len, given.values()))
     budget = None if options.cache_mem_gb is None else int(options.cache_mem_gb * 2**30)
     load = _cached if fits_in_memory(n_files, channels, size, budget) else _streaming
@@ -265,14 +275,19 @@ def _check_same_classes(root: Path, classes: list[str], split: str, other: list[
     )
 
 
-def _image_format(path: Path, image_size: int | None, in_chans: int | None) -> tuple[int, int]:
-    """``(size, channels)``: as given, else the shorter side and greyscale-or-RGB of ``path``."""
+def _image_format(
+    root: Path, samples: list[Sample], image_size: int | None, in_chans: int | None
+) -> tuple[int, int]:
+    """``(size, channels)``: as given, else the shorter side and greyscale-or-RGB of the first
+    of ``samples`` that opens (the files that do not are reported with the other bad files)."""
     if image_size is not None and in_chans is not None:
         return image_size, in_chans
-    try:
-        with Image.open(path) as image:
-            side, mode = min(image.size), image.mode
-    except OSError as exc:
-        raise ResnetlabError(f"{path}: cannot read the image ({exc})") from None
-    channels = 1 if Image.getmodebase(mode) == "L" else 3
-    return image_size or side, in_chans or channels
+    for path, _ in samples:
+        try:
+            with Image.open(path) as image:
+                side, mode = min(image.size), image.mode
+        except OSError:
+            continue
+        channels = 1 if Image.getmodebase(mode) == "L" else 3
+        return image_size or side, in_chans or channels
+    raise ResnetlabError(f"{root}: none of the {len(samples)} image files can be read")

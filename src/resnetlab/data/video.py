@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from resnetlab.data.augment import to_unit_float
 from resnetlab.data.bundle import DataBundle, bundle_from_tensors
-from resnetlab.data.decode import BadImage, decode_image, is_image_file
+from resnetlab.data.decode import BadImage, decode_image, is_hidden, is_image_file
 from resnetlab.data.folder import SPLIT_FOLDERS
 from resnetlab.errors import ResnetlabError
 
@@ -115,7 +115,14 @@ def is_clip_folder(root: Path) -> bool:
 def _is_clip(path: Path) -> bool:
     if path.is_file():
         return path.suffix.lower() in CLIP_SUFFIXES
-    return path.is_dir() and any(p.is_file() and is_image_file(p) for p in path.iterdir())
+    return path.is_dir() and bool(_frames(path))
+
+
+def _frames(folder: Path) -> list[Path]:
+    """The image files in a clip's folder, sorted; hidden ones (``._000.png``) skipped."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not is_hidden(p, folder)
+    )
 
 
 def load_clip_folder(
@@ -152,7 +159,7 @@ def load_clip_folder(
 def _read_clip(path: Path, image_size: int | None) -> torch.Tensor:
     """One clip (C, T, H, W), uint8 or float32; an error naming the file if it is unreadable."""
     if path.is_dir():
-        frames = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+        frames = _frames(path)
         try:
             first = decode_image(frames[0], 3)
             grey = bool((first[0] == first[1]).all() and (first[0] == first[2]).all())

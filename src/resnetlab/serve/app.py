@@ -35,12 +35,14 @@ def create_app(
     layer: str | None = None,
     max_batch: int = MAX_BATCH,
 ) -> FastAPI:
-    """The app for ``predictor``. Uploads are received and decoded in parallel; one thread
+    """The app for ``predictor``. Uploads are received and decoded in parallel (as ``predict``
+    decodes image files, so that only good images reach the network); one thread
     calls the network (the explainer's hooks and gradients are per call), on up to
     ``max_batch`` images that arrived while its last call ran (``app.state.batcher``)."""
     explainer = Explainer(predictor, layer=layer, method=method)
     batcher = Batcher(lambda images: explainer.explain(images, topk=5), max_batch)
     limit_mb = max_upload_bytes / 2**20
+    channels, size = predictor.input_shape[0], predictor.input_shape[-1]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -75,7 +77,7 @@ def create_app(
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise UploadRefused(413, f"{name}: larger than the limit of {limit_mb:g} MB")
-        explanation = batcher(read_upload(data, name, max_pixels))
+        explanation = batcher(read_upload(data, name, max_pixels, channels, size))
         picture = overlay(explanation, caption=None)
         return {
             "input": name,

@@ -1,10 +1,14 @@
-"""An uploaded file as a Pillow image, or the HTTP status and message that refuse it."""
+"""An uploaded file as a decoded image, or the HTTP status and message that refuse it."""
 
 from __future__ import annotations
 
 import io
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+
+from resnetlab.data.decode import opened_array
 
 
 class UploadRefused(Exception):
@@ -16,9 +20,10 @@ class UploadRefused(Exception):
         self.message = message
 
 
-def read_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """``data`` decoded, its pixel count checked against ``max_pixels`` before decoding.
-    Refused: 415 for what is not an image, 400 for a truncated or damaged one or one of too
+def read_upload(data: bytes, name: str, max_pixels: int, channels: int, size: int) -> torch.Tensor:
+    """``data`` decoded as ``predict`` decodes an image file: uint8 (``channels``, ``size``,
+    ``size``); its pixel count is checked against ``max_pixels`` before decoding. Refused: 415
+    for what is not an image, 400 for a truncated or damaged one (its EXIF too) or one of too
     many pixels (a decompression bomb: a small file that decodes to gigabytes)."""
     try:
         image = Image.open(io.BytesIO(data))
@@ -38,8 +43,8 @@ def read_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
             f"{max_pixels:,} (a decompression bomb?)",
         )
     try:
-        image.load()
+        pixels = opened_array(image, channels, size)
     except Exception as exc:  # Pillow raises many types on malformed data; all mean "bad file"
         reason = "truncated" if "truncated" in str(exc).lower() else f"damaged ({exc})"
         raise UploadRefused(400, f"{name}: {reason}: the image cannot be decoded") from None
-    return image
+    return torch.from_numpy(np.ascontiguousarray(pixels))
