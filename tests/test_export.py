@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -15,11 +16,13 @@ from sklearn.datasets import load_digits
 
 import resnetlab
 from resnetlab.cli import main
+from resnetlab.commands import export as export_command
 from resnetlab.commands.export import ExportConfig, export, quantize
 from resnetlab.engine.checkpoint import save_checkpoint
 from resnetlab.engine.exported import OnnxNetwork, load_network
 from resnetlab.engine.int8 import int8_network
 from resnetlab.engine.training import TrainResult
+from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 from tests.helpers import assert_one_line_error, run_cli
 
@@ -50,6 +53,25 @@ def random_checkpoint(folder: Path, name: str, input_shape: list[int]) -> tuple[
     path = folder / f"{name}.safetensors"
     save_checkpoint(path, model.state_dict(), header)
     return path, header
+
+
+def test_an_export_that_fails_its_check_leaves_the_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, _ = random_checkpoint(tmp_path, "resnet20", [3, 16, 16])
+    cfg = ExportConfig(str(checkpoint), format="onnx", parity_samples=2)
+    export(cfg)
+    good = {p.name: p.read_bytes() for p in tmp_path.glob("resnet20.onnx*")}
+    measure = export_command.measure_parity
+    monkeypatch.setattr(
+        export_command,
+        "measure_parity",
+        lambda *args, **kwargs: dataclasses.replace(measure(*args, **kwargs), top1_agreement=50.0),
+    )
+    with pytest.raises(ResnetlabError, match=r"resnet20\.onnx: not written, .* is intact$"):
+        export(cfg)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("resnet20.onnx*")} == good
+    assert not list(tmp_path.glob(".*"))  # no file left under check
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet50"])

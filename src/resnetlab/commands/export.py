@@ -156,7 +156,8 @@ def _checkpoint_data(
 def _export(
     cfg: ExportConfig, model: nn.Module, header: dict[str, Any], bundle: DataBundle | None
 ) -> dict[str, Any]:
-    """Write the exported file, then check and record its parity."""
+    """Write the exported file beside ``cfg``'s path, check its parity, then move it there and
+    record the parity (a file that fails leaves an earlier export as it was)."""
     out = cfg.out_path()
     inputs, description = _parity_inputs(header, bundle, cfg.parity_samples)
     exported_header = {
@@ -179,17 +180,21 @@ def _export(
             warnings.warn(warning, stacklevel=2)
         assert bundle is not None  # _checkpoint_data(needed=True)
         data = quantize_onnx(data, _calibration(bundle, header, cfg))
-    write_file(out, data)
-    parity = measure_parity(
-        model,
-        load_network(out)[0],
-        inputs,
-        file=str(out),
-        runtime=runtime,
-        description=description,
-        int8=cfg.int8,
-    )
-    record_parity(parity, out)
+    checked = out.with_name(f".{out.stem}.checking{out.suffix}")  # replaces out once it passes
+    write_file(checked, data)
+    try:
+        parity = measure_parity(
+            model,
+            load_network(checked)[0],
+            inputs,
+            file=str(out),
+            runtime=runtime,
+            description=description,
+            int8=cfg.int8,
+        )
+        record_parity(parity, out, checked)
+    finally:
+        checked.unlink(missing_ok=True)
     return {
         "file": str(out),
         "format": cfg.format,

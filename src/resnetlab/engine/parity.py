@@ -4,6 +4,7 @@ checkpoint's network in PyTorch, on the same inputs, at batch size 1 and at a la
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,16 @@ def parity_file(path: Path) -> Path:
     return path.with_name(f"{path.name}.parity.json")
 
 
-def record_parity(parity: Parity, path: Path) -> None:
-    """Store ``parity`` beside the exported file ``path``; a failed one removes that file and
-    raises a one-line error (the record stays, for a look at the numbers)."""
+def record_parity(parity: Parity, path: Path, checked: Path) -> None:
+    """Move the exported file ``checked`` to ``path`` and store ``parity`` beside it if it
+    passed; else remove it and raise a one-line error: an earlier export at ``path`` and its
+    record stay as they were."""
+    if not parity.passed:
+        checked.unlink(missing_ok=True)
+        raise ResnetlabError(
+            f"{path}: not written, the exported network failed its check: {parity.line()}; "
+            f"any earlier {path.name} is intact"
+        )
+    os.replace(checked, path)
     text = json.dumps(parity.to_dict(), indent=2) + "\n"
     write_atomically(parity_file(path), lambda f: f.write(text.encode()), "the parity record")
-    if not parity.passed:
-        path.unlink(missing_ok=True)
-        raise ResnetlabError(f"{path}: removed, exported network failed its check: {parity.line()}")
