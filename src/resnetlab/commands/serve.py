@@ -57,6 +57,7 @@ def serve(
 
 def listen(host: str, port: int) -> socket.socket:
     """A socket listening on ``host:port``, or a one-line error naming the flags."""
+    listener = None
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         listener = socket.socket(family, kind, proto)
@@ -64,6 +65,8 @@ def listen(host: str, port: int) -> socket.socket:
         listener.bind(address)
         listener.listen(128)
     except OSError as exc:
+        if listener is not None:
+            listener.close()
         reason = exc.strerror or str(exc)
         raise ResnetlabError(f"--host {host} --port {port}: cannot listen ({reason})") from None
     return listener
