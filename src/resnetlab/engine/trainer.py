@@ -161,7 +161,7 @@ class Trainer:
         self.pending = resume
         if resume is not None:
             self._restore_progress(resume)
-        else:  # a new run in a used folder: its metrics are its own
+        elif run.file("metrics.jsonl").exists():  # a new run in a used folder: its own metrics
             run.rewrite_metrics([])
         self.start = time.perf_counter()
         self.last_save = self.start
