@@ -370,6 +370,24 @@ def test_the_cached_and_streaming_pipelines_number_the_files_alike(tmp_path: Pat
     assert again.split_record == cached.split_record
 
 
+def test_a_bad_held_out_file_streamed_is_replaced_from_its_own_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Streaming replaces an unreadable image by the next readable one: of the same split, so
+    no training image is validated on and no held-out image trained on."""
+    for name, colour in COLOURS.items():
+        make_images(tmp_path / name, colour, 8)
+    options = ImageOptions(cache_dir=None, cache_mem_gb=0.0)
+    bundle = load_data(str(tmp_path), val_fraction=0.25, test_fraction=0.25, image_options=options)
+    parts = [bundle.train, bundle.val, bundle.test]
+    files = [set(part.files) for part in parts]
+    assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+    bad = bundle.val.files[-1]  # its replacement wraps round to the val split's first file
+    Path(bad).write_bytes(b"damaged since")
+    assert torch.equal(bundle.val[len(bundle.val) - 1][0], bundle.val[0][0])
+    assert Path(bad).name in capsys.readouterr().err  # reported
+
+
 def test_empty_folders_are_errors_naming_the_folder(tmp_path: Path) -> None:
     with pytest.raises(ResnetlabError, match=f"{tmp_path}: no class folders"):
         load_data(str(tmp_path))

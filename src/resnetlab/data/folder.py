@@ -145,9 +145,15 @@ def load_image_folder(
             seed=seed,
             class_names=classes,
         )
-    train, val, test = split_subsets(datasets["train"], split)
-    if "eval" in datasets:  # streaming: held-out parts of train/ read without augmentation
-        _, val, test = split_subsets(datasets["eval"], split)
+    streamed, augmented = datasets.get("eval"), datasets["train"]
+    if isinstance(streamed, ImageFileDataset) and isinstance(augmented, ImageFileDataset):
+        # each part its own file list (see ``subset``); held-out parts without augmentation
+        train = augmented.subset(split.train.tolist())
+        val, test = (
+            None if p is None else streamed.subset(p.tolist()) for p in (split.val, split.test)
+        )
+    else:
+        train, val, test = split_subsets(augmented, split)
     val = datasets.get("val", val)
     test = datasets.get("test", test)
     # streaming: the statistics of the plain training images, not of random crops of them

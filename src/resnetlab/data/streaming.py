@@ -113,6 +113,12 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def subset(self, indices: Sequence[int]) -> ImageFileDataset:
+        """The files at ``indices`` as a dataset of their own: a bad one is replaced by the next
+        readable file of the same part (a split never borrows another split's image)."""
+        files, labels = [self.files[i] for i in indices], [self.labels[i] for i in indices]
+        return ImageFileDataset(files, labels, self.transform, self.channels)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.files)):
             i = (index + offset) % len(self.files)
