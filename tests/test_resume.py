@@ -196,9 +196,10 @@ def test_a_moved_run_resumes_where_it_is_and_its_config_replays_as_a_new_run(
     config = yaml.safe_load((moved / "config.yaml").read_text())
     assert "out" not in config and "resume" not in config  # a replay writes a new folder
     for _ in range(2):  # a new run in a used folder keeps no line of the one before
-        assert main(["train", "--config", "elsewhere/config.yaml", "--out", "again"]) == 0
+        argv = ["train", "--config", "elsewhere/config.yaml", "--out", "again", "--epochs", "1"]
+        assert main(argv) == 0
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "again/metrics.jsonl").open()]
-    assert epochs == [1, 2, 3]
+    assert epochs == [1]
 
 
 def test_more_epochs_on_resume_train_on_with_a_warning(
