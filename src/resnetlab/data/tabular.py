@@ -170,7 +170,8 @@ def load_table(
         if options.task is not None:
             task, why = options.task, f"--task {options.task}"
         fitted = {"task": task, "task_rule": why, "target": target}
-    y, classes = _encode_target(frame[target], fitted, target, _row_namer(path, frame))
+    where = _row_namer(path, frame)
+    y, classes = _encode_target(frame[target], fitted, target, where)
     features = frame.drop(columns=[target])
     if features.columns.empty:
         raise ResnetlabError(f"{path}: no feature columns besides the target {target!r}")
@@ -198,7 +199,7 @@ def load_table(
         }
     if regression:
         y = ((y - fitted["target_mean"]) / fitted["target_std"]).astype(np.float32)
-    x = apply_preprocessing(features, fitted, _row_namer(path, frame))
+    x = apply_preprocessing(features, fitted, where)
     train, val, test = split_subsets(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), split)
     names = feature_names(fitted)
     counts = None if regression else np.bincount(y[split.train], minlength=len(classes)).tolist()

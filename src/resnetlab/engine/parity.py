@@ -104,10 +104,9 @@ def parity_file(path: Path) -> Path:
 
 def record_parity(parity: Parity, path: Path, checked: Path) -> None:
     """Move the exported file ``checked`` to ``path`` and store ``parity`` beside it if it
-    passed; else remove it and raise a one-line error: an earlier export at ``path`` and its
-    record stay as they were."""
+    passed; else raise a one-line error (the caller removes ``checked``): an earlier export at
+    ``path`` and its record stay as they were."""
     if not parity.passed:
-        checked.unlink(missing_ok=True)
         raise ResnetlabError(
             f"{path}: not written, the exported network failed its check: {parity.line()}; "
             f"any earlier {path.name} is intact"
