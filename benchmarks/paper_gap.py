@@ -17,7 +17,10 @@ once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``. The 
 extrapolated to lossless by three lines: against the quality (to 100), the quantiser scale (to
 0) and each folder's estimated error against the lost lossless images (jpeg_distortion.py; to
 0).
-Runs and results (paper_gap.json, paper_gap.md) go to ``--out``/e``EPOCHS``/.
+Runs and results (paper_gap.json, paper_gap.md) go to ``--out``/e``EPOCHS``/. Every finished
+run's score is also kept in ``--ledger`` (paper_gap_runs.json beside this script, committed), so
+the table outlives the machine that ran it; a factor is compared with the baseline of the same
+seed on the same machine, the CPU named with whether it has native bf16.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ from resnetlab.data.folder import scan_image_folder
 from resnetlab.data.splits import SplitIndices, record_split, split_indices
 from resnetlab.engine.checkpoint import read_header
 from resnetlab.engine.files import write_atomically
+from resnetlab.engine.precision import bf16_supported
 from resnetlab.engine.recipes import RECIPES
 from resnetlab.engine.state import STATE_FILE
 
 PAPER = RECIPES["paper"]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train"
+LEDGER = Path(__file__).with_name("paper_gap_runs.json")
 
 
 @dataclass(frozen=True)
@@ -82,14 +87,10 @@ FACTORS = {
 }  # fmt: skip
 
 
-def reencoded_dir(out: Path, quality: int) -> Path:
-    return out / f"data-q{quality}"
-
-
 def reencoded(source: Path, quality: int, out: Path) -> Path:
     """``source`` re-encoded at JPEG ``quality`` under ``out`` (made once, renamed into place
     when complete)."""
-    target = reencoded_dir(out, quality)
+    target = out / f"data-q{quality}"
     if target.exists():
         return target
     partial = out / f"data-q{quality}.partial"
@@ -116,10 +117,43 @@ def finished(path: Path) -> bool:
     return (path / "confusion.json").exists()
 
 
+def machine() -> str:
+    """This CPU as the ledger names it: its model and whether bf16 is native (two machines
+    both called "AMD EPYC" differ in that, and in their speed)."""
+    cpu = torch.device("cpu")
+    return f"{machine_name(cpu)}, {'native' if bf16_supported(cpu) else 'no native'} bf16"
+
+
+def read_ledger(args: argparse.Namespace) -> list[dict]:
+    """Every finished run recorded so far, of any length and machine."""
+    return json.loads(args.ledger.read_text()) if args.ledger.exists() else []
+
+
+def recorded(args: argparse.Namespace, factor: str, seed: int) -> bool:
+    """Whether this machine has already finished the run."""
+    key = {"epochs": args.epochs, "factor": factor, "seed": seed, "machine": machine()}
+    return any(entry | key == entry for entry in read_ledger(args))
+
+
+def record(args: argparse.Namespace, factor: str, seed: int) -> None:
+    """Add a finished run's score to the ledger."""
+    entry = {
+        "epochs": args.epochs, "factor": factor, "seed": seed, "machine": machine(),
+        "val_acc": final_accuracy(run_dir(args, factor, seed)), "torch": torch.__version__,
+    }  # fmt: skip
+    ledger = [*read_ledger(args), entry]
+    write_atomically(
+        args.ledger, lambda f: f.write(json.dumps(ledger, indent=1).encode()), "the ledger"
+    )
+
+
 def train(factor: str, seed: int, args: argparse.Namespace) -> None:
-    """Start, resume or skip one run."""
+    """Start, resume or skip one run; record it in the ledger once finished."""
+    if recorded(args, factor, seed):
+        return
     path = run_dir(args, factor, seed)
     if finished(path):
+        record(args, factor, seed)
         return
     command = [sys.executable, "-m", "resnetlab", "train"]
     if (path / STATE_FILE).exists():
@@ -138,6 +172,7 @@ def train(factor: str, seed: int, args: argparse.Namespace) -> None:
     print(" ".join(command), flush=True)
     if code := subprocess.run(command).returncode:
         sys.exit(f"paper_gap: run {path} stopped with exit code {code} (its message is above)")
+    record(args, factor, seed)
 
 
 def fewer_training_images(
@@ -197,26 +232,40 @@ def final_accuracy(path: Path) -> float | None:
 
 
 def report(args: argparse.Namespace) -> dict:
-    """Each factor's final accuracies per seed, their mean, and the change against baseline
-    on the seeds both have (paired: a seed's data order and initialisation are the same)."""
+    """Each factor's final accuracies (from the ledger), their mean, and the change against the
+    baseline of the same seed on the same machine (paired: a seed's split, data order and
+    initialisation are the same), averaged over the pairs there are."""
+    runs = [
+        entry
+        for entry in read_ledger(args)
+        if entry["epochs"] == args.epochs and entry["seed"] in args.seeds
+    ]
+    machines = sorted({entry["machine"] for entry in runs})
+    baseline = {
+        (entry["machine"], entry["seed"]): entry["val_acc"]
+        for entry in runs
+        if entry["factor"] == "baseline"
+    }
     rows = {}
     for factor in FACTORS:
-        scores = {
-            seed: acc
-            for seed in args.seeds
-            if (acc := final_accuracy(run_dir(args, factor, seed))) is not None
-        }
-        if scores:
-            rows[factor] = {"seeds": scores, "mean": statistics.fmean(scores.values())}
-    base = rows.get("baseline", {"seeds": {}})
-    for row in rows.values():
-        paired = [
-            row["seeds"][seed] - base["seeds"][seed]
-            for seed in row["seeds"]
-            if seed in base["seeds"]
+        scores = [
+            {"seed": e["seed"], "machine": machines.index(e["machine"]), "val_acc": e["val_acc"]}
+            for e in runs
+            if e["factor"] == factor
         ]
-        row["delta"] = statistics.fmean(paired) if paired else None
-    base = base.get("mean")
+        if not scores:
+            continue
+        paired = [
+            score["val_acc"] - baseline[key]
+            for score in scores
+            if (key := (machines[score["machine"]], score["seed"])) in baseline
+        ]
+        rows[factor] = {
+            "runs": scores,
+            "mean": statistics.fmean(score["val_acc"] for score in scores),
+            "delta": statistics.fmean(paired) if paired else None,
+        }
+    base = rows.get("baseline", {}).get("mean")
     jpeg = {  # each quality's accuracy as the baseline's mean plus its paired change
         FACTORS[f].quality: base + rows[f]["delta"]
         for f in rows
@@ -224,7 +273,7 @@ def report(args: argparse.Namespace) -> dict:
     }
     return {
         "protocol": f"resnet20, --recipe paper --epochs {args.epochs}, final-epoch val accuracy",
-        "machine": machine_name(torch.device("cpu")),
+        "machines": machines,
         "factors": rows,
         "jpeg_extrapolation": None if base is None or not jpeg else extrapolate(args, base, jpeg),
         "all_50k": all_training_images(rows.get("train40k", {}).get("delta")),
@@ -253,14 +302,10 @@ def extrapolate(args: argparse.Namespace, base: float, jpeg: dict[int, float]) -
     """Accuracy on lossless images, by a straight line through the folders' accuracies against
     each of three measures of the loss: JPEG quality (read at 100), the quantiser scale (read
     at 0) and the estimated error against the lost lossless images (read at 0; every folder
-    re-encoded so far calibrates the estimate, see jpeg_distortion.py). Each line's residuals
-    tell how well it fits."""
+    with a score calibrates the estimate, see jpeg_distortion.py; made here if need be). Each
+    line's residuals tell how well it fits."""
     accuracy = {args.source_quality: base} | jpeg
-    folders = {
-        spec.quality: reencoded_dir(args.out, spec.quality)
-        for spec in FACTORS.values()
-        if spec.quality and reencoded_dir(args.out, spec.quality).exists()
-    }
+    folders = {quality: reencoded(args.data, quality, args.out) for quality in jpeg}
     distortion = against_lossless(args.data, args.source_quality, folders)
     axes = {
         "quality": ([float(q) for q in accuracy], 100.0),
@@ -286,6 +331,9 @@ def extrapolate(args: argparse.Namespace, base: float, jpeg: dict[int, float]) -
     }
 
 
+MACHINE_TAGS = "ABCDEFGH"
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table's lines."""
     return [" | ".join(["", *header, ""]).strip(), "|" + "---|" * len(header)] + [
@@ -298,14 +346,22 @@ def markdown(result: dict) -> str:
         [
             factor,
             FACTORS[factor].what,
-            ", ".join(f"{seed}: {acc:.2f}" for seed, acc in row["seeds"].items()),
+            ", ".join(
+                f"{run['seed']}: {run['val_acc']:.2f} ({MACHINE_TAGS[run['machine']]})"
+                for run in row["runs"]
+            ),
             f"{row['mean']:.2f}",
             "" if row["delta"] is None else f"{row['delta']:+.2f}",
         ]
         for factor, row in result["factors"].items()
     ]
-    header = ["factor", "what", "seeds", "mean", "vs baseline, same seeds"]
-    lines = [f"Protocol: {result['protocol']}.", "", *table(header, rows)]
+    header = ["factor", "what", "seed: accuracy (machine)", "mean", "vs baseline, paired"]
+    machines = [f"{MACHINE_TAGS[i]}: {name}" for i, name in enumerate(result["machines"])]
+    lines = [
+        f"Protocol: {result['protocol']}. Machines: {'; '.join(machines)}.",
+        "",
+        *table(header, rows),
+    ]
     if gain := result["all_50k"]:
         lines += [
             "",
@@ -342,6 +398,9 @@ def main() -> None:
         "--source-quality", type=int, default=75, help="JPEG quality of --data (default: 75)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_gap"))
+    parser.add_argument(
+        "--ledger", type=Path, default=LEDGER, help="finished runs' scores (default: %(default)s)"
+    )
     parser.add_argument("--report", action="store_true", help="only write the table")
     args = parser.parse_args()
     protocol_dir(args).mkdir(parents=True, exist_ok=True)

@@ -91,17 +91,17 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
     assert all(torch.equal(last[key], averaged[key].contiguous()) for key in last)
     conv = "layer2.conv2.weight"
     assert not torch.equal(last[conv], trained[conv].contiguous())  # an average, not the weights
-    # the first BatchNorm's mean: that of its inputs over the 5 training batches, not the
-    # running mean that training left
+    # the first BatchNorm's mean: that of its inputs over the 5 training batches (in the run's
+    # precision, bf16 where the CPU has it), not the running mean that training left
     block = trainer.average.module.layer1
     inputs = []
     handle = block.bn1.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
-    with torch.no_grad():
+    with torch.no_grad(), trainer.precision.autocast():
         for x in trainer._batchnorm_inputs():
             trainer.average.module.eval()(x)
     handle.remove()
     assert len(inputs) == 5
-    mean = torch.cat(inputs).mean((0, 2, 3))
+    mean = torch.cat(inputs).float().mean((0, 2, 3))
     assert torch.allclose(last["layer1.bn1.running_mean"], mean, atol=1e-5)
     assert not torch.allclose(trained["layer1.bn1.running_mean"], mean, atol=1e-3)
 

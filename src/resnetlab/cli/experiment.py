@@ -66,9 +66,9 @@ def _register_degradation(experiments: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=d.data, help="image folder (default: %(default)s)")
     p.add_argument(
         "--fast", action="store_true",
-        help=f"{FAST.subset} training / {FAST.val_subset} validation images at "
-        f"{FAST.image_size}x{FAST.image_size}, {FAST.epochs} epochs: under 20 minutes on two "
-        "CPU cores",
+        help=f"all training images and {FAST.val_subset} validation images at "
+        f"{FAST.image_size}x{FAST.image_size}, depths {_depths(FAST)}, {FAST.epochs} epochs of "
+        f"{FAST.schedule}: under 20 minutes on two CPU cores with native bf16",
     )  # fmt: skip
     _add_networks(p, None, f"{_depths(FULL)}; {_depths(FAST)} with --fast")
     p.add_argument("--subset", type=int, help="training images (stratified, seeded)")

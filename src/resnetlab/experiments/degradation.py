@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle, dataset_tensors
+from resnetlab.engine.batches import BatchOrder
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.rundir import RunDir
 from resnetlab.errors import ResnetlabError
@@ -134,7 +135,8 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
 def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:
     start = time.perf_counter()
     bundle = load_in_memory(cfg)
-    steps_per_epoch = math.ceil(len(bundle.train) / cfg.batch_size)
+    batch = min(cfg.batch_size, len(bundle.train))  # the engine's too, where data is smaller
+    steps_per_epoch = len(BatchOrder(len(bundle.train), batch, drop_last=True))
     epochs = cfg.epochs or math.ceil(cfg.iterations / steps_per_epoch)
     log.print(
         f"degradation ({'fast' if cfg.fast else 'full'} mode): {', '.join(cfg.networks)} on "
