@@ -60,8 +60,9 @@ def _register_degradation(experiments: argparse._SubParsersAction) -> None:
     p = experiments.add_parser(
         "degradation",
         help="plain vs residual networks of growing depth (He et al. 2015, Fig. 6)",
-        description="Train plain20..56 and resnet20..56 with the paper's recipe on one data set; "
-        "write degradation.png/.md/.json and say whether the degradation effect showed.",
+        description="Train plain and residual networks of growing depth with the paper's recipe "
+        "on one data set; write degradation.png/.md/.json and say whether the degradation effect "
+        "showed.",
     )
     p.add_argument("--data", default=d.data, help="image folder (default: %(default)s)")
     p.add_argument(
