@@ -238,13 +238,15 @@ def report(args: argparse.Namespace) -> dict:
     """Each factor's final accuracies (from the ledger), their mean, and the change against the
     baseline of the same seed on the same machine (paired: a seed's split, data order and
     initialisation are the same), averaged over the pairs there are."""
+    ledger = read_ledger(args)
     runs = [
         entry
-        for entry in read_ledger(args)
+        for entry in ledger
         if (entry["epochs"], entry["precision"]) == (args.epochs, args.precision)
         and entry["seed"] in args.seeds
     ]
-    machines = list(dict.fromkeys(entry["machine"] for entry in runs))  # in order of first run
+    # lettered in the order of the ledger's first run on each, the same in every report
+    machines = list(dict.fromkeys(entry["machine"] for entry in ledger))
     baseline = {
         (entry["machine"], entry["seed"]): entry["val_acc"]
         for entry in runs
