@@ -135,7 +135,7 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
 def _run(cfg: DegradationConfig, log: RunDir) -> DegradationResult:
     start = time.perf_counter()
     bundle = load_in_memory(cfg)
-    batch = min(cfg.batch_size, len(bundle.train))  # the engine's too, where data is smaller
+    batch = min(cfg.batch_size, len(bundle.train))  # as the engine: whole batches, at most all
     steps_per_epoch = len(BatchOrder(len(bundle.train), batch, drop_last=True))
     epochs = cfg.epochs or math.ceil(cfg.iterations / steps_per_epoch)
     log.print(
