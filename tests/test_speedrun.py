@@ -215,10 +215,11 @@ def test_a_budget_cut_to_whole_epochs_ends_there(
     folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With one step an epoch every re-fit lands on whole epochs; the run still stops at the
-    cut (it once trained on to the first fit's length at lr 0)."""
+    cut (it once trained on to the first fit's length at lr 0). How many epochs fit depends on
+    the machine's speed, not on --epochs, which the budget replaces."""
     argv = [*RECIPE, "--data", str(folder), "--epochs", "50", "--batch-size", "40"]
     config, metrics = _budget_run(argv, tmp_path / "run", capsys)
-    assert config["epochs"] < 50 and config["limit_steps"] == config["epochs"]
+    assert config["limit_steps"] == config["epochs"]
     assert [m["step"] for m in metrics] == list(range(1, config["epochs"] + 1))
 
 
