@@ -166,6 +166,17 @@ def test_tabular_model_learns_the_case_study(tmp_path: Path) -> None:
     assert result.test_report["accuracy"] >= 80.0
 
 
+def test_each_epoch_logs_the_lr_it_trained_at(tmp_path: Path) -> None:
+    """The step schedule divides at the start of epochs 3 and 4 of 4: each epoch's line holds
+    the lr its last step trained at, not the one the optimiser holds for the next step."""
+    cfg = TrainConfig(
+        model="resnet_tabular", data="tabular-synthetic", epochs=4, schedule="step",
+        warmup_epochs=0, lr=0.1, out=str(tmp_path / "t"), quiet=True,
+    )  # fmt: skip
+    result = train(cfg)
+    assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
 def test_bce_loss_trains_a_single_logit_head(tmp_path: Path) -> None:
     result = train(
         TrainConfig(

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from resnetlab.cli import main
 from resnetlab.engine import budget
 from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Pace, Speed, fit_length, pace_of
+from resnetlab.engine.optim import lr_factor
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.state import STATE_FILE, load_state
 from resnetlab.engine.trainer import Trainer
@@ -207,7 +208,9 @@ def test_the_budget_is_refitted_after_each_epoch_and_its_schedule_still_ends(
     steps = config["limit_steps"]
     assert len(metrics) == config["epochs"] and metrics[-1]["step"] == steps
     assert config["warmup_epochs"] == pytest.approx(5 / 50 * steps / 5, abs=1e-4)  # a 10% share
-    assert metrics[-1]["lr"] == 0.0
+    warmup = round(config["warmup_epochs"] * 5)  # 5 steps an epoch
+    last = config["lr"] * lr_factor(config["schedule"], steps - 1, steps, warmup)
+    assert metrics[-1]["lr"] == pytest.approx(last) and lr_factor("onecycle", steps, steps, 0) == 0
 
 
 @pytest.mark.usefixtures("optimistic_speed")

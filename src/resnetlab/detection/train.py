@@ -150,7 +150,8 @@ def fit(
             "train_loss": progress.loss_sum / steps_per_epoch,
             "val_map_50": scores["map_50"],
             "val_map": scores["map"],
-            "lr": optimizer.param_groups[0]["lr"],
+            # the lr of the epoch's last step (the optimiser holds the next one's)
+            "lr": scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch - 1),
             "images_per_s": images_seen / epoch_s,
             "train_s": epoch_s,
         }

@@ -372,7 +372,7 @@ class Trainer:
             "step": self.steps_done,
             **tally.summary(self.world.sum),
             "train_s": tally.seconds,
-            "lr": self.phase.optimizer.param_groups[0]["lr"],
+            "lr": tally.lr,  # the epoch's last step's, not the next one's
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
             "val_loss": None,
             "val_acc": None,
