@@ -3,6 +3,9 @@ simulated crash, and comparing networks."""
 
 from __future__ import annotations
 
+import random
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from resnetlab.cli import main
+from resnetlab.engine.state import STATE_FILE
 from resnetlab.engine.trainer import Trainer
 
 
@@ -102,3 +106,26 @@ def randomize_batch_norms(model: nn.Module) -> None:
             module.running_var.uniform_(0.5, 1.5)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.1, 0.1)
+
+
+def wait_for_state(run_dir: Path, process: subprocess.Popen[bytes], newer_than: float) -> bool:
+    """Wait until the run has saved a state after ``newer_than``; False if it ended first."""
+    state = run_dir / STATE_FILE
+    while process.poll() is None:
+        if state.exists() and state.stat().st_mtime > newer_than:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def wait_into_next_save(
+    run_dir: Path, process: subprocess.Popen[bytes], rng: random.Random
+) -> bool:
+    """Wait for the run's next state save, then a random share of the time it took: a random
+    point of the interval between two saves, on a fast machine as on a slow one. False if the
+    run ended first."""
+    seen = time.time()
+    if not wait_for_state(run_dir, process, newer_than=seen):
+        return False
+    time.sleep(rng.uniform(0.0, time.time() - seen))
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import wait_for_state, wait_into_next_save
 from safetensors.torch import load_file
 
 from resnetlab.engine.checkpoint import load_checkpoint
@@ -121,9 +123,8 @@ def test_a_killed_two_process_run_resumes_exactly(tmp_path: Path) -> None:
     where.mkdir()
     process = torchrun([*argv, "--out", "run"], where)
     state = where / "run" / STATE_FILE
-    while not state.exists() and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    assert wait_for_state(where / "run", process, newer_than=0)
+    assert wait_into_next_save(where / "run", process, random.Random(0))  # within steps 8 to 12
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and both processes
     process.wait()
     killed_at = load_state(state)["steps_done"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from resnetlab.commands.train import train
@@ -18,6 +19,7 @@ from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.loop import class_logits, make_loss
 from resnetlab.engine.metrics import classification_report, confusion_matrix, topk_accuracy
 from resnetlab.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from resnetlab.engine.precision import bf16_supported
 from resnetlab.engine.training import TrainResult
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
@@ -129,6 +131,14 @@ def test_checkpoint_header_describes_the_run(digits_run: TrainResult) -> None:
     assert header["model"] == "resnet20" and header["classes"] == [str(i) for i in range(10)]
     assert header["input_shape"] == [1, 8, 8] and len(header["mean"]) == 1
     assert header["recipe"]["lr"] == 0.1 and "val_acc" in header["metrics"]
+
+
+def test_config_yaml_says_what_auto_resolved_to(digits_run: TrainResult) -> None:
+    text = (digits_run.run_dir / "config.yaml").read_text()
+    config, ran_as = yaml.safe_load(text), text.splitlines()[0]
+    assert (config["device"], config["precision"]) == ("auto", "auto")  # replays anywhere
+    expected = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
+    assert ran_as.startswith(f"# ran as: cpu {expected}, channels-last (auto resolves")
 
 
 def test_seeded_runs_are_reproducible(tmp_path: Path) -> None:

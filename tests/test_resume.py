@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import crash_after_state, make_folder
+from helpers import crash_after_state, make_folder, wait_for_state, wait_into_next_save
 from torch.optim.lr_scheduler import LambdaLR
 
 from resnetlab.cli import main
@@ -45,16 +45,6 @@ def finish(argv: list[str], where: Path) -> None:
     assert process.wait(timeout=300) == 0, (where / "output.txt").read_text()[-2000:]
 
 
-def wait_for_state(run_dir: Path, process: subprocess.Popen[bytes], newer_than: float) -> bool:
-    """Wait until the run has saved a state after ``newer_than``; False if it ended first."""
-    state = run_dir / STATE_FILE
-    while process.poll() is None:
-        if state.exists() and state.stat().st_mtime > newer_than:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The run that never stopped, in this process (as many threads as the subprocesses)."""
@@ -73,8 +63,8 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(
         process = start(argv, tmp_path)
         if not wait_for_state(run_dir, process, newer_than=time.time() if resumed else 0):
             break  # the run ended before it could be killed again
-        time.sleep(rng.uniform(0.0, 0.5))
-        if process.poll() is not None:
+        # within the next 3 steps whatever the machine's speed: 5 kills before the 66 steps end
+        if not wait_into_next_save(run_dir, process, rng) or process.poll() is not None:
             break
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -45,6 +45,11 @@ class Precision:
         """``bf16``, ``fp16`` or ``fp32``."""
         return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
 
+    def __str__(self) -> str:
+        """Device, precision and memory format: ``cpu bf16, channels-last``."""
+        memory = ", channels-last" if self.channels_last else ""
+        return f"{self.device.type} {self.name}{memory}"
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for forward passes (a no-op in fp32)."""
         if self.dtype is None:

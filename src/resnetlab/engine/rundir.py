@@ -58,6 +58,8 @@ class RunDir:
     run is written to it, so a folder left by a failed run says why it failed.
     """
 
+    ran_as = ""  # what --device and --precision resolved to, once known: "cpu bf16, ..."
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
@@ -84,9 +86,12 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write config.yaml, which ``--config`` replays as a new run: without the run's own
-        folder (``out``) and ``resume``, so a replay neither writes into this run nor resumes it."""
+        folder (``out``) and ``resume``, so a replay neither writes into this run nor resumes it.
+        A comment above it says what ``auto`` device and precision resolved to here."""
         kept = {key: value for key, value in config.items() if key not in REPLAY_OMITS}
-        self._write("config.yaml", yaml.safe_dump(kept, sort_keys=False), "the config")
+        ran_as = f"# ran as: {self.ran_as} (auto resolves anew on each machine)\n"
+        text = (ran_as if self.ran_as else "") + yaml.safe_dump(kept, sort_keys=False)
+        self._write("config.yaml", text, "the config")
 
     def _write(self, name: str, text: str, what: str) -> None:
         """Replace the file ``name`` by ``text`` atomically."""

@@ -404,12 +404,11 @@ def describe_run(
         if split is not None
     )
     params = sum(p.numel() for p in model.parameters())
-    memory = ", channels-last" if precision.channels_last else ""
     task = "regression" if bundle.task == "regression" else f"{bundle.num_classes} classes"
     return (
         f"{cfg.model} ({params:,} params) on {bundle.name}: {sizes}, {task}, "
-        f"input {'x'.join(map(str, bundle.input_shape))} | {precision.device.type} "
-        f"{precision.name}{memory} | {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
+        f"input {'x'.join(map(str, bundle.input_shape))} | {precision} | "
+        f"{cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}"
     )
 
@@ -445,6 +444,7 @@ def train_in_run(
         elapsed = 0.0 if began is None else time.perf_counter() - began
         fit_to_budget(trainer, 60 * cfg.time_budget - elapsed)
         cfg, phases = trainer.cfg, single_phase(trainer.cfg)  # a budget is `train`'s: one phase
+    run.ran_as = str(trainer.precision)
     run.write_config(cfg.to_dict())
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")
