@@ -74,17 +74,20 @@ def two_processes(argv: list[str], where: Path) -> tuple[list[int], str]:
     return [p.returncode for p in processes], "".join(outputs)
 
 
-def start_two(argv: list[str], where: Path) -> list[subprocess.Popen[bytes]]:
-    """``resnetlab ARGV`` in 2 processes started as torchrun would start them (without its
-    launcher, whose start-up costs seconds), meeting over gloo on a free local port."""
+def start_two(
+    argv: list[str], where: Path, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """``resnetlab ARGV`` (tests/dist_worker.py, with ``env`` added) in 2 processes started as
+    torchrun would start them (without its launcher, whose start-up costs seconds), meeting
+    over gloo on a free local port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}  # fmt: skip
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "resnetlab", *argv],
+            [sys.executable, str(WORKER), *argv],
             cwd=where,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -143,7 +146,8 @@ def test_a_killed_two_process_run_resumes_exactly(tmp_path: Path) -> None:
 def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path: Path) -> None:
     """SIGTERM to rank 1 alone: the processes agree on the step (a reduced flag), save one
     state and both exit with 143; no process waits for the other in a collective."""
-    processes = start_two(["train", *DIGITS, "--epochs", "3", "--save-every", "4", "--out",
+    # 30 epochs, so that the signal lands in training however fast the machine: the run stops
+    processes = start_two(["train", *DIGITS, "--epochs", "30", "--save-every", "4", "--out",
                            "run"], tmp_path)  # fmt: skip
     state = tmp_path / "run" / STATE_FILE
     while not state.exists() and processes[0].poll() is None:
@@ -155,6 +159,25 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path: Path) -> 
     assert outputs[1] == ""  # rank 1 prints nothing
     saved = load_state(state)
     assert saved["world"] == 2 and saved["tally"][1] is not None
+
+
+def test_a_signal_to_one_process_in_validation_stops_both_after_that_epoch(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to rank 1 while it validates, after the epoch's last step was agreed on: both
+    processes agree again at the epoch's end and stop there (rank 1 once stopped alone, and
+    rank 0 went on to wait for it in the next step)."""
+    argv = ["train", *DIGITS, "--epochs", "3", "--out", "run"]
+    processes = start_two(argv, tmp_path, env={"SIGTERM_IN_VALIDATION": "1"})
+    try:
+        outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [p.returncode for p in processes] == [143, 143], outputs
+    assert "stopped by SIGTERM after epoch 1, step 22" in outputs[0]
+    saved = load_state(tmp_path / "run" / STATE_FILE)
+    assert saved["steps_done"] == 22 and saved["tally"][0] is None  # at the epoch's end
 
 
 def test_sync_bn_on_cpus_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -281,6 +281,7 @@ class Trainer:
                     self.budget.after_epoch(self, tally, time.perf_counter() - trained)
                 tally = None
                 self.save_state(None)
+                self._agree()  # a signal during validation reached one process alone
                 self._stop_if_asked()
 
     def _train_epoch(self, tally: EpochTally) -> EpochTally:
@@ -305,10 +306,7 @@ class Trainer:
             self.average.update(self.model)
         minutes = self.cfg.save_every_minutes
         late = minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
-        if self.world.distributed:  # every process stops and saves at the same step
-            agreed = self.world.max(torch.tensor([self.stops.signal or 0, int(late)]))
-            self.stops.signal = signal.Signals(int(agreed[0])) if agreed[0] else None
-            late = bool(agreed[1])
+        late = self._agree(late)
         stop = self.stops.signal
         due = late or (self.cfg.save_every and self.steps_done % self.cfg.save_every == 0)
         if stop is not None or due:
@@ -316,6 +314,15 @@ class Trainer:
         elif tally.steps % _CHECK_EVERY == 0 or self.step_options.skip_nonfinite:
             self._check_finite(tally)  # --on-nan skip counts on the host: no sync, every step
         self._stop_if_asked()
+
+    def _agree(self, late: bool = False) -> bool:
+        """Under ``torchrun``, every process's stop request and ``late`` made the same (any
+        process's), so that all stop, and save, at the same step; ``late`` as agreed."""
+        if self.world.distributed:
+            agreed = self.world.max(torch.tensor([self.stops.signal or 0, int(late)]))
+            self.stops.signal = signal.Signals(int(agreed[0])) if agreed[0] else None
+            late = bool(agreed[1])
+        return late
 
     def _stop_if_asked(self) -> None:
         """After the state is saved: end the run if a signal asked for it (``RunStopped``)."""
