@@ -13,7 +13,8 @@ Each factor changes one thing against ``baseline``:
 
 A run that stops (crash, end of a session) is resumed bit for bit on the next call
 (`resnetlab train --resume`); finished runs are skipped. JPEG factors re-encode the folder
-once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``. The accuracy at
+once (PIL, the given quality, 4:2:0 chroma as the original) into ``--out``, and ``chroma8``
+cuts its colour planes from 4:2:0's 16x16 to 8x8 (stored as PNG). The accuracy at
 ``--source-quality`` (the folder as it is: 75 for the shared CIFAR-10 copy), 50, 30 and 15 is
 extrapolated to lossless by three lines: against the quality (to 100), the quantiser scale (to
 0) and each folder's estimated error against the lost lossless images (jpeg_distortion.py; to
@@ -33,6 +34,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,7 @@ class Factor:
     what: str
     flags: tuple[str, ...] = ()
     quality: int | None = None  # re-encode the folder at this JPEG quality
+    chroma: int | None = None  # cut the folder's colour planes to this size, stored losslessly
     train_images: int | None = None  # train on this many of the baseline's training images
 
 
@@ -77,6 +80,9 @@ FACTORS = {
     "jpeg50": Factor("the folder re-encoded at JPEG quality 50", quality=50),
     "jpeg30": Factor("the folder re-encoded at JPEG quality 30", quality=30),
     "jpeg15": Factor("the folder re-encoded at JPEG quality 15", quality=15),
+    "chroma8": Factor(
+        "the colour planes cut from JPEG's 16x16 to 8x8 (stored as PNG)", chroma=8
+    ),
     "no-bn-decay": Factor("no weight decay on BN and biases", ("--no-decay-norm-and-bias",)),
     "reflect-pad": Factor("crops from reflect-padded images", ("--padding-mode", "reflect")),
     "cosine": Factor(
@@ -89,18 +95,41 @@ FACTORS = {
 
 
 def reencoded(source: Path, quality: int, out: Path) -> Path:
-    """``source`` re-encoded at JPEG ``quality`` under ``out`` (made once, renamed into place
-    when complete)."""
-    target = out / f"data-q{quality}"
+    """``source`` re-encoded at JPEG ``quality`` (4:2:0, as the original) under ``out``."""
+
+    def save(image: Image.Image, dest: Path) -> None:
+        image.save(dest.with_suffix(".jpg"), quality=quality, subsampling="4:2:0")
+
+    return derived(source, out / f"data-q{quality}", save)
+
+
+def chroma_cut(source: Path, size: int, out: Path) -> Path:
+    """``source`` with its colour planes (Cb, Cr) box-averaged to ``size`` x ``size`` and
+    stretched back bilinearly (as a JPEG decoder does 4:2:0's), the brightness untouched; stored
+    as PNG (the colour conversion rounds by a level). What losing half of the colour detail
+    that 4:2:0 keeps costs hints at what the detail 4:2:0 removed was worth."""
+
+    def save(image: Image.Image, dest: Path) -> None:
+        luma, *colour = image.convert("YCbCr").split()
+        colour = [c.resize((size, size), Image.BOX).resize(c.size, Image.BILINEAR) for c in colour]
+        Image.merge("YCbCr", (luma, *colour)).convert("RGB").save(dest.with_suffix(".png"))
+
+    return derived(source, out / f"data-chroma{size}", save)
+
+
+def derived(source: Path, target: Path, save: Callable[[Image.Image, Path], None]) -> Path:
+    """``target``: every image of ``source`` in RGB, written by ``save`` under its relative
+    path (made once, renamed into place when complete)."""
     if target.exists():
         return target
-    partial = out / f"data-q{quality}.partial"
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what a stopped call left
     for path in sorted(source.rglob("*")):
         if path.is_file():
-            dest = (partial / path.relative_to(source)).with_suffix(".jpg")
+            dest = partial / path.relative_to(source)
             dest.parent.mkdir(parents=True, exist_ok=True)
             with Image.open(path) as image:
-                image.convert("RGB").save(dest, quality=quality, subsampling="4:2:0")
+                save(image.convert("RGB"), dest)
     partial.rename(target)
     return target
 
@@ -163,7 +192,11 @@ def train(factor: str, seed: int, args: argparse.Namespace) -> None:
         command += ["--resume", str(path)]
     else:
         spec = FACTORS[factor]
-        data = reencoded(args.data, spec.quality, args.out) if spec.quality else args.data
+        data = args.data
+        if spec.quality:
+            data = reencoded(args.data, spec.quality, args.out)
+        if spec.chroma:
+            data = chroma_cut(args.data, spec.chroma, args.out)
         length = ["--epochs", str(args.epochs)]
         if spec.train_images:
             data, length = fewer_training_images(args, seed, spec.train_images)
