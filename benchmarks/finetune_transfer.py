@@ -27,7 +27,7 @@ from resnetlab.commands.finetune import finetune
 from resnetlab.commands.train import train
 from resnetlab.data.decode import is_image_file
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune import STRATEGIES, FinetuneConfig
+from resnetlab.engine.finetune_config import STRATEGIES, FinetuneConfig
 from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.engine.training import TrainResult
 

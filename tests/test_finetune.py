@@ -27,14 +27,12 @@ from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.checkpoint import read_header, save_checkpoint
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune import (
-    FinetuneConfig,
-    Phase,
     fit_phases,
     freeze_batchnorm,
     parameter_stages,
     phase_param_groups,
-    plan_phases,
 )
+from resnetlab.engine.finetune_config import FinetuneConfig, Phase, plan_phases
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer

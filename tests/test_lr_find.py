@@ -10,7 +10,7 @@ import torch
 
 from resnetlab.commands.lr_find import LrRange, _suggest, lr_find
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune import FinetuneConfig
+from resnetlab.engine.finetune_config import FinetuneConfig
 from resnetlab.models import create_model
 
 

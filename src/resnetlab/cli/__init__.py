@@ -65,7 +65,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
     values = _read_config(args) if args.config else {}
-    if getattr(args, "resume", None):
+    if args.command in ("train", "finetune") and args.resume:  # `detect train` has its own
         values = {**_resumed_run_values(args.resume, args.command), **values}
     recipe = values.get("recipe") or getattr(args, "recipe", None) or _default_recipe(args, values)
     if recipe:
@@ -117,11 +117,9 @@ def _resumed_run_values(run_dir: str, command: str) -> dict[str, Any]:
 
 
 def _as_flag_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Config values as argparse defaults: ``model_options`` as the (key, value) pairs that
-    ``--model-option`` appends."""
-    if isinstance(values.get("model_options"), dict):
-        values = {**values, "model_options": list(values["model_options"].items())}
-    return values
+    """Config values as argparse defaults: a mapping (``model_options``) as the (key, value)
+    pairs that its flag (``--model-option``) appends."""
+    return {k: list(v.items()) if isinstance(v, dict) else v for k, v in values.items()}
 
 
 def _warn_in_one_line(message: Warning | str, *_: object, **__: object) -> None:

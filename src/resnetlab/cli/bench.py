@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from typing import Any
 
-from resnetlab.cli.common import DEVICE_HELP
+from resnetlab.bench.config import BenchConfig
+from resnetlab.cli.flags import add_settings, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,31 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(seed-style), the loop a user would write with bf16 autocast and channels-last "
         "(benchmarks/user_loop.py), resnetlab's own step, and resnetlab compiled.",
     )
-    p.add_argument("--model", default="resnet20", help="any image model of the registry")
-    p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--batch", type=int, help="batch size (default: 128 train, 32 infer)")
-    p.add_argument("--input-size", type=int, help="square image size (default: the model's own)")
-    p.add_argument("--steps", type=int, default=4, help="steps per round (default: 4)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per row (default: 5)")
-    p.add_argument(
-        "--no-compile", dest="compile", action="store_false", help="leave out the compiled row"
-    )
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument(
-        "--user-loop",
-        metavar="FILE",
-        help="the user's loops (default: benchmarks/user_loop.py of a resnetlab checkout)",
-    )
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_settings(p, BenchConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.bench import BenchConfig, bench
+    from resnetlab.commands.bench import bench
 
-    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
-    print(format_table(bench(cfg)))
+    print(format_table(bench(config_from_args(BenchConfig, args))))
 
 
 def format_table(result: dict[str, Any]) -> str:

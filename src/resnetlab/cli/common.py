@@ -1,4 +1,4 @@
-"""Flags and helpers shared by several subcommands."""
+"""Helpers shared by several subcommands."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-
-from resnetlab.engine.config import AUTO_RULE, COMPILE_CHOICES, PRECISIONS
-
-DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: auto, a GPU where there is one)"
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -31,46 +27,17 @@ class NestedParser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args: Any, parent: argparse.ArgumentParser, **kwargs: Any) -> None:
-        self.parent, self.dests = parent, []
+        self.parent = parent
         super().__init__(*args, **kwargs)
         self.add_argument(
             "--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
             help="YAML file setting any flag of this command; flags given override it",
         )  # fmt: skip
 
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
-        """Add an argument, remembering its destination."""
-        action = super().add_argument(*args, **kwargs)
-        self.dests.append(action.dest)
-        return action
-
     def parse_known_args(
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         """Parse, with the parent's defaults (from ``--config``) in place of this parser's."""
-        inherited = {dest: self.parent.get_default(dest) for dest in self.dests}
+        inherited = {action.dest: self.parent.get_default(action.dest) for action in self._actions}
         self.set_defaults(**{k: v for k, v in inherited.items() if v is not None})
         return super().parse_known_args(args, namespace)
-
-
-def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    """``--precision``, ``--device`` and ``--workers``."""
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="autocast precision; auto = bf16 where supported (default: auto)",
-    )
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-
-
-def add_compile_flag(p: argparse.ArgumentParser, default: str | None) -> None:
-    """``--compile auto|on|off``; the rule for ``auto`` is in its help."""
-    p.add_argument(
-        "--compile",
-        choices=COMPILE_CHOICES,
-        default=default,
-        help=f"torch.compile the training step (inference: with freezing); {AUTO_RULE} "
-        f"(default: {default})",
-    )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from functools import partial
 
-from resnetlab.cli.common import DEVICE_HELP, NestedParser
-from resnetlab.detection.config import DETECTORS, NORMS, OPTIMIZERS, DetectConfig
+from resnetlab.cli.common import NestedParser
+from resnetlab.cli.flags import add_settings, config_from_args
+from resnetlab.detection.config import DetectConfig
+from resnetlab.engine.config import DEVICE_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,50 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_train(actions: argparse._SubParsersAction) -> None:
-    d = DetectConfig()
     p = actions.add_parser("train", help="train a detector")
-    p.add_argument(
-        "--data",
-        default=d.data,
-        help="shapes (built-in, synthetic) or a folder with images and a COCO annotations "
-        "JSON (annotations.json, or its only .json file)",
-    )
-    p.add_argument("--model", default=d.model, help="backbone: any 2-D resnetlab network")
-    p.add_argument("--detector", choices=DETECTORS, default=d.detector)
-    p.add_argument(
-        "--weights",
-        help="start the backbone from a classifier: a resnetlab checkpoint or a "
-        "torchvision/timm state dict (its head is dropped)",
-    )
-    p.add_argument(
-        "--norm",
-        choices=NORMS,
-        default=d.norm,
-        help="backbone normalisation: auto = frozen BatchNorm from --weights, GroupNorm (gn) "
-        "from scratch (default: auto)",
-    )
-    p.add_argument(
-        "--trainable-stages",
-        type=int,
-        help="feature levels that train, counted from the deepest (stem included); "
-        "default: all from scratch, 3 from --weights",
-    )
-    p.add_argument("--image-size", type=int, default=d.image_size, help="longest side, px")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="COCO data")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="COCO data")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between states")
-    p.add_argument("--limit", type=int, help="keep the first N images of each split (trials)")
-    p.add_argument("--device", default=d.device, help=DEVICE_HELP)
-    p.add_argument("--out", help="run folder (default: runs/<date-time>-<detector>-<model>-<data>)")
-    # dest differs from `train`'s --resume, whose run folders hold another kind of state
-    p.add_argument("--resume", dest="resume_run", metavar="RUN_DIR", help="continue this run")
+    add_settings(p, DetectConfig)
     p.set_defaults(func=_train)
 
 
@@ -100,8 +60,7 @@ def _register_predict(actions: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     from resnetlab.commands.detect import detect_train
 
-    values = {f.name: getattr(args, f.name) for f in fields(DetectConfig) if hasattr(args, f.name)}
-    detect_train(DetectConfig(**values, resume=args.resume_run))
+    detect_train(config_from_args(DetectConfig, args))
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
-from resnetlab.cli.common import add_compile_flag, add_runtime_flags
-from resnetlab.cli.train import add_weights_flags
-from resnetlab.engine.config import TTAS
+from resnetlab.cli.flags import add_settings, config_from_args
+from resnetlab.engine.config import TTAS, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         help="a .safetensors checkpoint from `train` or `finetune`, or a file from `export`",
     )
-    add_weights_flags(p)
+    add_settings(p, TrainConfig, ["weights", "mean", "std"])
     p.add_argument(
         "--input-size",
         "--image-size",
@@ -49,8 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta", choices=TTAS, help="test-time augmentation: flip = average with mirror")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_runtime_flags(p)
-    add_compile_flag(p, "off")
+    add_settings(p, TrainConfig, ["precision", "device", "workers", "compile"])
     p.set_defaults(func=run)
 
 
@@ -58,8 +55,7 @@ def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
     from resnetlab.commands.evaluate import EvalConfig, evaluate
 
-    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
-    report = evaluate(cfg)
+    report = evaluate(config_from_args(EvalConfig, args))
     if args.json:
         print(json.dumps(report))
         return

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from resnetlab.cli.common import DEVICE_HELP
-from resnetlab.engine.config import EXPLAIN_METHODS
+from resnetlab.engine.config import DEVICE_HELP, EXPLAIN_METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

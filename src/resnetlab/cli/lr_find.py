@@ -1,14 +1,14 @@
-"""`resnetlab lr-find`."""
+"""`resnetlab lr-find`: `finetune`'s flags but those of long runs, and ``LrRange``'s."""
 
 from __future__ import annotations
 
 import argparse
 
-from resnetlab.cli.finetune import add_finetune_flags
-from resnetlab.cli.train import add_training_flags, add_weights_flags, config_from_args
+from resnetlab.cli.finetune import FIRST, STRATEGY
+from resnetlab.cli.flags import add_settings, config_from_args, in_group
+from resnetlab.engine.config import LONG_RUNS, LrRange, TrainConfig
+from resnetlab.engine.finetune_config import FinetuneConfig
 from resnetlab.errors import ResnetlabError
-
-_NEED_WEIGHTS = ("strategy", "bn", "head_epochs", "backbone_lr_mult", "stage_decay")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,30 +21,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(--model) or, with --weights, the first phase of `finetune`; flags not given take "
         "that command's defaults. Nothing of the probe is kept.",
     )
-    p.add_argument(
-        "--model",
-        help="model name (default: resnet20; with --weights: the weights' own architecture)",
+    add_settings(p, TrainConfig, ["model"])  # its help: without --weights, `train`'s default
+    add_settings(p, FinetuneConfig, FIRST[1:])
+    add_settings(
+        p, FinetuneConfig, leave_out=(*FIRST, "time_budget", *in_group(TrainConfig, LONG_RUNS))
     )
-    add_weights_flags(p)
-    add_finetune_flags(p)
-    add_training_flags(p, None)
-    p.add_argument("--start-lr", type=float, help="first lr of the sweep (default: 1e-7)")
-    p.add_argument("--end-lr", type=float, help="last lr of the sweep (default: 10)")
-    p.add_argument("--steps", type=int, help="optimiser steps in the sweep (default: 100)")
+    add_settings(p, LrRange)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.lr_find import LrRange, lr_find
-    from resnetlab.engine.config import TrainConfig
-    from resnetlab.engine.finetune import FinetuneConfig
+    from resnetlab.commands.lr_find import lr_find
 
     if args.weights is None:
-        given = [name for name in _NEED_WEIGHTS if getattr(args, name) is not None]
+        given = [name for name in STRATEGY if getattr(args, name) is not None]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise ResnetlabError(f"{flags}: fine-tuning flags, which need --weights")
     cfg = config_from_args(FinetuneConfig if args.weights else TrainConfig, args)
-    sweep = {"start_lr": args.start_lr, "end_lr": args.end_lr, "steps": args.steps}
-    lr_find(cfg, LrRange(**{k: v for k, v in sweep.items() if v is not None}))
+    lr_find(cfg, config_from_args(LrRange, args))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from resnetlab.cli.common import DEVICE_HELP, add_compile_flag
+from resnetlab.cli.flags import add_settings
+from resnetlab.engine.config import DEVICE_HELP, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    add_compile_flag(p, "off")
-    p.set_defaults(func=run)
+    add_settings(p, TrainConfig, ["compile"])
+    p.set_defaults(func=run, compile=TrainConfig.compile)  # run() reads the flags as given
 
 
 def run(args: argparse.Namespace) -> None:

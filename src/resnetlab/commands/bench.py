@@ -7,12 +7,13 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from resnetlab.bench.config import DEFAULT_BATCH, BenchConfig
 from resnetlab.bench.hardware import machine_name, matmul_tflops
 from resnetlab.bench.rows import Row, Workload, inference_rows, load_user_loops, training_rows
 from resnetlab.engine.files import write_atomically
@@ -20,38 +21,7 @@ from resnetlab.engine.precision import resolve_device
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import count_macs
 
-MODES = ("train", "infer")
-DEFAULT_BATCH = {"train": 128, "infer": 32}
 FLOPS_PER_MAC = {"train": 6, "infer": 2}  # 2 FLOPs per multiply-add; training = 3 passes
-
-
-@dataclass
-class BenchConfig:
-    """Flags of `resnetlab bench`."""
-
-    model: str = "resnet20"
-    mode: str = "train"
-    batch: int | None = None  # default: DEFAULT_BATCH[mode]
-    input_size: int | None = None  # default: the model's
-    steps: int = 4  # steps (batches) per round
-    rounds: int = 5
-    compile: bool = True
-    device: str = "auto"
-    user_loop: str | None = None
-    json: str | None = None
-
-    def validate(self) -> None:
-        """Raise ResnetlabError naming the first bad flag."""
-        checks = [
-            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}"),
-            (self.batch is None or self.batch >= 1, "--batch must be at least 1"),
-            (self.input_size is None or self.input_size >= 8, "--input-size must be >= 8"),
-            (self.steps >= 1, "--steps must be at least 1"),
-            (self.rounds >= 1, "--rounds must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ResnetlabError(message)
 
 
 def bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from resnetlab.engine.distributed import joined
-from resnetlab.engine.finetune import FinetuneConfig, check_resumed_phases, freeze_batchnorm
+from resnetlab.engine.finetune import check_resumed_phases, freeze_batchnorm
+from resnetlab.engine.finetune_config import FinetuneConfig
 from resnetlab.engine.rundir import default_run_dir, open_run_dir
 from resnetlab.engine.training import TrainResult, check_run, start_run, train_in_run
 

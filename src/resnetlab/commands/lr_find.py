@@ -21,14 +21,10 @@ import matplotlib
 import numpy as np
 import torch
 
-from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.config import MIN_SWEEP_STEPS, LrRange, TrainConfig
 from resnetlab.engine.distributed import launched_world
-from resnetlab.engine.finetune import (
-    FinetuneConfig,
-    freeze_batchnorm,
-    phase_mode,
-    phase_param_groups,
-)
+from resnetlab.engine.finetune import freeze_batchnorm, phase_mode, phase_param_groups
+from resnetlab.engine.finetune_config import FinetuneConfig
 from resnetlab.engine.loop import EpochTally, TrainStep
 from resnetlab.engine.optim import make_optimizer
 from resnetlab.engine.rundir import RunDir, default_run_dir
@@ -42,30 +38,6 @@ import matplotlib.pyplot as plt
 
 SMOOTHING_WINDOW = 0.1  # the loss's moving average spans about this fraction of the sweep
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
-_MIN_POINTS = 10  # steps needed before a suggestion means anything
-
-
-@dataclass(frozen=True)
-class LrRange:
-    """The swept range: ``steps`` lrs spaced evenly in log from ``start_lr`` to ``end_lr``."""
-
-    start_lr: float = 1e-7
-    end_lr: float = 10.0
-    steps: int = 100
-
-    def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of an invalid value."""
-        if not 0 < self.start_lr < self.end_lr:
-            raise ResnetlabError(
-                f"--start-lr must be positive and below --end-lr "
-                f"(got {self.start_lr:g} and {self.end_lr:g})"
-            )
-        if self.steps < _MIN_POINTS:
-            raise ResnetlabError(f"--steps must be at least {_MIN_POINTS} (got {self.steps})")
-
-    def lr(self, step: int) -> float:
-        """The lr of optimiser step ``step`` (0-based)."""
-        return self.start_lr * (self.end_lr / self.start_lr) ** (step / (self.steps - 1))
 
 
 @dataclass
@@ -164,7 +136,7 @@ def _suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
     """``(lr of steepest descent, lr at the minimum / 10)`` of the finite smoothed loss,
     ignoring the first tenth of the sweep, where the average is still settling."""
     finite = [i for i, loss in enumerate(smoothed) if math.isfinite(loss)]
-    if len(finite) < _MIN_POINTS:
+    if len(finite) < MIN_SWEEP_STEPS:
         raise ResnetlabError(
             f"lr-find: the loss diverged after {len(finite)} steps; lower --start-lr"
         )

@@ -1,12 +1,15 @@
-"""The training configuration: one dataclass whose fields map one to one onto CLI flags."""
+"""The training configuration: one dataclass whose fields are `train`'s flags, each declared
+once with its help, check and resume rule (``resnetlab.settings``); free of torch."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from resnetlab.engine.recipes import RECIPES
 from resnetlab.errors import ResnetlabError
+from resnetlab.settings import at_least_one, check_settings, non_negative, positive, setting
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
@@ -33,161 +36,406 @@ AUTO_RULE = (
     "after compile time (resnet20: 0%% training, 9%% inference)"
 )
 AUTO_MODEL = "auto"  # --model auto: the architecture of the --weights file
+DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: auto, a GPU where there is one)"
+# help sections of `train`'s flags
+IMAGES = "images: recipes, augmentation and folders"
+TABLES = "tables: reading, preprocessing, task, comparison"
+LONG_RUNS = "long runs: resume, stops, non-finite losses"
+
+
+def _column_list(text: str) -> list[str]:
+    """``a, b,,c`` as ``["a", "b", "c"]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _normalisation_help(example: str) -> str:
+    return (
+        f"per-channel normalisation the weights were trained with, e.g. {example} for "
+        "ImageNet (default: a resnetlab checkpoint's own, else the data's statistics)"
+    )
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Defaults follow the article's recipe
-    (SGD, lr 0.1, momentum 0.9, weight decay 5e-4) with a one-cycle schedule."""
+    (SGD, lr 0.1, momentum 0.9, weight decay 5e-4) with a one-cycle schedule. The fields are
+    in the order of `train --help`."""
 
     command: ClassVar[str] = "train"  # the CLI command that runs this config
 
-    model: str = "resnet20"
-    data: str = "mnist5k"
-    target: str | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 128  # 0: from the training split's size (``training.auto_batch_size``)
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
-    schedule: str = "onecycle"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    loss: str | None = None  # None: ce for classification, mse for regression
-    precision: str = "auto"
-    device: str = "auto"
-    compile: str = "off"
-    seed: int = 0
+    model: str = setting(
+        "resnet20",
+        help="model name (default: resnet20; with --weights: the weights' own architecture)",
+    )
+    data: str = setting(
+        "mnist5k",
+        help="built-in name (digits, mnist5k, tabular-synthetic, moving-digits, "
+        "moving-digits-shuffled), a table (.csv, .tsv, .parquet), an image folder or a clip "
+        "folder",
+    )
+    target: str | None = setting(None, help="tables: the column to predict")
+    model_options: dict[str, Any] = setting(
+        factory=dict,
+        flag="--model-option",
+        metavar="KEY=VALUE",
+        help="model option, e.g. shortcut=B (repeatable)",
+    )
+    epochs: int = setting(
+        10, check=at_least_one, error="{flag} must be at least 1 (got {value})", resumable=True
+    )
+    batch_size: int = setting(  # 0: from the training split's size (training.auto_batch_size)
+        128,
+        help="the global batch: under torchrun the processes share it, so a run learns the "
+        "same whatever the number of processes; 0: from the data size (--recipe tabular)",
+        check=lambda size: size == 0 or size >= 2,
+        error="{flag} must be 0 (from the data) or at least 2, for BatchNorm's batch "
+        "statistics (got {value})",
+    )
+    optimizer: str = setting("sgd", choices=OPTIMIZERS)
+    lr: float = setting(
+        0.1,
+        help="peak learning rate",
+        check=positive,
+        error="{flag} must be positive (got {value})",
+    )
+    momentum: float = setting(
+        0.9, check=lambda m: 0 <= m < 1, error="{flag} must be in [0, 1) (got {value})"
+    )
+    nesterov: bool = setting(False, negatable=True)
+    weight_decay: float = setting(
+        5e-4, check=non_negative, error="{flag} must be >= 0 (got {value})"
+    )
+    decay_norm_and_bias: bool = setting(
+        False, negatable=True, help="also apply weight decay to norm weights and biases"
+    )
+    schedule: str = setting(
+        "onecycle",
+        choices=SCHEDULES,
+        help="step = lr/10 at 50%% and 75%% of training (the paper's)",
+    )
+    warmup_epochs: float = setting(
+        0.0,
+        check=lambda epochs: 0 <= epochs < math.inf,
+        error="{flag} must be >= 0 and finite (got {value})",
+    )
+    label_smoothing: float = setting(
+        0.0, check=lambda eps: 0 <= eps < 1, error="{flag} must be in [0, 1)"
+    )
+    ema: float | None = setting(
+        None,
+        metavar="DECAY",
+        help="evaluate and checkpoint an exponential moving average of the weights (this "
+        "decay per step), its BatchNorm statistics recomputed on training images",
+        check=lambda decay: 0 < decay < 1,
+        error="{flag} must be in (0, 1) (got {value})",
+    )
+    loss: str | None = setting(  # None: ce for classification, mse for regression
+        None,
+        choices=LOSSES,
+        help="classification: ce = cross-entropy (default), bce = one-logit binary "
+        "cross-entropy (2 classes); regression: mse (default) or huber",
+    )
+    best_by: str = setting(  # regression: always the loss
+        "accuracy",
+        choices=BEST_BY,
+        help="the best checkpoint: highest validation accuracy or lowest validation loss "
+        "(regression: always the loss)",
+    )
+    patience: int | None = setting(
+        None,
+        metavar="EPOCHS",
+        help="early stopping: stop after this many epochs without a better best epoch",
+        check=at_least_one,
+        error="{flag} must be >= 1 epoch",
+    )
+    seed: int = setting(
+        0, check=lambda seed: 0 <= seed < 2**32, error="{flag} must be in [0, 2**32) (got {value})"
+    )
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    image_size: int | None = None
-    workers: int = 0
-    out: str | None = None
-    limit_steps: int | None = None
-    time_budget: float | None = None  # minutes: sets epochs (and limit_steps) to fit
-    quiet: bool = False
-    # image data: augmentation (batched on the device when cached, per image when streaming)
-    crop_padding: int = 0
-    padding_mode: str = "zeros"
-    flip: bool = False
-    flip_alternate: bool = False
-    cutout: int = 0
-    auto_augment: str | None = None
-    random_erasing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    tta: str | None = None
-    ema: float | None = None  # evaluate an EMA of the weights, of this decay per step
-    # image folders: decode-once cache, bad files, separate split folders
-    cache_dir: str | None = None
-    cache_mem: float | None = None
-    strict: bool = False
-    val_dir: str | None = None
-    test_dir: str | None = None
-    recipe: str | None = None
+    image_size: int | None = setting(
+        None,
+        aliases=("--input-size",),
+        help="resize images (clips: each frame) to this square size (default: the weights' "
+        "own, else the data's)",
+    )
+    out: str | None = setting(
+        None, help="run folder (default: runs/<date>-<model>-<data>)", resumable=True
+    )
+    limit_steps: int | None = setting(
+        None,
+        help="stop after N optimiser steps (smoke tests)",
+        check=at_least_one,
+        error="{flag} must be >= 1",
+        resumable=True,
+    )
+    quiet: bool = setting(False, help="no progress bar", resumable=True)
+    # images: recipes, augmentation (batched on the device when cached, per image when
+    # streaming), the decode-once cache, bad files, separate split folders
+    recipe: str | None = setting(
+        None,
+        group=IMAGES,
+        choices=tuple(RECIPES),
+        help="paper = He et al. 2015 sec. 4.2; fast = best accuracy in a CPU budget; "
+        "speedrun = the speed-run network's recipe (most accuracy per second); "
+        "tabular = AdamW with early stopping, the default for table files "
+        "(flags given still override)",
+    )
+    crop_padding: int = setting(
+        0,
+        group=IMAGES,
+        help="random crop after padding by N pixels (batched, cached data)",
+        check=non_negative,
+        error="{flag} must be >= 0 (got {value})",
+    )
+    padding_mode: str = setting(
+        "zeros", group=IMAGES, choices=PADDING_MODES, error="{flag} must be zeros or reflect"
+    )
+    flip: bool = setting(
+        False,
+        group=IMAGES,
+        negatable=True,
+        help="random horizontal flips (streaming: RandomResizedCrop + flip)",
+    )
+    flip_alternate: bool = setting(
+        False,
+        group=IMAGES,
+        negatable=True,
+        help="flip each image in alternate epochs instead of at random",
+    )
+    cutout: int = setting(
+        0,
+        group=IMAGES,
+        metavar="N",
+        help="cutout square of N pixels",
+        check=non_negative,
+        error="{flag} must be >= 0 (got {value})",
+    )
+    auto_augment: str | None = setting(
+        None,
+        group=IMAGES,
+        choices=AUTO_AUGMENTS,
+        help="streaming pipeline: TrivialAugmentWide or RandAugment",
+        error="{flag} must be trivial or randaugment",
+    )
+    random_erasing: float = setting(
+        0.0,
+        group=IMAGES,
+        metavar="P",
+        help="streaming pipeline: random erasing probability",
+        check=lambda p: 0 <= p <= 1,
+        error="{flag} must be a probability in [0, 1]",
+    )
+    mixup: float = setting(
+        0.0,
+        group=IMAGES,
+        metavar="ALPHA",
+        check=non_negative,
+        error="--mixup and --cutmix alphas must be >= 0",
+    )
+    cutmix: float = setting(
+        0.0,
+        group=IMAGES,
+        metavar="ALPHA",
+        check=non_negative,
+        error="--mixup and --cutmix alphas must be >= 0",
+    )
+    tta: str | None = setting(
+        None,
+        group=IMAGES,
+        choices=TTAS,
+        help="test-time augmentation for the final evaluation (per-epoch validation is plain)",
+        error="{flag} must be flip",
+    )
+    cache_dir: str | None = setting(
+        None,
+        group=IMAGES,
+        help="decoded-image cache (default: $RESNETLAB_CACHE_DIR or ~/.cache/resnetlab)",
+        resumable=True,
+    )
+    cache_mem: float | None = setting(
+        None,
+        group=IMAGES,
+        metavar="GIB",
+        help="largest decoded dataset kept in memory (default: 1/4 of RAM, <= 4; 0: stream)",
+        check=non_negative,
+        error="{flag} must be >= 0 (GiB)",
+    )
+    strict: bool = setting(
+        False,
+        group=IMAGES,
+        help="stop before training if any image file is bad, or any table row lacks a target",
+    )
+    val_dir: str | None = setting(None, group=IMAGES, help="a separate validation folder")
+    test_dir: str | None = setting(None, group=IMAGES, help="a separate test folder")
     # tables: reading, preprocessing, the task, class weights, the comparison with scikit-learn
-    delimiter: str | None = None  # None: sniffed
-    categorical: list[str] | None = None  # also one-hot these (numeric) columns
-    max_categories: int = 50
-    numeric_transform: str = "standard"
-    task: str | None = None  # None: from the target column (``data.tabular.infer_task``)
-    class_weight: str | None = None
-    baselines: bool = False
-    # which epoch is best (a validation split's accuracy or loss), and early stopping
-    best_by: str = "accuracy"  # regression: always the loss
-    patience: int | None = None  # stop after this many epochs without a better best
-    # long runs: the training state, resuming it, non-finite losses, clipping, TensorBoard
-    resume: str | None = None  # a run folder to continue
-    save_every: int | None = None  # also save the state every N optimiser steps
-    save_every_minutes: float | None = None  # ... and every M minutes
-    on_nan: str = "stop"
-    max_nan_steps: int = 10  # --on-nan skip: the run stops after this many skipped steps
-    clip_grad: float | None = None  # clip gradients to this global norm
-    tensorboard: bool = False
-    # many processes (torchrun)
-    sync_bn: bool = False  # GPUs: SyncBatchNorm
-    resume_any_world: bool = False  # resume with another number of processes (not exact)
+    delimiter: str | None = setting(
+        None,
+        group=TABLES,
+        help="(default: sniffed)",
+        check=lambda text: len(text) == 1,
+        error="{flag} must be one character (got {value!r})",
+    )
+    categorical: list[str] | None = setting(
+        None,
+        group=TABLES,
+        parse=_column_list,
+        metavar="COL,...",
+        help="also one-hot encode these columns (text columns always are)",
+    )
+    max_categories: int = setting(
+        50,
+        group=TABLES,
+        help="a categorical column with more distinct values is dropped, with a warning",
+        check=at_least_one,
+        error="{flag} must be at least 1",
+    )
+    numeric_transform: str = setting(
+        "standard",
+        group=TABLES,
+        choices=NUMERIC_TRANSFORMS,
+        help="numeric columns: standardise, or map through the training quantiles to a normal",
+    )
+    task: str | None = setting(  # None: from the target column (data.tabular.infer_task)
+        None,
+        group=TABLES,
+        choices=TASKS,
+        help="(default: regression for a fractional target or one of more than 20 whole numbers)",
+    )
+    class_weight: str | None = setting(
+        None,
+        group=TABLES,
+        choices=CLASS_WEIGHTS,
+        help="weight each class's loss by n / (classes x its rows)",
+        error="{flag} must be balanced",
+    )
+    baselines: bool = setting(
+        False,
+        group=TABLES,
+        help="also fit scikit-learn's linear model and gradient boosting on the same split; "
+        "writes baselines.json",
+    )
+    # the machine
+    precision: str = setting(
+        "auto",
+        choices=PRECISIONS,
+        help="autocast precision; auto = bf16 where supported (default: %(default)s)",
+    )
+    device: str = setting("auto", help=DEVICE_HELP)
+    workers: int = setting(
+        0,
+        help="DataLoader worker processes",
+        check=non_negative,
+        error="{flag} must be >= 0 (got {value})",
+        resumable=True,
+    )
+    compile: str = setting(
+        "off",
+        choices=COMPILE_CHOICES,
+        help="torch.compile the training step (inference: with freezing); "
+        f"{AUTO_RULE} (default: %(default)s)",
+        error="{flag} must be auto, on or off",
+    )
+    time_budget: float | None = setting(  # minutes: sets epochs (and limit_steps) to fit
+        None,
+        metavar="MINUTES",
+        help="fit the whole run to this wall-clock time: the first steps' speed sets --epochs "
+        "(and --limit-steps, to cut the last epoch), written to config.yaml; wins over --epochs",
+        check=lambda minutes: 0 < minutes < 1e6,
+        error="{flag} must be a positive number of minutes (got {value})",
+    )
+    # long runs: the training state, resuming it, non-finite losses, clipping, many processes,
+    # TensorBoard
+    resume: str | None = setting(
+        None,
+        group=LONG_RUNS,
+        metavar="RUN_DIR",
+        help="continue the run in this folder from its training state (state.pt), with its "
+        "settings; on the CPU it ends bit-identical to a run that never stopped",
+        resumable=True,
+    )
+    save_every: int | None = setting(
+        None,
+        group=LONG_RUNS,
+        metavar="N",
+        help="also save the training state every N steps (it is always saved each epoch)",
+        check=at_least_one,
+        error="{flag} must be >= 1 step",
+        resumable=True,
+    )
+    save_every_minutes: float | None = setting(
+        None,
+        group=LONG_RUNS,
+        metavar="M",
+        help="also save the training state every M minutes",
+        check=positive,
+        error="{flag} must be positive",
+        resumable=True,
+    )
+    on_nan: str = setting(
+        "stop",
+        group=LONG_RUNS,
+        choices=ON_NAN,
+        help="a non-finite loss stops the run, keeping the last good state (default), or its "
+        "step is skipped",
+    )
+    max_nan_steps: int = setting(
+        10,
+        group=LONG_RUNS,
+        metavar="N",
+        help="--on-nan skip: stop after N skipped steps (default: %(default)s)",
+        check=at_least_one,
+        error="{flag} must be >= 1",
+    )
+    clip_grad: float | None = setting(
+        None,
+        group=LONG_RUNS,
+        metavar="NORM",
+        help="clip gradients to this global norm; metrics.jsonl gets their mean norm",
+        check=positive,
+        error="{flag} must be positive",
+    )
+    resume_any_world: bool = setting(
+        False,
+        group=LONG_RUNS,
+        help="resume with another number of torchrun processes (the run is no longer exact)",
+        resumable=True,
+    )
+    sync_bn: bool = setting(
+        False,
+        group=LONG_RUNS,
+        help="torchrun on GPUs: SyncBatchNorm (on CPUs BatchNorm statistics are averaged "
+        "over the processes before each evaluation and checkpoint)",
+    )
+    tensorboard: bool = setting(
+        False,
+        group=LONG_RUNS,
+        help="write each epoch's scalars to RUN_DIR/tensorboard (needs the tensorboard package)",
+        resumable=True,
+    )
     # starting weights, and the normalisation they were trained with if they carry none
-    weights: str | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    weights: str | None = setting(
+        None,
+        metavar="FILE",
+        help="start from these weights: a resnetlab checkpoint, a torchvision/timm state dict "
+        "or a CIFAR training script's checkpoint (.pth, .pt, .th, .safetensors)",
+    )
+    mean: list[float] | None = setting(
+        None, metavar="X", help=_normalisation_help("0.485 0.456 0.406")
+    )
+    std: list[float] | None = setting(
+        None, metavar="X", help=_normalisation_help("0.229 0.224 0.225")
+    )
 
     def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid value (reads no file: a
-        run reads its --weights with ``read_weights`` before making its folder)."""
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
-            (
-                self.batch_size == 0 or self.batch_size >= 2,
-                f"--batch-size must be 0 (from the data) or at least 2, for BatchNorm's batch "
-                f"statistics (got {self.batch_size})",
-            ),
-            (0 <= self.seed < 2**32, f"--seed must be in [0, 2**32) (got {self.seed})"),
-            (self.lr > 0, f"--lr must be positive (got {self.lr})"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
-            (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
-            (not self.nesterov or self.momentum > 0, "--nesterov needs a --momentum above 0"),
-            (
-                0 <= self.warmup_epochs < math.inf,
-                f"--warmup-epochs must be >= 0 and finite (got {self.warmup_epochs})",
-            ),
-            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
-            (self.limit_steps is None or self.limit_steps >= 1, "--limit-steps must be >= 1"),
-            (
-                self.time_budget is None or 0 < self.time_budget < 1e6,
-                f"--time-budget must be a positive number of minutes (got {self.time_budget})",
-            ),
-            (self.ema is None or 0 < self.ema < 1, f"--ema must be in (0, 1) (got {self.ema})"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.loss in (None, *LOSSES), f"--loss must be one of {', '.join(LOSSES)}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.compile in COMPILE_CHOICES, "--compile must be auto, on or off"),
-            (self.crop_padding >= 0, f"--crop-padding must be >= 0 (got {self.crop_padding})"),
-            (self.cutout >= 0, f"--cutout must be >= 0 (got {self.cutout})"),
-            (self.padding_mode in PADDING_MODES, "--padding-mode must be zeros or reflect"),
-            (
-                self.auto_augment in (None, *AUTO_AUGMENTS),
-                "--auto-augment must be trivial or randaugment",
-            ),
-            (0 <= self.random_erasing <= 1, "--random-erasing must be a probability in [0, 1]"),
-            (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix alphas must be >= 0"),
-            (
-                self.loss in (None, "ce") or not (self.mixup or self.cutmix),
-                "--mixup/--cutmix need --loss ce (they make soft class targets)",
-            ),
-            (self.tta in (None, *TTAS), "--tta must be flip"),
-            (self.cache_mem is None or self.cache_mem >= 0, "--cache-mem must be >= 0 (GiB)"),
-            (self.save_every is None or self.save_every >= 1, "--save-every must be >= 1 step"),
-            (
-                self.save_every_minutes is None or self.save_every_minutes > 0,
-                "--save-every-minutes must be positive",
-            ),
-            (self.on_nan in ON_NAN, f"--on-nan must be one of {', '.join(ON_NAN)}"),
-            (self.max_nan_steps >= 1, "--max-nan-steps must be >= 1"),
-            (self.clip_grad is None or self.clip_grad > 0, "--clip-grad must be positive"),
-            (self.class_weight in (None, *CLASS_WEIGHTS), "--class-weight must be balanced"),
-            (self.best_by in BEST_BY, f"--best-by must be one of {', '.join(BEST_BY)}"),
-            (self.patience is None or self.patience >= 1, "--patience must be >= 1 epoch"),
-            (self.task in (None, *TASKS), f"--task must be one of {', '.join(TASKS)}"),
-            (
-                self.numeric_transform in NUMERIC_TRANSFORMS,
-                f"--numeric-transform must be one of {', '.join(NUMERIC_TRANSFORMS)}",
-            ),
-            (self.max_categories >= 1, "--max-categories must be at least 1"),
-            (
-                self.delimiter is None or len(self.delimiter) == 1,
-                f"--delimiter must be one character (got {self.delimiter!r})",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ResnetlabError(message)
+        """Raise ResnetlabError naming the flag of the first invalid value: each setting's
+        own check, then those across settings (reads no file: a run reads its --weights with
+        ``read_weights`` before making its folder)."""
+        check_settings(self)
+        if self.nesterov and self.momentum <= 0:
+            raise ResnetlabError("--nesterov needs a --momentum above 0")
+        if self.loss not in (None, "ce") and (self.mixup or self.cutmix):
+            raise ResnetlabError("--mixup/--cutmix need --loss ce (they make soft class targets)")
         if self.weights:
             check_preprocessing_flags(self.mean, self.std, self.image_size)
         elif self.model == AUTO_MODEL or self.mean or self.std:
@@ -217,3 +465,33 @@ def check_preprocessing_flags(
         )
     if input_size is not None and input_size < 1:
         raise ResnetlabError(f"--input-size must be a positive integer (got {input_size})")
+
+
+MIN_SWEEP_STEPS = 10  # lr-find: steps needed before a suggestion means anything
+
+
+@dataclass(frozen=True)
+class LrRange:
+    """`lr-find`'s sweep: ``steps`` lrs spaced evenly in log from ``start_lr`` to ``end_lr``."""
+
+    start_lr: float = setting(1e-7, help="first lr of the sweep (default: 1e-7)")
+    end_lr: float = setting(10.0, help="last lr of the sweep (default: 10)")
+    steps: int = setting(
+        100,
+        help="optimiser steps in the sweep (default: %(default)s)",
+        check=lambda steps: steps >= MIN_SWEEP_STEPS,
+        error=f"{{flag}} must be at least {MIN_SWEEP_STEPS} (got {{value}})",
+    )
+
+    def validate(self) -> None:
+        """Raise ResnetlabError naming the flag of an invalid value."""
+        check_settings(self)
+        if not 0 < self.start_lr < self.end_lr:
+            raise ResnetlabError(
+                f"--start-lr must be positive and below --end-lr "
+                f"(got {self.start_lr:g} and {self.end_lr:g})"
+            )
+
+    def lr(self, step: int) -> float:
+        """The lr of optimiser step ``step`` (0-based)."""
+        return self.start_lr * (self.end_lr / self.start_lr) ** (step / (self.steps - 1))

@@ -25,123 +25,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from resnetlab.engine.config import AUTO_MODEL, TrainConfig
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.finetune_config import Phase
 from resnetlab.engine.optim import make_optimizer, parameter_groups
 from resnetlab.errors import ResnetlabError
 
 if TYPE_CHECKING:
     from resnetlab.engine.trainer import Trainer
 
-STRATEGIES = ("gradual", "lp-ft", "full", "linear-probe")
-BN_POLICIES = ("train", "freeze-stats", "frozen")
-
 # Residual stages: 'layerN.' (image and 1-D ResNets) or 'blocks.N.' (the tabular ResNet).
 _STAGE_KEY = re.compile(r"^(?:layer(\d+)|blocks\.(\d+))\.")
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One ``Trainer.fit`` call: its epochs, and the lrs of the classifier and the backbone
-    (``backbone_lr`` None: the backbone is frozen)."""
-
-    name: str  # "head" (only the classifier trains) or "all"
-    epochs: int
-    head_lr: float
-    backbone_lr: float | None
-
-    @property
-    def trains_backbone(self) -> bool:
-        """Whether the backbone's parameters train in this phase."""
-        return self.backbone_lr is not None
-
-
-def plan_phases(
-    strategy: str,
-    epochs: int,
-    lr: float,
-    backbone_lr_mult: float,
-    head_epochs: int | None = None,
-) -> list[Phase]:
-    """The phases of ``strategy`` over ``epochs`` epochs in all (see the module docstring)."""
-    if strategy == "linear-probe":
-        return [Phase("head", epochs, lr, None)]
-    if strategy == "full":
-        return [Phase("all", epochs, lr, lr * backbone_lr_mult)]
-    if strategy not in STRATEGIES:
-        choices = ", ".join(STRATEGIES)
-        raise ResnetlabError(f"--strategy must be one of {choices} (got {strategy!r})")
-    if head_epochs is None:
-        head_epochs = 1 if strategy == "gradual" else max(1, epochs // 2)
-    if not 1 <= head_epochs < epochs:
-        raise ResnetlabError(
-            f"--strategy {strategy}: --head-epochs ({head_epochs}) must be at least 1 and "
-            f"below --epochs ({epochs}), to leave epochs for the whole network"
-        )
-    if strategy == "gradual":
-        tuned = Phase("all", epochs - head_epochs, lr / 2, lr / 2 * backbone_lr_mult)
-    else:
-        tuned = Phase("all", epochs - head_epochs, lr * backbone_lr_mult, lr * backbone_lr_mult)
-    return [Phase("head", head_epochs, lr, None), tuned]
-
-
-@dataclass
-class FinetuneConfig(TrainConfig):
-    """A training run that starts from ``weights``. The defaults suit a small dataset: the
-    ``gradual`` strategy (fastai's ``fine_tune``) over 20 epochs, AdamW with fastai's base lr
-    2e-3, the backbone at half the head's lr (see ``resnetlab.engine.finetune``); on the
-    CIFAR-10 transfer benchmark (``benchmarks/finetune_transfer.py``) these beat the lower
-    backbone lrs usual for ImageNet weights, since a small net's features must move more."""
-
-    command: ClassVar[str] = "finetune"
-
-    data: str = ""
-    model: str = AUTO_MODEL  # the weights' architecture: header, else inferred from the keys
-    strategy: str = "gradual"
-    bn: str = "train"
-    head_epochs: int | None = None  # gradual: 1, lp-ft: half of epochs
-    backbone_lr_mult: float = 0.5
-    stage_decay: float = 1.0  # lr factor per stage towards the stem (1: none)
-    epochs: int = 20
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-
-    def validate(self) -> None:
-        """Raise ResnetlabError naming the flag of the first invalid value (reads no file)."""
-        if not self.weights:
-            raise ResnetlabError("finetune needs --weights FILE")
-        super().validate()
-        checks = [
-            (bool(self.data), "finetune needs --data (a built-in name, a CSV file or a folder)"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
-            (
-                self.backbone_lr_mult > 0,
-                f"--backbone-lr-mult must be positive (got {self.backbone_lr_mult}; "
-                "--strategy linear-probe freezes the backbone)",
-            ),
-            (
-                0 < self.stage_decay <= 1,
-                f"--stage-decay must be in (0, 1] (got {self.stage_decay})",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ResnetlabError(message)
-        self.phases()
-
-    def phases(self) -> list[Phase]:
-        """The strategy's phases over ``epochs`` (an error for impossible ``head_epochs``)."""
-        return plan_phases(
-            self.strategy, self.epochs, self.lr, self.backbone_lr_mult, self.head_epochs
-        )
 
 
 def check_resumed_phases(saved: list[dict[str, Any]], planned: list[Phase], current: int) -> None:

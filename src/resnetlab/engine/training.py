@@ -22,7 +22,8 @@ from resnetlab.engine.board import summary_writer
 from resnetlab.engine.budget import fit_to_budget
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.distributed import launched_world
-from resnetlab.engine.finetune import FinetuneConfig, Phase, fit_phases
+from resnetlab.engine.finetune import fit_phases
+from resnetlab.engine.finetune_config import FinetuneConfig, Phase
 from resnetlab.engine.loop import Normalizer
 from resnetlab.engine.precision import Precision, resolve_device
 from resnetlab.engine.rundir import RunDir
@@ -37,17 +38,9 @@ from resnetlab.engine.weights import (
 )
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model, get_model_spec
+from resnetlab.settings import resumable
 
 Config = TypeVar("Config", bound=TrainConfig)
-
-# Settings that a resumed run may change: how it is watched, saved and fed, not what it learns
-# (epochs and limit_steps change the lr schedule: allowed, with a warning).
-RESUMABLE = frozenset(
-    {
-        "epochs", "limit_steps", "quiet", "workers", "out", "resume", "cache_dir",
-        "save_every", "save_every_minutes", "tensorboard", "resume_any_world",
-    }
-)  # fmt: skip
 
 
 @dataclass
@@ -330,14 +323,15 @@ def _check_command(state: dict[str, Any], command: str, run_dir: str | Path) -> 
 def resume_run(cfg: TrainConfig) -> Start:
     """Data and model for continuing the run in ``cfg.resume`` from its training state.
 
-    The state's config must equal ``cfg`` but for ``RESUMABLE`` keys (an error lists the
-    others), and the data must be the same files. More epochs, another step limit or another
+    The state's config must equal ``cfg`` but for the settings marked ``resumable`` (how the
+    run is watched, saved and fed, not what it learns; an error lists the others), and the
+    data must be the same files. More epochs, another step limit or another
     number of threads are allowed, with a warning that the run is no longer exact.
     """
     state = load_state(Path(cfg.resume) / STATE_FILE)
     _check_command(state, cfg.command, cfg.resume)
-    given, saved = cfg.to_dict(), state["config"]
-    differ = [key for key in given if key not in RESUMABLE and given[key] != saved.get(key)]
+    given, saved, may_change = cfg.to_dict(), state["config"], resumable(type(cfg))
+    differ = [key for key in given if key not in may_change and given[key] != saved.get(key)]
     if differ:
         listed = ", ".join(
             f"{key} (run: {saved.get(key)!r}, now: {given[key]!r})" for key in differ
@@ -345,7 +339,7 @@ def resume_run(cfg: TrainConfig) -> Start:
         raise ResnetlabError(f"--resume {cfg.resume}: the run was started with other {listed}")
     _warn_if_inexact(cfg, state)
     resolved = replace(
-        type(cfg)(**state["resolved"]), **{key: given[key] for key in RESUMABLE - {"out"}}
+        type(cfg)(**state["resolved"]), **{key: given[key] for key in may_change - {"out"}}
     )
     resolved.out = cfg.resume
     header = state["header"]
@@ -359,7 +353,7 @@ def resume_run(cfg: TrainConfig) -> Start:
         )
     bundle = replace(bundle, mean=header["mean"], std=header["std"])
     model = model_for_header(header)
-    requested = {**saved, **{key: given[key] for key in RESUMABLE - {"resume", "out"}}}
+    requested = {**saved, **{key: given[key] for key in may_change - {"resume", "out"}}}
     return Start(resolved, bundle, model, header, requested=requested, resume=state)
 
 

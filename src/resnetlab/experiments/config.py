@@ -1,4 +1,5 @@
-"""The experiments' settings: one dataclass each, with the defaults the CLI shows.
+"""The experiments' settings: one dataclass each, whose fields are the experiment's flags
+(``resnetlab.settings``).
 
 Light on purpose (no torch), so that `resnetlab --help` stays fast.
 """
@@ -9,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from resnetlab.engine.config import SCHEDULES, TrainConfig
 from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.errors import ResnetlabError
+from resnetlab.settings import at_least_one, check_settings, non_negative, positive, setting, shared
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10" / "train"
@@ -20,13 +23,6 @@ PAPER = recipe_defaults("paper")  # sec. 4.2: 45k/5k split, lr 0.1 / 10 at 32k a
 def networks_for(depths: Sequence[int]) -> tuple[str, ...]:
     """``plain<d>`` and ``resnet<d>`` for each depth ``d``: the paper's pairs of twins."""
     return tuple(f"{prefix}{d}" for prefix in ("plain", "resnet") for d in depths)
-
-
-def _check_positive(values: Sequence[tuple[str, int | None]]) -> None:
-    """Raise ResnetlabError naming the first flag whose value is below 1 (None is unset)."""
-    for flag, value in values:
-        if value is not None and value < 1:
-            raise ResnetlabError(f"{flag} must be at least 1 (got {value})")
 
 
 @dataclass(frozen=True)
@@ -70,31 +66,92 @@ FAST = Preset(
 )  # fmt: skip
 
 
+def _depths(source: Preset) -> str:
+    return " ".join(map(str, source.depths))
+
+
+def _depths_help(shown: str) -> str:
+    return f"train plain<N> and resnet<N> for each N (default: {shown})"
+
+
+_AT_LEAST_ONE = "{flag} must be at least 1 (got {value})"
+_POSITIVE = "{flag} must be positive (got {value})"
+
+
 @dataclass
 class DegradationConfig:
     """Networks, data and schedule of the degradation experiment (He et al. 2015, Fig. 6).
     ``None`` settings take the mode's preset (``FAST`` or ``FULL``)."""
 
-    data: str = str(DEFAULT_DATA)
-    networks: tuple[str, ...] = ()  # empty: plain<d> and resnet<d> for each of ``depths``
-    depths: tuple[int, ...] | None = None
-    fast: bool = False
-    subset: int | None = None
-    val_subset: int | None = None
-    image_size: int | None = None
-    batch_size: int | None = None
-    epochs: int | None = None
-    iterations: int | None = None
-    augment: bool | None = None
-    warmup_epochs: float | None = None
-    zero_init_residual: bool | None = None
-    schedule: str | None = None
+    data: str = setting(str(DEFAULT_DATA), help="image folder (default: %(default)s)")
+    fast: bool = setting(
+        False,
+        help=f"all training images and {FAST.val_subset} validation images at "
+        f"{FAST.image_size}x{FAST.image_size}, depths {_depths(FAST)}, {FAST.epochs} epochs of "
+        f"{FAST.schedule}: under 20 minutes on two CPU cores with native bf16",
+    )
+    networks: tuple[str, ...] = setting(  # empty: plain<d> and resnet<d> for each of ``depths``
+        (),
+        metavar="NAME",
+        help="CIFAR networks to compare, e.g. plain20 resnet20 (default: from --depths)",
+    )
+    depths: tuple[int, ...] | None = setting(
+        None,
+        metavar="N",
+        help=_depths_help(f"{_depths(FULL)}; {_depths(FAST)} with --fast"),
+    )
+    subset: int | None = setting(
+        None, help="training images (stratified, seeded)", check=at_least_one, error=_AT_LEAST_ONE
+    )
+    val_subset: int | None = setting(
+        None,
+        help="validation images (stratified, seeded)",
+        check=at_least_one,
+        error=_AT_LEAST_ONE,
+    )
+    image_size: int | None = setting(
+        None, help="resize images to N x N", check=at_least_one, error=_AT_LEAST_ONE
+    )
+    batch_size: int | None = setting(
+        None, help=f"(default: {FULL.batch_size})", check=at_least_one, error=_AT_LEAST_ONE
+    )
+    epochs: int | None = setting(
+        None,
+        help="epochs (default: as --iterations needs)",
+        check=at_least_one,
+        error=_AT_LEAST_ONE,
+    )
+    iterations: int | None = setting(
+        None,
+        help=f"stop after N steps (default: {FULL.iterations})",
+        check=at_least_one,
+        error=_AT_LEAST_ONE,
+    )
+    augment: bool | None = setting(
+        None, negatable=True, help="4-pixel padded crops and flips (default: on, off with --fast)"
+    )
+    warmup_epochs: float | None = setting(
+        None,
+        help=f"linear lr warmup (default: {FULL.warmup_epochs:g})",
+        check=non_negative,
+        error="{flag} must be >= 0 (got {value})",
+    )
+    schedule: str | None = setting(
+        None,
+        choices=SCHEDULES,
+        help=f"lr schedule (default: {FULL.schedule}, the paper's; {FAST.schedule} with --fast)",
+    )
+    zero_init_residual: bool | None = setting(
+        None,
+        negatable=True,
+        help="start each residual branch at zero (default: off, on with --fast)",
+    )
     seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    workers: int = 0
-    out: str | None = None
-    quiet: bool = False
+    out: str | None = setting(None, help="output folder (default: runs/<date-time>-<experiment>)")
+    quiet: bool = setting(False, help="no progress bars")
+    precision: str = shared(TrainConfig, "precision")
+    device: str = shared(TrainConfig, "device")
+    workers: int = shared(TrainConfig, "workers")
 
     def resolved(self) -> DegradationConfig:
         """This config with the networks spelt out and unset settings taken from the preset
@@ -111,32 +168,35 @@ class DegradationConfig:
 
     def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid setting."""
+        check_settings(self)
         if not (self.networks or self.depths):
             raise ResnetlabError("--networks/--depths: no networks to train")
-        _check_positive([
-            ("--subset", self.subset), ("--val-subset", self.val_subset),
-            ("--image-size", self.image_size), ("--batch-size", self.batch_size),
-            ("--epochs", self.epochs), ("--iterations", self.iterations),
-        ])  # fmt: skip
-        if self.warmup_epochs is not None and self.warmup_epochs < 0:
-            raise ResnetlabError(f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})")
 
 
 @dataclass
 class GradientConfig:
     """Networks, data and training of the gradient-flow experiment."""
 
-    data: str = "digits"
-    networks: tuple[str, ...] = ()  # empty: plain<d> and resnet<d> for each of ``depths``
-    depths: tuple[int, ...] = (56, 110)
-    steps: int = 50
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    data: str = setting("digits", help="image data (default: %(default)s)")
+    networks: tuple[str, ...] = shared(DegradationConfig, "networks")
+    depths: tuple[int, ...] = shared(
+        DegradationConfig, "depths", default=(56, 110), help=_depths_help("%(default)s")
+    )
+    steps: int = setting(
+        50,
+        help="SGD steps before the second look (%(default)s)",
+        check=at_least_one,
+        error=_AT_LEAST_ONE,
+    )
+    batch_size: int = setting(128, check=at_least_one, error=_AT_LEAST_ONE)
+    lr: float = setting(
+        0.1, help="constant learning rate (%(default)s)", check=positive, error=_POSITIVE
+    )
+    momentum: float = setting(0.9, cli=False)
+    weight_decay: float = setting(1e-4, cli=False)
+    device: str = shared(TrainConfig, "device")
     seed: int = 0
-    device: str = "auto"
-    out: str | None = None
+    out: str | None = shared(DegradationConfig, "out")
 
     @property
     def network_names(self) -> tuple[str, ...]:
@@ -145,27 +205,25 @@ class GradientConfig:
 
     def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid setting."""
+        check_settings(self)
         if not self.network_names:
             raise ResnetlabError("--networks/--depths: no networks to measure")
-        _check_positive([("--steps", self.steps), ("--batch-size", self.batch_size)])
-        if self.lr <= 0:
-            raise ResnetlabError(f"--lr must be positive (got {self.lr})")
 
 
 @dataclass
 class CaseStudyConfig:
     """Seeds, epochs and batch size (the article gives none) of the article's case study."""
 
-    seeds: int = 5
-    epochs: int = 10
-    batch_size: int = 32
-    out: str | None = None
+    seeds: int = setting(
+        5, help="seeds 0..N-1 (%(default)s)", check=at_least_one, error=_AT_LEAST_ONE
+    )
+    epochs: int = setting(10, check=at_least_one, error=_AT_LEAST_ONE)
+    batch_size: int = setting(32, check=at_least_one, error=_AT_LEAST_ONE)
+    out: str | None = setting(None, help="output folder (default: runs/<date-time>-case-study)")
 
     def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid setting."""
-        _check_positive([
-            ("--seeds", self.seeds), ("--epochs", self.epochs), ("--batch-size", self.batch_size)
-        ])  # fmt: skip
+        check_settings(self)
 
 
 @dataclass
@@ -173,28 +231,29 @@ class VideoConfig:
     """Networks, data and schedule of the video experiment: ``moving-digits`` at
     ``image_size`` (half its 64x64 frames by default, a quarter of the arithmetic)."""
 
-    model: str = "r3d_10_small"
-    frame_model: str = "fr2d_10_small"
-    image_size: int = 32
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 0.05
-    limit_steps: int | None = None
+    model: str = setting("r3d_10_small", help="3-D network (default: %(default)s)")
+    frame_model: str = setting("fr2d_10_small", help="per-frame network (default: %(default)s)")
+    image_size: int = setting(
+        32, help="frame side (default: %(default)s)", check=at_least_one, error=_AT_LEAST_ONE
+    )
+    epochs: int = setting(2, check=at_least_one, error=_AT_LEAST_ONE)
+    batch_size: int = setting(32, check=at_least_one, error=_AT_LEAST_ONE)
+    lr: float = setting(0.05, help="(default: %(default)s)", check=positive, error=_POSITIVE)
+    limit_steps: int | None = setting(
+        None, help="stop each run after N steps", check=at_least_one, error=_AT_LEAST_ONE
+    )
     val_fraction: float = 0.1
     test_fraction: float = 0.2  # 400 test clips: a guess stays within 5 points of 50% (2 sd)
     seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    workers: int = 0
-    out: str | None = None
-    quiet: bool = False
+    out: str | None = shared(DegradationConfig, "out")
+    quiet: bool = shared(DegradationConfig, "quiet")
+    precision: str = shared(TrainConfig, "precision")
+    device: str = shared(TrainConfig, "device")
+    workers: int = shared(TrainConfig, "workers")
 
     def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid setting."""
-        _check_positive([
-            ("--image-size", self.image_size), ("--epochs", self.epochs),
-            ("--batch-size", self.batch_size), ("--limit-steps", self.limit_steps),
-        ])  # fmt: skip
+        check_settings(self)
         if not (
             self.val_fraction >= 0
             and self.test_fraction > 0
@@ -204,5 +263,3 @@ class VideoConfig:
                 "--val-fraction >= 0 and --test-fraction > 0 (the runs share its test split) "
                 f"must leave clips to train on (got {self.val_fraction}, {self.test_fraction})"
             )
-        if self.lr <= 0:
-            raise ResnetlabError(f"--lr must be positive (got {self.lr})")
