@@ -26,13 +26,14 @@ class Setting:
 
     ``help`` may show the field's default as ``%(default)s``; ``flag`` defaults to the field's
     name with dashes (``--batch-size``), ``aliases`` are other names of the same flag. A value
-    must be one of ``choices`` and pass ``check``, else ``error`` is raised, formatted with
-    ``flag``, ``value`` and ``choices``; None passes where the default is None (unset).
+    must be one of ``choices`` and pass ``check``, else ``error`` is raised (the default suits
+    ``choices``; a ``check`` gives its own), formatted with ``flag``, ``value`` and
+    ``choices``; None passes where the default is None (unset).
     ``resumable``: a resumed run may change it (how the run is watched, saved and fed, not
     what it learns). ``group``: the help section it is listed in. ``negatable``: a bool flag
-    with a ``--no-`` form; a bool that defaults to True gets a ``--no-...`` flag that stores
-    False. ``parse`` turns the flag's text into the value (lists: default one value per word).
-    ``cli`` False: the field has no flag.
+    with a ``--no-`` form; otherwise a bool's flag stores True, or False where it defaults to
+    True (name that flag ``--no-...``). ``parse`` turns the flag's text into the value (a
+    list's flag takes one value per word unless parsed). ``cli`` False: the field has no flag.
     """
 
     help: str | None = None
