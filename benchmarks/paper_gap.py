@@ -203,6 +203,7 @@ def train(factor: str, seed: int, args: argparse.Namespace) -> None:
         command += [
             "--model", "resnet20", "--data", str(data), "--recipe", "paper", *length,
             "--seed", str(seed), "--precision", args.precision, "--out", str(path), "--quiet",
+            "--overwrite",  # what a run that failed before its first state left
             *spec.flags,
         ]  # fmt: skip
     print(" ".join(command), flush=True)

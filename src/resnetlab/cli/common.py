@@ -53,6 +53,16 @@ class NestedParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
+def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: a new run may replace an earlier one in its ``--out`` folder."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in --out: remove the files it wrote (checkpoints, state, "
+        "metrics, log, figures) first; without it, an --out that holds a run is an error",
+    )
+
+
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """``--precision``, ``--device`` and ``--workers``."""
     p.add_argument(

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, fields
 from functools import partial
 
-from resnetlab.cli.common import DEVICE_HELP, NestedParser
+from resnetlab.cli.common import DEVICE_HELP, NestedParser, add_overwrite_flag
 from resnetlab.detection.config import DETECTORS, NORMS, OPTIMIZERS, DetectConfig
 
 
@@ -70,6 +70,7 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="keep the first N images of each split (trials)")
     p.add_argument("--device", default=d.device, help=DEVICE_HELP)
     p.add_argument("--out", help="run folder (default: runs/<date-time>-<detector>-<model>-<data>)")
+    add_overwrite_flag(p)
     # dest differs from `train`'s --resume, whose run folders hold another kind of state
     p.add_argument("--resume", dest="resume_run", metavar="RUN_DIR", help="continue this run")
     p.set_defaults(func=_train)
@@ -101,7 +102,7 @@ def _train(args: argparse.Namespace) -> None:
     from resnetlab.commands.detect import detect_train
 
     values = {f.name: getattr(args, f.name) for f in fields(DetectConfig) if hasattr(args, f.name)}
-    detect_train(DetectConfig(**values, resume=args.resume_run))
+    detect_train(DetectConfig(**values, resume=args.resume_run), overwrite=args.overwrite)
 
 
 def _eval(args: argparse.Namespace) -> None:

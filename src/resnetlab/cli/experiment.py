@@ -8,7 +8,7 @@ from dataclasses import fields
 from functools import partial
 from typing import Any
 
-from resnetlab.cli.common import DEVICE_HELP, NestedParser, add_runtime_flags
+from resnetlab.cli.common import DEVICE_HELP, NestedParser, add_overwrite_flag, add_runtime_flags
 from resnetlab.engine.config import SCHEDULES
 from resnetlab.experiments.config import (
     FAST,
@@ -131,6 +131,7 @@ def _register_case_study(experiments: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--out", help="output folder (default: runs/<date-time>-case-study)")
+    add_overwrite_flag(p)
 
 
 def _register_video(experiments: argparse._SubParsersAction) -> None:
@@ -163,6 +164,7 @@ def _register_video(experiments: argparse._SubParsersAction) -> None:
 def _add_common(p: argparse.ArgumentParser, seed: int) -> None:
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--out", help="output folder (default: runs/<date-time>-<experiment>)")
+    add_overwrite_flag(p)
 
 
 def _config(cls: type, args: argparse.Namespace) -> Any:
@@ -176,16 +178,16 @@ def run(args: argparse.Namespace) -> None:
     if args.experiment == "degradation":
         from resnetlab.experiments.degradation import run_degradation
 
-        run_degradation(_config(DegradationConfig, args))
+        run_degradation(_config(DegradationConfig, args), overwrite=args.overwrite)
     elif args.experiment == "gradients":
         from resnetlab.experiments.gradients import run_gradients
 
-        run_gradients(_config(GradientConfig, args))
+        run_gradients(_config(GradientConfig, args), overwrite=args.overwrite)
     elif args.experiment == "case-study":
         from resnetlab.experiments.case_study import run_case_study
 
-        run_case_study(_config(CaseStudyConfig, args))
+        run_case_study(_config(CaseStudyConfig, args), overwrite=args.overwrite)
     else:
         from resnetlab.experiments.video import run_video
 
-        run_video(_config(VideoConfig, args))
+        run_video(_config(VideoConfig, args), overwrite=args.overwrite)

@@ -74,4 +74,4 @@ def run(args: argparse.Namespace) -> None:
     from resnetlab.commands.finetune import finetune
     from resnetlab.engine.finetune import FinetuneConfig
 
-    finetune(config_from_args(FinetuneConfig, args))
+    finetune(config_from_args(FinetuneConfig, args), overwrite=args.overwrite)

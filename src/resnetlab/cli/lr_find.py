@@ -47,4 +47,5 @@ def run(args: argparse.Namespace) -> None:
             raise ResnetlabError(f"{flags}: fine-tuning flags, which need --weights")
     cfg = config_from_args(FinetuneConfig if args.weights else TrainConfig, args)
     sweep = {"start_lr": args.start_lr, "end_lr": args.end_lr, "steps": args.steps}
-    lr_find(cfg, LrRange(**{k: v for k, v in sweep.items() if v is not None}))
+    lr_range = LrRange(**{k: v for k, v in sweep.items() if v is not None})
+    lr_find(cfg, lr_range, overwrite=args.overwrite)

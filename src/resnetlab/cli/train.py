@@ -7,7 +7,12 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from resnetlab.cli.common import add_compile_flag, add_runtime_flags, parse_option
+from resnetlab.cli.common import (
+    add_compile_flag,
+    add_overwrite_flag,
+    add_runtime_flags,
+    parse_option,
+)
 from resnetlab.engine.config import (
     AUTO_AUGMENTS,
     BEST_BY,
@@ -116,6 +121,7 @@ def add_training_flags(p: argparse.ArgumentParser, d: TrainConfig | None) -> Non
         "own, else the data's)",
     )
     p.add_argument("--out", help="run folder (default: runs/<date>-<model>-<data>)")
+    add_overwrite_flag(p)
     p.add_argument("--limit-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     p.add_argument("--quiet", action="store_true", default=default("quiet"), help="no progress bar")
     add_image_flags(p, default)
@@ -378,4 +384,4 @@ def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(TrainConfig, args)
     if args.model is None and args.weights:
         cfg.model = AUTO_MODEL
-    train(cfg)
+    train(cfg, overwrite=args.overwrite)

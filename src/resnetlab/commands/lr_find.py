@@ -21,6 +21,7 @@ import matplotlib
 import numpy as np
 import torch
 
+from resnetlab.engine.claim import open_run_dir, run_name
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.distributed import launched_world
 from resnetlab.engine.finetune import (
@@ -31,7 +32,7 @@ from resnetlab.engine.finetune import (
 )
 from resnetlab.engine.loop import EpochTally, TrainStep
 from resnetlab.engine.optim import make_optimizer
-from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state_dicts import WeightsFile
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.training import check_run, single_phase, start_run
@@ -81,17 +82,21 @@ class LrFindResult:
     plot: Path
 
 
-def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
+def lr_find(
+    cfg: TrainConfig, lr_range: LrRange | None = None, *, overwrite: bool = False
+) -> LrFindResult:
     """Run the range test for ``cfg``: a ``FinetuneConfig`` probes the first phase of its
     strategy (the swept lr is the head's, the backbone keeps its ratio), any other config
-    probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch."""
+    probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch.
+    ``overwrite``: as `train`'s."""
     lr_range = lr_range or LrRange()
     if launched_world().distributed:
         raise ResnetlabError("lr-find runs in one process: start it without torchrun")
     weights = check_run(cfg)
     lr_range.validate()
     source = Path(cfg.weights).stem if cfg.weights else cfg.model
-    with RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data)) as run:
+    name = run_name(f"lr-find-{source}", cfg.data)
+    with open_run_dir(cfg.out, name, overwrite=overwrite) as run:
         return _lr_find(cfg, lr_range, run, weights)
 
 

@@ -161,8 +161,6 @@ class Trainer:
         self.pending = resume
         if resume is not None:
             self._restore_progress(resume)
-        elif run.file("metrics.jsonl").exists():  # a new run in a used folder: its own metrics
-            run.rewrite_metrics([])
         self.start = time.perf_counter()
         self.last_save = self.start
         wants_board = cfg.tensorboard and self.world.is_main

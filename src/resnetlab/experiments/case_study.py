@@ -63,7 +63,7 @@ class CaseStudyResult:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def run_case_study(cfg: CaseStudyConfig) -> CaseStudyResult:
+def run_case_study(cfg: CaseStudyConfig, *, overwrite: bool = False) -> CaseStudyResult:
     """Print the article's log for seed 0, then the comparison over ``cfg.seeds`` seeds and a
     plain statement against the article's 92.5%; write ``case_study.md`` and ``.json``."""
     cfg.validate()
@@ -71,7 +71,7 @@ def run_case_study(cfg: CaseStudyConfig) -> CaseStudyResult:
     # Matrices of 32 x 40: extra threads only wait on each other (7x slower on a busy CPU).
     torch.set_num_threads(1)
     try:
-        with RunDir(experiment_dir(cfg.out, "case-study")) as log:
+        with experiment_dir(cfg.out, "case-study", overwrite) as log:
             return _run(cfg, log)
     finally:
         torch.set_num_threads(threads)

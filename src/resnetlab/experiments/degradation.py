@@ -119,7 +119,7 @@ def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) ->
     )
 
 
-def run_degradation(cfg: DegradationConfig) -> DegradationResult:
+def run_degradation(cfg: DegradationConfig, *, overwrite: bool = False) -> DegradationResult:
     """Train every network of ``cfg`` on the same data; write the figure, table and JSON.
 
     The outputs are rewritten after each network, so a stopped run keeps what it has.
@@ -128,7 +128,7 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
     cfg.validate()
     for name in cfg.networks:
         describe_network(name)
-    with RunDir(experiment_dir(cfg.out, "degradation")) as log:
+    with experiment_dir(cfg.out, "degradation", overwrite) as log:
         return _run(cfg, log)
 
 

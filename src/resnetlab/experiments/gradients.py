@@ -89,13 +89,13 @@ def first_last_ratio(norms: list[float]) -> float:
     return norms[0] / norms[-1] if norms[-1] else math.inf
 
 
-def run_gradients(cfg: GradientConfig) -> GradientResult:
+def run_gradients(cfg: GradientConfig, *, overwrite: bool = False) -> GradientResult:
     """Measure every network of ``cfg`` at init and after ``cfg.steps`` SGD steps; write
     ``gradients.png`` (log scale), ``gradients.md`` and ``gradients.json``."""
     cfg.validate()
     for name in cfg.network_names:
         describe_network(name)
-    with RunDir(experiment_dir(cfg.out, "gradients")) as log:
+    with experiment_dir(cfg.out, "gradients", overwrite) as log:
         return _run(cfg, log)
 
 

@@ -67,13 +67,13 @@ class VideoResult:
     elapsed_s: float
 
 
-def run_video(cfg: VideoConfig) -> VideoResult:
+def run_video(cfg: VideoConfig, *, overwrite: bool = False) -> VideoResult:
     """Train the three networks of ``cfg``; write video.md, video.json and video.png."""
     cfg.validate()
     for flag, name in (("--model", cfg.model), ("--frame-model", cfg.frame_model)):
         if get_model_spec(name).data_kind != "video":
             raise ResnetlabError(f"{flag} {name}: not a video network (see resnetlab models)")
-    with RunDir(experiment_dir(cfg.out, "video")) as log:
+    with experiment_dir(cfg.out, "video", overwrite) as log:
         return _run(cfg, log)
 
 
