@@ -31,26 +31,26 @@ def os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def writable_folder(path: Path, flag: str = "--out") -> None:
+def writable_folder(path: Path) -> None:
     """Make the folder ``path`` (and its parents) and check that a file can be written in it;
-    a one-line ``ResnetlabError`` naming ``flag`` where not."""
+    a one-line ``ResnetlabError`` naming ``--out`` where not."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / WRITE_PROBE
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ResnetlabError(f"{flag}: cannot write to '{path}': {os_reason(exc)}") from None
+        raise ResnetlabError(f"--out: cannot write to '{path}': {os_reason(exc)}") from None
 
 
-def unique_name(stem: str, used: set[str], suffix: str = ".png") -> str:
-    """``stem + suffix``, or ``stem-2 + suffix``, ``stem-3``... where a name in ``used`` (the
-    names given so far, to which the one returned is added) has it already: two inputs of one
-    name (``a/x.jpg``, ``b/x.jpg``) never write one file."""
-    name, count = f"{stem}{suffix}", 1
+def unique_name(stem: str, used: set[str]) -> str:
+    """``stem.png``, or ``stem-2.png``, ``stem-3.png``... where ``used`` (the names given so
+    far, to which the one returned is added) has it already: two inputs of one name
+    (``a/x.jpg``, ``b/x.jpg``) never write one file."""
+    name, count = f"{stem}.png", 1
     while name in used:
         count += 1
-        name = f"{stem}-{count}{suffix}"
+        name = f"{stem}-{count}.png"
     used.add(name)
     return name
 
