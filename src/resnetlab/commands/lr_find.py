@@ -5,9 +5,11 @@ the loss is recorded (Smith 2017, "Cyclical learning rates for training neural n
 sec. 3.3), smoothed by a moving average over a tenth of the sweep; the sweep stops once the
 smoothed loss exceeds 4x its minimum. The suggestion is the lr where the smoothed loss falls
 fastest (steepest descent of loss against log lr); the lr at the loss minimum divided by 10,
-the other common rule, is printed too. Batches are normalised but neither augmented nor mixed.
-The model and optimiser are a probe and are discarded: only the curve, its plot and the
-suggestion remain.
+the other common rule, is printed too. Each step is the run's own training step on its own
+batches, augmented and mixed as the same flags would have `train` (or `finetune`) do: the lr
+is probed under the conditions the run will train in, as fastai's ``lr_find`` (which runs the
+learner's training loop with its callbacks) does. The model and optimiser are a probe and are
+discarded: only the curve, its plot and the suggestion remain.
 """
 
 from __future__ import annotations
