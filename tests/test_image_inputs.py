@@ -13,7 +13,8 @@ from helpers import make_squares
 from PIL import Image
 
 from resnetlab.commands.evaluate import EvalConfig, evaluate
-from resnetlab.data import folder
+from resnetlab.data import ImageOptions, folder, load_data
+from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import scan_image_folder
 from resnetlab.engine import loop
 from resnetlab.engine.image_inputs import reading
@@ -145,17 +146,39 @@ def test_an_array_that_fits_no_layout_is_a_one_line_error(
             assert needle in str(raised.value)
 
 
+def squares_as_jpegs(root: Path, per_class: int = 2) -> Path:
+    """JPEGs of ``make_squares``'s classes, 80 x 71: larger than a 32 x 32 input and not
+    square, so decoding at a reduced scale (JPEG draft mode) and cutting the centred square
+    both matter."""
+    for path in make_squares(root, per_class=per_class, size=80, seed=1):
+        with Image.open(path) as image:
+            image.crop((0, 0, 80, 71)).save(path.with_suffix(".jpg"), quality=90)
+        path.unlink()
+    return root
+
+
+def test_a_streamed_folder_holds_the_cached_pixels(tmp_path: Path) -> None:
+    root = squares_as_jpegs(tmp_path / "jpegs", per_class=4)
+
+    def load(**options: float) -> DataBundle:
+        return load_data(str(root), val_fraction=0.25, test_fraction=0.25, image_size=32,
+                         image_options=ImageOptions(cache_dir=None, **options))  # fmt: skip
+
+    cached, streamed = load(), load(cache_mem_gb=0.0)
+    assert streamed.pipeline.startswith("streaming") and cached.pipeline.startswith("cached")
+    for part in ("train", "val", "test"):
+        parts = (getattr(streamed, part), getattr(cached, part))
+        rows = [torch.stack([p[i][0] for i in range(len(p))]) for p in parts]
+        assert rows[0].dtype == torch.uint8 and torch.equal(*rows)
+    assert streamed.mean == pytest.approx(cached.mean, abs=1e-9)
+    assert streamed.std == pytest.approx(cached.std, abs=1e-9)
+
+
 @pytest.mark.parametrize("streamed", [True, False])
 def test_eval_answers_each_file_as_predict_does(
     squares_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
-    """JPEGs larger than the input and not square: decoding at a reduced scale (JPEG draft
-    mode) and cutting the centred square both matter."""
-    root = tmp_path / "held_out"
-    for path in make_squares(root, per_class=2, size=80, seed=1):
-        with Image.open(path) as image:
-            image.crop((0, 0, 80, 71)).save(path.with_suffix(".jpg"), quality=90)
-        path.unlink()
+    root = squares_as_jpegs(tmp_path / "held_out")
     if streamed:
         monkeypatch.setattr(folder, "fits_in_memory", lambda *args, **kwargs: False)
     logits = []
