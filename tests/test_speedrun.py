@@ -52,11 +52,15 @@ def test_the_whitening_stem_decorrelates_the_patches() -> None:
 
 @pytest.fixture(scope="module")
 def recipe_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A 3-epoch run of the recipe, its trainer and its trained (not averaged) weights as
-    they were before the final evaluation."""
+    """A 3-epoch run of the recipe, its trainer, and its weights as training began (the
+    stem whitened) and as it left them (not averaged) before the final evaluation."""
     out = tmp_path_factory.mktemp("speedrun") / "run"
     seen: dict[str, object] = {}
-    finish = Trainer.finish
+    fit, finish = Trainer.fit, Trainer.finish
+
+    def keep_then_fit(self: Trainer, *args: object) -> None:
+        seen["initial"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        fit(self, *args)
 
     def keep_then_finish(self: Trainer, title: str) -> object:
         seen["trainer"] = self
@@ -64,6 +68,7 @@ def recipe_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Simple
         return finish(self, title)
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "fit", keep_then_fit)
         patch.setattr(Trainer, "finish", keep_then_finish)
         assert main([*RECIPE, "--data", str(folder), *RESUMABLE, "--out", str(out)]) == 0
     return SimpleNamespace(out=out, **seen)
@@ -105,6 +110,30 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
     mean = torch.cat(inputs).float().mean((0, 2, 3))
     assert torch.allclose(last["layer1.bn1.running_mean"], mean, atol=1e-5)
     assert not torch.allclose(trained["layer1.bn1.running_mean"], mean, atol=1e-3)
+
+
+# What the speed-run network freezes: its whitening filters and every BatchNorm scale.
+FROZEN = [
+    "whiten.weight",
+    *(f"layer{stage}.bn{bn}.weight" for stage in (1, 2, 3) for bn in (1, 2)),
+]
+
+
+def test_the_frozen_whitening_filters_and_batchnorm_scales_stay_as_they_were(
+    recipe_run: SimpleNamespace,
+) -> None:
+    """Bit for bit, in the trained weights and in the average that the checkpoints hold
+    (every speed run once trained them, the filters with weight decay)."""
+    model = create_model("speedrun")
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == FROZEN
+    initial, trained = recipe_run.initial, recipe_run.trained
+    averaged = load_file(recipe_run.out / "last.safetensors")
+    for name in FROZEN:
+        assert torch.equal(trained[name], initial[name]), name
+        assert torch.equal(averaged[name], initial[name]), name
+    assert all(torch.equal(initial[name], torch.ones_like(initial[name])) for name in FROZEN[1:])
+    for name in ("whiten.bias", "layer1.bn1.bias"):  # what trains beside them
+        assert not torch.equal(trained[name], initial[name]), name
 
 
 def test_the_average_s_batchnorm_leaves_out_a_last_batch_of_one(

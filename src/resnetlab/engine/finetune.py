@@ -225,9 +225,11 @@ def _stay_in_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
 
 @contextmanager
 def phase_mode(model: nn.Module, phase: Phase, bn_policy: str) -> Iterator[frozenset[str]]:
-    """Within the block, only ``phase``'s parameters require gradients, and the BatchNorm
-    layers whose statistics must stay fixed run in eval mode even under ``model.train()``; it
-    gives their names. On exit the model's ``requires_grad`` flags are as they were."""
+    """Within the block, only ``phase``'s parameters require gradients, of those that required
+    them before (what the model freezes itself, e.g. the speed-run network's whitening filters,
+    stays frozen), and the BatchNorm layers whose statistics must stay fixed run in eval mode
+    even under ``model.train()``; it gives their names. On exit the model's ``requires_grad``
+    flags are as they were."""
     head, _ = parameter_stages(model)
     norms = {
         n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -241,8 +243,8 @@ def phase_mode(model: nn.Module, phase: Phase, bn_policy: str) -> Iterator[froze
     if phase.trains_backbone:
         trains |= {id(p) for p in model.parameters() if id(p) not in fixed_affine}
     before = [(p, p.requires_grad) for p in model.parameters()]
-    for param in model.parameters():
-        param.requires_grad_(id(param) in trains)
+    for param, flag in before:
+        param.requires_grad_(flag and id(param) in trains)
     hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms.values() if fixed_norms]
     try:
         yield frozenset(norms if fixed_norms else ())
