@@ -13,7 +13,7 @@ from helpers import assert_one_line_error, crash_after_state, make_folder, run_c
 from safetensors.torch import load_file
 
 from resnetlab.cli import main
-from resnetlab.engine import budget
+from resnetlab.engine import budget, finetune
 from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Pace, Speed, fit_length, pace_of
 from resnetlab.engine.optim import lr_factor
 from resnetlab.engine.rundir import fingerprint
@@ -157,6 +157,36 @@ def test_a_run_with_weight_averaging_resumes_exactly(
     assert load_state(tmp_path / "crashed" / STATE_FILE)["averaged"]["n_averaged"] == 6
     assert main(["train", "--resume", str(tmp_path / "crashed")]) == 0
     assert fingerprint(tmp_path / "crashed") == fingerprint(recipe_run.out)
+
+
+def test_a_state_saved_while_the_frozen_parameters_trained_resumes_as_saved(
+    folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A state from before the frozen parameters stayed frozen holds optimiser groups (and
+    momentum) for them: its run goes on training them, to the run never stopped."""
+    phase_mode = finetune.phase_mode
+
+    def old_phase_mode(*args: object, unfreeze: bool = False) -> object:
+        return phase_mode(*args, unfreeze=True)  # every 'all' phase trained every parameter
+
+    argv = [*RECIPE, "--data", str(folder), *RESUMABLE]
+    monkeypatch.setattr(finetune, "phase_mode", old_phase_mode)
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    crash_after_state(monkeypatch, at_step=6)  # in epoch 2
+    with pytest.raises(MemoryError):
+        main([*argv, "--out", str(tmp_path / "crashed")])
+    monkeypatch.undo()
+    groups = load_state(tmp_path / "crashed" / STATE_FILE)["optimizer"]["param_groups"]
+    every = len(list(create_model("speedrun").parameters()))
+    assert sum(len(group["params"]) for group in groups) == every  # the frozen ones too
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "crashed"))
+    assert code == 0 and "trained the parameters its model freezes" in err
+    assert fingerprint(tmp_path / "crashed") == fingerprint(tmp_path / "whole")
+    scale = load_file(tmp_path / "whole" / "last.safetensors")["layer1.bn1.weight"]
+    assert not torch.equal(scale, torch.ones_like(scale))  # they trained
 
 
 def test_a_tiny_time_budget_cuts_the_run_and_still_writes_its_outputs(
