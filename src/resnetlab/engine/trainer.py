@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from resnetlab.engine.budget import Budget
 
 _CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count (--on-nan stop)
+# Under torchrun, steps between agreements on stop requests and timed saves (and each epoch's
+# last step): a signal stops every process within this many steps, with no collective per step.
+AGREE_EVERY = 10
 MIN_TIMED_S = 1.0  # shorter epochs print no samples/s: a few steps are too few to time
 
 
@@ -281,8 +284,8 @@ class Trainer:
                     self.budget.after_epoch(self, tally, time.perf_counter() - trained)
                 tally = None
                 self.save_state(None)
-                self._agree()  # a signal during validation reached one process alone
-                self._stop_if_asked()
+                # a signal during validation may have reached one process alone
+                self._stop_if_asked(self._agreed()[0])
 
     def _train_epoch(self, tally: EpochTally) -> EpochTally:
         """The rest of the current epoch, from step ``tally.steps`` of it."""
@@ -304,29 +307,31 @@ class Trainer:
         self.steps_done += 1
         if self.average is not None:
             self.average.update(self.model)
-        minutes = self.cfg.save_every_minutes
-        late = minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
-        late = self._agree(late)
-        stop = self.stops.signal
+        stop, late = None, False
+        ends_epoch = tally.steps == self.steps_per_epoch or self.out_of_steps
+        if not self.world.distributed or ends_epoch or self.steps_done % AGREE_EVERY == 0:
+            minutes = self.cfg.save_every_minutes
+            late = minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
+            stop, late = self._agreed(late)
         due = late or (self.cfg.save_every and self.steps_done % self.cfg.save_every == 0)
         if stop is not None or due:
             self.save_state(tally)
         elif tally.steps % _CHECK_EVERY == 0 or self.step_options.skip_nonfinite:
             self._check_finite(tally)  # --on-nan skip counts on the host: no sync, every step
-        self._stop_if_asked()
+        self._stop_if_asked(stop)
 
-    def _agree(self, late: bool = False) -> bool:
-        """Under ``torchrun``, every process's stop request and ``late`` made the same (any
-        process's), so that all stop, and save, at the same step; ``late`` as agreed."""
-        if self.world.distributed:
-            agreed = self.world.max(torch.tensor([self.stops.signal or 0, int(late)]))
-            self.stops.signal = signal.Signals(int(agreed[0])) if agreed[0] else None
-            late = bool(agreed[1])
-        return late
-
-    def _stop_if_asked(self) -> None:
-        """After the state is saved: end the run if a signal asked for it (``RunStopped``)."""
+    def _agreed(self, late: bool = False) -> tuple[signal.Signals | None, bool]:
+        """The stop request (a signal) and ``late``: this process's own in one process; under
+        ``torchrun``, any process's, so that all stop, and save, at the same step."""
         stop = self.stops.signal
+        if self.world.distributed:
+            agreed = self.world.max(torch.tensor([stop or 0, int(late)]))
+            stop = signal.Signals(int(agreed[0])) if agreed[0] else None
+            late = bool(agreed[1])
+        return stop, late
+
+    def _stop_if_asked(self, stop: signal.Signals | None) -> None:
+        """After the state is saved: end the run if a signal asked for it (``RunStopped``)."""
         if stop is not None:
             raise RunStopped(
                 f"stopped by {stop.name} after epoch {len(self.history)}, step "
