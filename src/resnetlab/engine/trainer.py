@@ -481,7 +481,8 @@ class Trainer:
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
             "threads": torch.get_num_threads(),
             "world": self.world.size,
-            "rng": self.world.gather(capture_rng()),
+            "rng": self.world.gather(capture_rng(self.precision.device)),
+            "ran_as": str(self.precision),
         }
         if self.world.is_main:
             save_state(self.run.file(STATE_FILE), state)
@@ -506,9 +507,17 @@ class Trainer:
         assert self.phase is not None
         self.phase.optimizer.load_state_dict(state["optimizer"])
         self._reschedule(self.phase.total_steps)  # the schedule at its step, of this run's length
-        self.scaler.load_state_dict(state["scaler"])
+        ran_as = state.get("ran_as", str(self.precision))  # older states do not say
+        if ran_as != str(self.precision):
+            warnings.warn(
+                f"--resume: the run trained as {ran_as}, this machine trains it as "
+                f"{self.precision}; the run will not match an uninterrupted one",
+                stacklevel=2,
+            )
+        if state["scaler"] or not self.scaler.is_enabled():  # fp16 after bf16 or fp32: a new
+            self.scaler.load_state_dict(state["scaler"])  # scale, found again in a few steps
         rank = self.world.rank % state["world"]  # another world: not exact, as --resume warned
-        restore_rng(state["rng"][rank])
+        restore_rng(state["rng"][rank], self.precision.device)
         self.pending = None
         if state["tally"][0] is None:
             return None
