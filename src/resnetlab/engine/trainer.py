@@ -125,7 +125,9 @@ class Trainer:
         self.bundle, self.cfg, self.run, self.header = bundle, cfg, run, header
         self.requested = requested if requested is not None else cfg.to_dict()
         self.world = launched_world()
-        self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
+        device = resolve_device(cfg.device)
+        with self.world.main_first():  # rank 0 measures a CPU's bf16 speed for the cache first
+            self.precision = resolve_precision(cfg.precision, device, bundle.kind)
         if self.precision.device.type == "cpu":
             keep_freed_memory()  # about 10% faster steps (engine/memory.py)
         if cfg.sync_bn:
