@@ -148,7 +148,9 @@ class Trainer:
             len(bundle.train), self._train_batch_size(), shuffle=True, seed=cfg.seed,
             drop_last=True, rank=self.world.rank, world=self.world.size,
         )  # fmt: skip
-        self.train_loader = make_loader(bundle.train, self.order, workers=cfg.workers)
+        self.train_loader = make_loader(
+            bundle.train, self.order, workers=cfg.workers, device=self.precision.device
+        )
         self.val_loader = None if bundle.val is None else self._eval_loader(bundle.val)
         self.scaler = torch.amp.GradScaler(
             self.precision.device.type, enabled=self.precision.name == "fp16"
@@ -423,7 +425,8 @@ class Trainer:
             drop_last=True, rank=self.world.rank, world=self.world.size,
         )  # fmt: skip
         batches = max(1, min(len(order), BN_SAMPLES // order.batch_size))
-        for x, _, _ in itertools.islice(make_loader(self.bundle.train, order), batches):
+        loader = make_loader(self.bundle.train, order, device=self.precision.device)
+        for x, _, _ in itertools.islice(loader, batches):
             yield self.precision.batch(self.normalize(x.to(self.precision.device)))
 
     def _eval_loader(self, dataset: Dataset) -> TensorBatches | DataLoader:
@@ -432,7 +435,9 @@ class Trainer:
         world = self.world
         if world.distributed:
             dataset = Subset(dataset, range(world.rank, len(dataset), world.size))
-        return make_loader(dataset, 2 * self.cfg.batch_size, workers=self.cfg.workers)
+        return make_loader(
+            dataset, 2 * self.cfg.batch_size, workers=self.cfg.workers, device=self.precision.device
+        )
 
     def _predict(
         self, loader: TensorBatches | DataLoader, model: nn.Module, tta: bool = False
