@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/resnetlab train --model resnet20 --data mnist5k --epochs 12 --out runs/demo
+	$(BIN)/resnetlab train --model resnet20 --data mnist5k --epochs 12 --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2

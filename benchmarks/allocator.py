@@ -3,6 +3,7 @@
 seconds per wall second, and page faults per step. Writes benchmarks/results/allocator.json.
 
     .venv/bin/python benchmarks/allocator.py [--model speedrun --batch 512 --rounds 3]
+    .venv/bin/python benchmarks/allocator.py --smoke     # resnet20, one step of batch 2 a setting
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import smoke
 import torch
 
 from resnetlab.bench.hardware import machine_name
@@ -55,7 +57,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "allocator.json"
+    )
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "model": "resnet20", "batch": 2, "steps": 1, "rounds": 1,
+            "out": folder / "allocator.json",
+        },
+    )
     rows: dict[str, list[list[float]]] = {"glibc default": [], "keep_freed_memory": []}
     for _ in range(args.rounds):
         for keep, label in enumerate(rows):
@@ -77,9 +88,8 @@ def main() -> None:
     }  # fmt: skip
     base, kept = (result["rows"][label]["images_per_s"] for label in rows)
     result["speedup"] = kept / base
-    out = Path(__file__).parent / "results" / "allocator.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -2,7 +2,8 @@
 inference, each in one process, side by side with the seed-style and user loops.
 
 Prints the Markdown table the README shows and writes benchmarks/results/bench_standard.json:
-    .venv/bin/python benchmarks/bench_standard.py [--quick] [--models resnet20 resnet50]
+    .venv/bin/python benchmarks/bench_standard.py [--models resnet20 resnet50] [--rounds 3]
+    .venv/bin/python benchmarks/bench_standard.py --smoke   # resnet20 training, 8x8, eager
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import smoke
 
 from resnetlab.commands.bench import BenchConfig, bench
 
@@ -50,13 +53,30 @@ def main() -> None:
     )
     parser.add_argument("--modes", nargs="+", default=["train", "infer"])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, help="every bench's (default: the standard set's)")
+    parser.add_argument("--input-size", type=int, help="every bench's (default: the standard's)")
+    parser.add_argument("--steps", type=int, help="per round (default: 2 above 64 pixels, else 4)")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True,
+        help="the compiled rows (default: on)",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/bench_standard.json")
-    args = parser.parse_args()
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "models": ["resnet20"], "modes": ["train"], "batch": 2, "input_size": 8, "steps": 1,
+            "rounds": 1, "compile": False, "out": str(folder / "bench_standard.json"),
+        },
+    )  # fmt: skip
     results = []
     for (model, mode), (batch, size) in STANDARD.items():
         if model in args.models and mode in args.modes:
-            steps = 2 if size > 64 else 4
-            cfg = BenchConfig(model, mode, batch, size, steps=steps, rounds=args.rounds)
+            size = args.input_size or size
+            steps = args.steps or (2 if size > 64 else 4)
+            cfg = BenchConfig(
+                model, mode, args.batch or batch, size, steps=steps, rounds=args.rounds,
+                compile=args.compile,
+            )  # fmt: skip
             results.append(bench(cfg))
             print(markdown(results[-1:]), flush=True)
     out = Path(args.out)

@@ -3,7 +3,8 @@
 Prints a table and writes benchmarks/results/data_throughput.json. Run on an image folder
 DIR/<class>/* (e.g. 50,000 CIFAR-10 JPEGs):
     .venv/bin/python benchmarks/data_throughput.py --data /path/to/cifar10/train
-The first decode goes to a fresh temporary cache folder, deleted afterwards.
+The first decode goes to a fresh temporary cache folder, deleted afterwards. `--smoke` measures
+a few batches of 16x16 images, one decode thread.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import smoke
 import torch
 from torch.utils.data import DataLoader
 
@@ -106,7 +108,13 @@ def main() -> None:
         help="files read by each streaming-loader measurement",
     )
     parser.add_argument("--out", default="benchmarks/results/data_throughput.json")
-    args = parser.parse_args()
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "size": 16, "workers": 1, "batch": 8, "steps": 1, "stream_images": 16,
+            "out": str(folder / "data_throughput.json"),
+        },
+    )  # fmt: skip
 
     root = Path(args.data)
     (classes, files, labels), scan_s = timed(scan, root)

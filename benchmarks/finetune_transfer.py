@@ -10,7 +10,8 @@ Prints a Markdown table and writes JSON. Run from the repository root:
     .venv/bin/python benchmarks/finetune_transfer.py
 
 A quick check of the pipeline: add --pretrain-per-class 50 --pretrain-epochs 1 --epochs 2
---train-per-class 10 --test-per-class 20. --pretrained FILE reuses an earlier pretraining.
+--train-per-class 10 --test-per-class 20 (`--smoke`: a few images per class, one strategy).
+--pretrained FILE reuses an earlier pretraining.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+
+import smoke
 
 from resnetlab.commands.finetune import finetune
 from resnetlab.commands.train import train
@@ -145,7 +148,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="of every transfer run")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "work": str(folder / "work"), "out": str(folder / "finetune_transfer.json"),
+            "pretrain_per_class": 4, "pretrain_epochs": 1, "train_per_class": 2,
+            "test_per_class": 2, "epochs": 1, "batch_size": 8, "strategies": ["linear-probe"],
+        },
+    )  # fmt: skip
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=False)
 

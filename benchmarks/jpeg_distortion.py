@@ -10,7 +10,9 @@ the stand-in, gives the ratio of the two contents' sensitivity to JPEG; the stan
 against lossless, scaled by it, place every folder on one axis, mean squared error against
 lossless (8-bit RGB), where accuracy can be extrapolated to zero.
 
-    python benchmarks/jpeg_distortion.py SOURCE --source-quality 75 --folder 50=DIR50
+    python benchmarks/jpeg_distortion.py SOURCE --source-quality 75 --folder 50=DIR50 [--out FILE]
+
+`--smoke` writes the JSON to a temporary folder (on a small folder the script is quick as it is).
 
 Re-encoding is not monotone in quality: at 4:2:0, 75 then 50 loses more than 75 then 30 on the
 stand-in (misaligned quantisation steps), which a line through the qualities cannot see.
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import statistics
 from pathlib import Path
 
 import numpy as np
+import smoke
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
@@ -119,7 +123,8 @@ def main() -> None:
         "--folder", action="append", default=[], metavar="QUALITY=DIR",
         help="a folder re-encoded from SOURCE at QUALITY",
     )  # fmt: skip
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="also write the result to this JSON file")
+    args = smoke.parse_args(parser, lambda folder: {"out": folder / "jpeg_distortion.json"})
     folders = {}
     for item in args.folder:
         quality, _, folder = item.partition("=")
@@ -132,6 +137,9 @@ def main() -> None:
     print(f"content scale (folder / stand-in): {result['content_scale']:.2f}")
     for quality, error in sorted(result["mse"].items(), reverse=True):
         print(f"quality {quality}: MSE {error:.1f} against lossless ({psnr(error):.1f} dB)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

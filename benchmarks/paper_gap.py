@@ -10,6 +10,7 @@ Each factor changes one thing against ``baseline``:
 
     python benchmarks/paper_gap.py --factors baseline jpeg50 --seeds 0 1
     python benchmarks/paper_gap.py --report          # the table from the runs so far
+    python benchmarks/paper_gap.py --smoke --data DIR    # baseline and jpeg50, 1 epoch, seed 0
 
 A run that stops (crash, end of a session) is resumed bit for bit on the next call
 (`resnetlab train --resume`); finished runs are skipped. JPEG factors re-encode the folder
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import smoke
 import torch
 from jpeg_distortion import against_lossless
 from PIL import Image
@@ -203,6 +205,7 @@ def train(factor: str, seed: int, args: argparse.Namespace) -> None:
         command += [
             "--model", "resnet20", "--data", str(data), "--recipe", "paper", *length,
             "--seed", str(seed), "--precision", args.precision, "--out", str(path), "--quiet",
+            "--overwrite",  # what a run that failed before its first state left
             *spec.flags,
         ]  # fmt: skip
     print(" ".join(command), flush=True)
@@ -449,7 +452,13 @@ def main() -> None:
         "--ledger", type=Path, default=LEDGER, help="finished runs' scores (default: %(default)s)"
     )
     parser.add_argument("--report", action="store_true", help="only write the table")
-    args = parser.parse_args()
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "factors": ["baseline", "jpeg50"], "seeds": [0], "epochs": 1, "out": folder,
+            "ledger": folder / LEDGER.name,
+        },
+    )  # fmt: skip
     if args.precision == "bf16" and "bf16" in args.factors:
         parser.error("--factors bf16: the protocol is in bf16 already (--precision bf16)")
     protocol_dir(args).mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ explains one image per call of the network (``--max-batch 1``) and one that expl
 image that arrived during its last call (``--max-batch 8``, the default), in interleaved rounds.
 
     python benchmarks/serve_batching.py --model resnet50 --clients 8
+    python benchmarks/serve_batching.py --smoke     # resnet20 at 32x32, 2 clients, 2 requests
 
 Both servers run real uvicorn on 127.0.0.1 in this process, with random weights (the time does
 not depend on them) and uploads of random 400x300 JPEGs; results go to
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import smoke
 import torch
 import uvicorn
 from PIL import Image
@@ -88,7 +90,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_batching.json"))
-    args = parser.parse_args()
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "model": "resnet20", "input_size": 32, "clients": 2, "requests": 2, "rounds": 1,
+            "out": folder / "serve_batching.json",
+        },
+    )  # fmt: skip
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "weights.pt"

@@ -6,7 +6,7 @@ backbone for `resnetlab detect train --weights`:
 
 Each object is cut out with a quarter of its side as context on every side (clipped to the
 image) and resized to 64x64. Only the training split is used: the detector's test split stays
-unseen.
+unseen. `--smoke` cuts the objects of two images into a temporary folder.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import smoke
 from PIL import Image
 
 from resnetlab.detection.shapes import CLASSES, ShapesSet
@@ -21,10 +22,12 @@ from resnetlab.detection.shapes import CLASSES, ShapesSet
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="?", help="the folder of crops (required)")
     parser.add_argument("--images", type=int, default=2000, help="training images to cut from")
     parser.add_argument("--size", type=int, default=64)
-    args = parser.parse_args()
+    args = smoke.parse_args(parser, lambda folder: {"out": folder / "crops", "images": 2})
+    if args.out is None:
+        parser.error("the folder of crops is required")
     for name in CLASSES:
         (args.out / name).mkdir(parents=True, exist_ok=True)
     data = ShapesSet("train", size=args.images)

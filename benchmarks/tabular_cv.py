@@ -10,6 +10,7 @@ The tables measured: scikit-learn's breast-cancer, wine and diabetes, the Palmer
 
     python benchmarks/tabular_cv.py --out benchmarks/results/tabular_cv.json
     python benchmarks/tabular_cv.py --tables tune --set lr=3e-3 --folds 3 --seeds 1
+    python benchmarks/tabular_cv.py --smoke     # the penguins, 2 folds, 2 epochs
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import smoke
 import torch
 import yaml
 from sklearn import datasets
 from sklearn.model_selection import StratifiedKFold
 
 from resnetlab.data import TableOptions, make_case_study_data
-from resnetlab.data.splits import SplitIndices, split_indices
-from resnetlab.data.tabular import infer_task, load_table
+from resnetlab.data.bundle import DataBundle
+from resnetlab.data.splits import SplitIndices, record_split, split_indices
+from resnetlab.data.tabular import infer_task, load_table, read_table, row_names
 from resnetlab.engine.baselines import fit_baselines
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.recipes import recipe_defaults
@@ -86,6 +89,15 @@ def fold_splits(strata: np.ndarray, folds: int, seed: int) -> list[SplitIndices]
     return splits
 
 
+def load_fold(
+    path: Path, target: str, seed: int, rows: list[str], split: SplitIndices
+) -> DataBundle:
+    """The table in ``path`` split as ``split`` says (positions among its ``rows``), the
+    preprocessing fitted on the split's training rows."""
+    options = TableOptions(split_record=record_split(rows, split))
+    return load_table(path, target, options, val_fraction=0, test_fraction=0, seed=seed)
+
+
 def strata_of(column: pd.Series, regression: bool) -> np.ndarray:
     """Class labels, or target quintiles for regression."""
     if regression:
@@ -103,6 +115,8 @@ def run_table(name: str, args: argparse.Namespace, overrides: dict, scratch: Pat
     frame, target = load_frame(name)
     path = scratch / f"{name}.csv"
     frame.to_csv(path, index=False)
+    frame = read_table(path)  # as load_table reads it: the rows' names come from its values
+    rows = row_names(frame)
     recipe = recipe_defaults("tabular")
     names = {f.name for f in fields(TrainConfig)}
     base = {k: v for k, v in {**recipe, **overrides}.items() if k in names}
@@ -112,15 +126,7 @@ def run_table(name: str, args: argparse.Namespace, overrides: dict, scratch: Pat
     strata = strata_of(frame[target], task == "regression")
     for seed in range(args.seeds):
         for fold, split in enumerate(fold_splits(strata, args.folds, seed)):
-            bundle = load_table(
-                path,
-                target,
-                TableOptions(),
-                val_fraction=0,
-                test_fraction=0,
-                seed=seed,
-                split=split,
-            )
+            bundle = load_fold(path, target, seed, rows, split)
             cfg = TrainConfig(
                 **{
                     **base,
@@ -170,7 +176,13 @@ def main() -> None:
         help="override a recipe setting (tuning)",
     )
     parser.add_argument("--out", help="JSON file for the results")
-    args = parser.parse_args()
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "tables": ["penguins"], "folds": 2, "seeds": 1, "set": ["epochs=2"],
+            "out": str(folder / "tabular_cv.json"),
+        },
+    )  # fmt: skip
     tables = [t for name in args.tables for t in (TUNING if name == "tune" else (name,))]
     overrides = {}
     for item in args.set:

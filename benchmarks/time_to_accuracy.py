@@ -2,11 +2,12 @@
 comparison figure, and each run's time to a few accuracies as JSON.
 
     .venv/bin/python benchmarks/time_to_accuracy.py LABEL=RUN_DIR [LABEL=RUN_DIR ...] \
-        [--out docs/figures/time_to_accuracy.png]
+        [--out docs/figures/time_to_accuracy.png] [--smoke]
 
 Each run's curve is its validation accuracy per epoch (metrics.jsonl, ``elapsed_s``), and its
 star the final evaluation (confusion.json, flip TTA where the run asked for it) at the end of
-the curve. Writes benchmarks/results/time_to_accuracy.json.
+the curve. Writes benchmarks/results/time_to_accuracy.json (`--json`); `--smoke` writes the
+figure and the JSON to a temporary folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import smoke
 
 from resnetlab.engine.plots import plot_time_to_accuracy
 
@@ -39,7 +42,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
     parser.add_argument("--out", default="docs/figures/time_to_accuracy.png")
     parser.add_argument("--title", default="CIFAR-10 folder (JPEG), 5,000-image validation")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "time_to_accuracy.json"
+    )
+    args = smoke.parse_args(
+        parser,
+        lambda folder: {
+            "out": str(folder / "time_to_accuracy.png"), "json": folder / "time_to_accuracy.json"
+        },
+    )
     curves, results, summary = {}, {}, {}
     for item in args.runs:
         label, _, folder = item.partition("=")
@@ -53,9 +64,8 @@ def main() -> None:
             **{f"minutes_to_{t:g}": minutes_to(minutes, accuracy, t) for t in THRESHOLDS},
         }
     plot_time_to_accuracy(curves, results, Path(args.out), args.title)
-    out = Path(__file__).parent / "results" / "time_to_accuracy.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 

@@ -4,7 +4,8 @@
   the running loss read with ``.item()`` after every step).
 - ``user_train_step``: torchvision's model (resnetlab's where torchvision has none) with the two
   lines that make a CPU fast, bf16 autocast and channels-last, in a plain eager loop: SGD with
-  momentum on a uint8 batch already in memory, normalised on the fly, nothing read back.
+  momentum on a uint8 batch already in memory, normalised on the fly, nothing read back. Every
+  loop runs on the device that its model and batch are on, with that device's autocast.
 - ``user_infer_step``: the same model predicting a uint8 batch under ``inference_mode``.
 
 Each returns a function that runs one step on a fixed batch. Run this file alone to time the
@@ -23,8 +24,8 @@ from torch import nn
 
 
 def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - mean_t) / std_t
 
 
@@ -71,7 +72,7 @@ def user_train_step(
 
     def step() -> None:
         x = _normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,9 +93,10 @@ def user_infer_step(
     """One batch of predictions, eager, under ``inference_mode``."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout).eval()
+    device = images.device.type
 
     def step() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=bf16):
             model(_normalize(images, mean, std).contiguous(memory_format=layout)).float()
 
     return step

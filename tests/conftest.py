@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,19 +11,27 @@ import torch
 from helpers import make_squares
 
 from resnetlab.commands.train import train
+from resnetlab.data.cache import CACHE_DIR_VARIABLE
 from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.matmul import keep_cpu_matmul_speeds
+from resnetlab.engine.precision import bf16_supported
 from resnetlab.engine.training import TrainResult
 
 # two threads for one test process; one each when pytest-xdist runs two (`make test`)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
-@pytest.fixture(autouse=True)
-def _private_image_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Image-folder caches go to a temporary folder, never to the user's ~/.cache."""
-    monkeypatch.setenv("RESNETLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """resnetlab's cache folder is a temporary one for the whole session (session fixtures
+    included, and after a test's ``monkeypatch.undo()``), never the user's ~/.cache. In it,
+    the CPU's bf16 probe holds what its flag says (bf16 twice as fast where native): no run
+    measures, and every run of the suite, in this process or another, trains alike."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_DIR_VARIABLE, str(tmp_path_factory.getbasetemp() / "cache"))
+        native = bf16_supported(torch.device("cpu"))
+        keep_cpu_matmul_speeds({"fp32": 1.0, "bf16": 2.0 if native else 0.01})
+        yield
 
 
 @pytest.fixture(autouse=True)

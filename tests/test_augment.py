@@ -11,12 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from resnetlab.data.augment import BatchAugment, normalize_batch
-from resnetlab.data.streaming import (
-    ImageFileDataset,
-    eval_transforms,
-    mixup_cutmix,
-    train_transforms,
-)
+from resnetlab.data.streaming import ImageFileDataset, mixup_cutmix, train_transforms
 from resnetlab.errors import ResnetlabError
 
 IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -156,10 +151,6 @@ def test_streaming_transforms_shapes_and_ranges() -> None:
         out = transform(image)
         assert out.shape == (3, 16, 16) and out.dtype == torch.float32
         assert out.min() >= 0.0 and out.max() <= 1.0
-    evaluated = eval_transforms(32)(image)
-    assert evaluated.shape == (3, 32, 32) and torch.equal(evaluated, eval_transforms(32)(image))
-    grey = torch.full((1, 50, 40), 51, dtype=torch.uint8)
-    assert torch.allclose(eval_transforms(32)(grey), torch.full((1, 32, 32), 0.2))
     with pytest.raises(ResnetlabError, match="--auto-augment"):
         train_transforms(16, "autoaugment")
 
@@ -181,9 +172,9 @@ def test_image_file_dataset_substitutes_bad_files(
         files.append(tmp_path / f"{i}.png")
         Image.new("L", (8, 6), value).save(files[-1])
     files[1].write_text("not an image")
-    dataset = ImageFileDataset(files, [0, 1, 2], transform=eval_transforms(4), channels=1)
+    dataset = ImageFileDataset(files, [0, 1, 2], channels=1, size=4)
     image, label = dataset[1]  # replaced by the next readable file, with its label
-    assert label == 2 and torch.allclose(image, torch.full((1, 4, 4), 30 / 255))
+    assert label == 2 and torch.equal(image, torch.full((1, 4, 4), 30, dtype=torch.uint8))
     batches = list(DataLoader(dataset, batch_size=3))
     assert batches[0][1].tolist() == [0, 2, 2]
     assert len(dataset.bad) == 1 and "not an image" in dataset.bad.entries[0][1]

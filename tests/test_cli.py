@@ -154,6 +154,20 @@ def test_python_dash_m_works() -> None:
     assert result.returncode == 0 and "train" in result.stdout
 
 
+def test_the_package_namespace_is_its_api() -> None:
+    """`dir(resnetlab)` is the API and the dunders, whatever subpackage has been imported;
+    neither the package nor its listing imports torch."""
+    import resnetlab
+    import resnetlab.detection
+
+    api = ["Predictor", "TrainConfig", "create_model", "list_models", "load", "train"]
+    assert [name for name in dir(resnetlab) if not name.startswith("__")] == api
+    assert resnetlab.detection.__name__ == "resnetlab.detection"  # still reached by import
+    code = "import sys, resnetlab; dir(resnetlab); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [

@@ -141,6 +141,7 @@ def test_bench_runs_every_row_and_writes_them_to_json(capsys: pytest.CaptureFixt
     assert rows["seed-style"]["vs_seed"] == pytest.approx(1.0)
     assert rows["user"]["vs_user"] == pytest.approx(1.0)
     assert all(row["images_per_s"] > 0 and row["peak_share"] > 0 for row in rows.values())
+    assert list(result["matmul_tflops"]) == ["fp32", "bf16", "fp16"]
     assert result["matmul_tflops"]["fp32"] > 0 and result["input_shape"] == [3, 8, 8]
     assert result["macs_per_image"] > 0 and "resnetlab --compile" in out and "TFLOP/s" in out
 

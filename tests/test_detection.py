@@ -22,6 +22,7 @@ from resnetlab.detection.model import DetectorSpec, build_detector
 from resnetlab.detection.shapes import ShapesSet
 from resnetlab.detection.train import read_state
 from resnetlab.engine.checkpoint import save_checkpoint
+from resnetlab.engine.claim import run_files
 from resnetlab.engine.distributed import World
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
@@ -224,6 +225,7 @@ def test_train_resumes_bit_for_bit(tmp_path: Path) -> None:
     for name in ("config.yaml", "metrics.jsonl", "curves.png", "best.safetensors", "test.json"):
         assert (whole / name).is_file()
     assert len(list((whole / "predictions").glob("*.png"))) == 4
+    assert run_files(whole) == sorted(whole.iterdir())  # all that --overwrite would remove
     stopped = tmp_path / "stopped"
     assert detect_train(tiny(stopped), limit_steps=3) == {}  # mid-epoch 2
     detect_train(DetectConfig(resume=str(stopped)))
@@ -264,12 +266,19 @@ def test_cli_trains_on_a_coco_folder_then_evaluates_and_draws(
         capsys, "detect", "eval", "--checkpoint", checkpoint, "--json", "--device", "cpu"
     )
     assert code == 0 and json.loads(out)["images"] == 1
+    other = tmp_path / "other" / "a.png"  # another image of the same name
+    other.parent.mkdir()
+    Image.new("RGB", (20, 10), (200, 10, 10)).save(other)
     code, out, _ = run_cli(
-        capsys, "detect", "predict", "--checkpoint", checkpoint, str(root / "a.png"),
+        capsys, "detect", "predict", "--checkpoint", checkpoint, str(root / "a.png"), str(other),
         "--out", str(tmp_path / "drawn"), "--threshold", "0", "--device", "cpu",
     )  # fmt: skip
+    drawn = tmp_path / "drawn"
     assert code == 0 and out.startswith(str(root / "a.png"))
-    assert Image.open(tmp_path / "drawn" / "a.png").size == (40, 30)
+    assert f"{other}: " in out and out.rstrip().endswith(f" -> {drawn / 'a-2.png'}")
+    assert sorted(path.name for path in drawn.iterdir()) == ["a-2.png", "a.png"]  # no log.txt
+    assert Image.open(drawn / "a.png").size == (40, 30)
+    assert Image.open(drawn / "a-2.png").size == (20, 10)
 
 
 @pytest.mark.parametrize(

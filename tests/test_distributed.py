@@ -97,6 +97,26 @@ def start_two(
     ]
 
 
+def test_a_used_run_folder_stops_every_process_and_overwrite_replaces_it_once(
+    tmp_path: Path,
+) -> None:
+    """Rank 0 alone looks at --out and removes the earlier run; every process gets its answer,
+    so a refused folder ends them all with the one-line error instead of a wait."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (run / "best.safetensors").write_bytes(b"old")
+    argv = ["train", *DIGITS, "--epochs", "1", "--limit-steps", "1", "--out", "run"]
+    codes, output = two_processes(argv, tmp_path)
+    assert codes == [2, 2], output[-2000:]
+    assert output.count("resnetlab: error: --out run holds a finished run (1 epoch, ") == 1
+    assert (run / "best.safetensors").read_bytes() == b"old"
+    codes, output = two_processes([*argv, "--overwrite"], tmp_path)
+    assert codes == [0, 0], output[-2000:]
+    assert output.count("--overwrite: removed a finished run from run (1 epoch, ") == 1
+    assert (run / "best.safetensors").read_bytes() != b"old"
+
+
 def test_two_processes_make_the_step_of_one_with_the_same_global_batch(
     tmp_path: Path, run_dir: Path
 ) -> None:

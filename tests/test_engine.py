@@ -19,7 +19,7 @@ from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.loop import class_logits, make_loss
 from resnetlab.engine.metrics import classification_report, confusion_matrix, topk_accuracy
 from resnetlab.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
-from resnetlab.engine.precision import bf16_supported
+from resnetlab.engine.precision import resolve_precision
 from resnetlab.engine.training import TrainResult
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
@@ -137,7 +137,7 @@ def test_config_yaml_says_what_auto_resolved_to(digits_run: TrainResult) -> None
     text = (digits_run.run_dir / "config.yaml").read_text()
     config, ran_as = yaml.safe_load(text), text.splitlines()[0]
     assert (config["device"], config["precision"]) == ("auto", "auto")  # replays anywhere
-    expected = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
+    expected = resolve_precision("auto", torch.device("cpu"), "image").name  # as measured
     assert ran_as.startswith(f"# ran as: cpu {expected}, channels-last (auto resolves")
 
 

@@ -27,9 +27,11 @@ from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.checkpoint import read_header, save_checkpoint
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune import (
+    describe_phase,
     fit_phases,
     freeze_batchnorm,
     parameter_stages,
+    phase_mode,
     phase_param_groups,
 )
 from resnetlab.engine.finetune_config import FinetuneConfig, Phase, plan_phases
@@ -149,6 +151,21 @@ def test_discriminative_lrs_and_weight_decay_groups() -> None:
     assert all(p.ndim == 1 for g in groups if g["weight_decay"] == 0 for p in g["params"])
     head_only = phase_param_groups(model, Phase("head", 1, 1.0, None), 1.0, cfg)
     assert [g["params"] for g in head_only] == [[model.fc.weight], [model.fc.bias]]
+
+
+@pytest.mark.parametrize(("phase", "trained"), [("all", 497_250), ("head", 1_290)])
+def test_a_phase_trains_none_of_what_the_model_froze(phase: str, trained: int) -> None:
+    """The speed-run network freezes its whitening filters and BatchNorm scales (864 of its
+    498,114 parameters): no phase unfreezes them, and the phase's line counts without them."""
+    model = create_model("speedrun")
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    plan = Phase(phase, 1, 1.0, 0.5 if phase == "all" else None)
+    with phase_mode(model, plan, "train"):
+        assert not any(p.requires_grad for p in model.parameters() if id(p) in frozen)
+        groups = phase_param_groups(model, plan, 1.0, TrainConfig())
+    assert not {id(p) for g in groups for p in g["params"]} & frozen
+    assert f" {trained:,} parameters train" in describe_phase(1, 1, 1, plan, groups)
+    assert {id(p) for p in model.parameters() if not p.requires_grad} == frozen  # as before
 
 
 def _tiny_bundle() -> DataBundle:

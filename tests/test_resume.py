@@ -185,9 +185,9 @@ def test_a_moved_run_resumes_where_it_is_and_its_config_replays_as_a_new_run(
     assert epochs == [1, 2, 3] and (moved / "last.safetensors").exists()
     config = yaml.safe_load((moved / "config.yaml").read_text())
     assert "out" not in config and "resume" not in config  # a replay writes a new folder
-    for _ in range(2):  # a new run in a used folder keeps no line of the one before
-        argv = ["train", "--config", "elsewhere/config.yaml", "--out", "again", "--epochs", "1"]
-        assert main(argv) == 0
+    argv = ["train", "--config", "elsewhere/config.yaml", "--out", "again", "--epochs", "1"]
+    for again in ([], ["--overwrite"]):  # a run that replaces one keeps no line of it
+        assert main([*argv, *again]) == 0
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "again/metrics.jsonl").open()]
     assert epochs == [1]
 

@@ -481,8 +481,9 @@ def test_resuming_a_folder_without_a_state_is_one_line(capsys: pytest.CaptureFix
 
 def test_a_saved_state_holds_exactly_the_keys_a_resume_requires(state_bytes: bytes) -> None:
     state = torch.load(io.BytesIO(state_bytes), weights_only=True)
-    # and "averaged": the --ema weights (None without), optional so that older states resume
-    assert set(state) == STATE_KEYS | {"format", "averaged"}
+    # and "averaged": the --ema weights (None without), and "ran_as": the device and precision,
+    # optional so that older states resume
+    assert set(state) == STATE_KEYS | {"format", "averaged", "ran_as"}
 
 
 def test_a_state_file_given_as_a_checkpoint_or_as_weights(

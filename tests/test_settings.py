@@ -97,7 +97,7 @@ def test_what_a_resume_may_change() -> None:
     """How a run is watched, saved and fed (the README's list), for both kinds of run."""
     expected = {
         "epochs", "limit_steps", "quiet", "workers", "out", "resume", "cache_dir",
-        "save_every", "save_every_minutes", "tensorboard", "resume_any_world",
+        "save_every", "save_every_minutes", "tensorboard", "resume_any_world", "overwrite",
     }  # fmt: skip
     assert resumable(TrainConfig) == resumable(FinetuneConfig) == expected
 

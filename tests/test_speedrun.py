@@ -13,7 +13,7 @@ from helpers import assert_one_line_error, crash_after_state, make_folder, run_c
 from safetensors.torch import load_file
 
 from resnetlab.cli import main
-from resnetlab.engine import budget
+from resnetlab.engine import budget, finetune
 from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Pace, Speed, fit_length, pace_of
 from resnetlab.engine.optim import lr_factor
 from resnetlab.engine.rundir import fingerprint
@@ -52,11 +52,15 @@ def test_the_whitening_stem_decorrelates_the_patches() -> None:
 
 @pytest.fixture(scope="module")
 def recipe_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A 3-epoch run of the recipe, its trainer and its trained (not averaged) weights as
-    they were before the final evaluation."""
+    """A 3-epoch run of the recipe, its trainer, and its weights as training began (the
+    stem whitened) and as it left them (not averaged) before the final evaluation."""
     out = tmp_path_factory.mktemp("speedrun") / "run"
     seen: dict[str, object] = {}
-    finish = Trainer.finish
+    fit, finish = Trainer.fit, Trainer.finish
+
+    def keep_then_fit(self: Trainer, *args: object) -> None:
+        seen["initial"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        fit(self, *args)
 
     def keep_then_finish(self: Trainer, title: str) -> object:
         seen["trainer"] = self
@@ -64,6 +68,7 @@ def recipe_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Simple
         return finish(self, title)
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "fit", keep_then_fit)
         patch.setattr(Trainer, "finish", keep_then_finish)
         assert main([*RECIPE, "--data", str(folder), *RESUMABLE, "--out", str(out)]) == 0
     return SimpleNamespace(out=out, **seen)
@@ -107,6 +112,30 @@ def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
     assert not torch.allclose(trained["layer1.bn1.running_mean"], mean, atol=1e-3)
 
 
+# What the speed-run network freezes: its whitening filters and every BatchNorm scale.
+FROZEN = [
+    "whiten.weight",
+    *(f"layer{stage}.bn{bn}.weight" for stage in (1, 2, 3) for bn in (1, 2)),
+]
+
+
+def test_the_frozen_whitening_filters_and_batchnorm_scales_stay_as_they_were(
+    recipe_run: SimpleNamespace,
+) -> None:
+    """Bit for bit, in the trained weights and in the average that the checkpoints hold
+    (every speed run once trained them, the filters with weight decay)."""
+    model = create_model("speedrun")
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == FROZEN
+    initial, trained = recipe_run.initial, recipe_run.trained
+    averaged = load_file(recipe_run.out / "last.safetensors")
+    for name in FROZEN:
+        assert torch.equal(trained[name], initial[name]), name
+        assert torch.equal(averaged[name], initial[name]), name
+    assert all(torch.equal(initial[name], torch.ones_like(initial[name])) for name in FROZEN[1:])
+    for name in ("whiten.bias", "layer1.bn1.bias"):  # what trains beside them
+        assert not torch.equal(trained[name], initial[name]), name
+
+
 def test_the_average_s_batchnorm_leaves_out_a_last_batch_of_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -128,6 +157,36 @@ def test_a_run_with_weight_averaging_resumes_exactly(
     assert load_state(tmp_path / "crashed" / STATE_FILE)["averaged"]["n_averaged"] == 6
     assert main(["train", "--resume", str(tmp_path / "crashed")]) == 0
     assert fingerprint(tmp_path / "crashed") == fingerprint(recipe_run.out)
+
+
+def test_a_state_saved_while_the_frozen_parameters_trained_resumes_as_saved(
+    folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A state from before the frozen parameters stayed frozen holds optimiser groups (and
+    momentum) for them: its run goes on training them, to the run never stopped."""
+    phase_mode = finetune.phase_mode
+
+    def old_phase_mode(*args: object, unfreeze: bool = False) -> object:
+        return phase_mode(*args, unfreeze=True)  # every 'all' phase trained every parameter
+
+    argv = [*RECIPE, "--data", str(folder), *RESUMABLE]
+    monkeypatch.setattr(finetune, "phase_mode", old_phase_mode)
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    crash_after_state(monkeypatch, at_step=6)  # in epoch 2
+    with pytest.raises(MemoryError):
+        main([*argv, "--out", str(tmp_path / "crashed")])
+    monkeypatch.undo()
+    groups = load_state(tmp_path / "crashed" / STATE_FILE)["optimizer"]["param_groups"]
+    every = len(list(create_model("speedrun").parameters()))
+    assert sum(len(group["params"]) for group in groups) == every  # the frozen ones too
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "crashed"))
+    assert code == 0 and "trained the parameters its model freezes" in err
+    assert fingerprint(tmp_path / "crashed") == fingerprint(tmp_path / "whole")
+    scale = load_file(tmp_path / "whole" / "last.safetensors")["layer1.bn1.weight"]
+    assert not torch.equal(scale, torch.ones_like(scale))  # they trained
 
 
 def test_a_tiny_time_budget_cuts_the_run_and_still_writes_its_outputs(

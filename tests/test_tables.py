@@ -20,7 +20,8 @@ from resnetlab.cli import main
 from resnetlab.commands.predict import predict_inputs
 from resnetlab.data import TableOptions, load_data
 from resnetlab.data.preprocess import quantile_normal
-from resnetlab.data.tabular import infer_task, read_inputs, read_table
+from resnetlab.data.splits import SplitIndices, record_split, unpack_ints
+from resnetlab.data.tabular import infer_task, load_table, read_inputs, read_table, row_names
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.checkpoint_data import load_data_like
 from resnetlab.engine.loop import make_loss
@@ -285,6 +286,40 @@ def test_a_table_changed_after_training_keeps_its_split_row_by_row(
         assert test_rows() == before
     code, _, err = run_cli(capsys, "train", "--resume", "run")
     assert_one_line_error(code, err, f"--data {source} changed since the run started (200 samples")
+
+
+def test_duplicate_rows_of_a_changed_table_stay_in_one_split(tmp_path: Path) -> None:
+    """Copies of a row share one id. The table as recorded keeps the recorded positions; once
+    it is reordered and grown, every copy of a row recorded in validation is a validation row,
+    every copy of one recorded in test (only) a test row, and no copy of either trains."""
+    frame, path = linear(12), tmp_path / "t.csv"
+    copies = [0, 0, 0, 1, 1, 2, 2, 3, *range(4, 12)]  # rows 0, 1 and 2 repeat
+    write(frame.iloc[copies], path)
+    # row 0: a copy in val, in test and in training; row 1: test and training; row 2: val and
+    # training; rows 4 and 5: once, in val and in test
+    val, test = np.array([0, 5, 8]), np.array([1, 3, 9])
+    train = np.setdiff1d(np.arange(len(copies)), [*val, *test])
+    recorded = record_split(row_names(read_table(path)), SplitIndices(train, val, test))
+
+    def held_out() -> tuple[list[int], list[int], int]:
+        options = TableOptions(split_record=recorded)
+        bundle = load_table(path, "y", options, val_fraction=0, test_fraction=0, seed=0)
+        split = bundle.split_record
+        positions = [unpack_ints(split[key], np.int64).tolist() for key in ("val", "test")]
+        return *positions, len(bundle.train)
+
+    assert held_out() == ([0, 5, 8], [1, 3, 9], 10)
+    changed = [*copies, 1, 5][::-1]  # reordered, with another copy of rows 1 and 5
+    write(pd.concat([frame.iloc[changed], linear(2, seed=1)]), path)
+    origin = [*changed, None, None]
+
+    def positions(rows: set[int]) -> list[int]:
+        return [i for i, row in enumerate(origin) if row in rows]
+
+    with pytest.warns(UserWarning, match=r"the table has changed .* \(4 rows added, 0 removed\)"):
+        assert held_out() == (
+            positions({0, 2, 4}), positions({1, 5}), len(positions({3, *range(6, 12), None}))
+        )
 
 
 def test_regression_on_a_linear_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_folder
+from safetensors.torch import load_file
+from torch import nn
 
 from resnetlab.cli import main
 from resnetlab.commands.evaluate import EvalConfig, evaluate
@@ -23,6 +25,8 @@ from resnetlab.data.folder import scan_image_folder
 from resnetlab.data.splits import unpack_ints
 from resnetlab.engine.checkpoint import read_header
 from resnetlab.engine.config import TrainConfig
+from resnetlab.models import create_model, registry
+from resnetlab.models.registry import ModelSpec
 
 
 def test_alternating_flips_get_each_samples_index(
@@ -99,6 +103,32 @@ def test_a_batch_larger_than_the_training_split_shrinks_to_it(
     err = capsys.readouterr().err
     assert "--batch-size 4000 is larger than the training split" in err and "1437 samples" in err
     assert json.loads((out / "metrics.jsonl").read_text())["step"] == 1
+
+
+def test_a_layer_that_the_model_freezes_stays_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's model that freezes its stem: `train` leaves the stem's weights bit for bit (a
+    plain run once unfroze every parameter, and weight decay moved them too)."""
+    built: list[dict[str, torch.Tensor]] = []
+
+    def frozen_stem(num_classes: int, in_chans: int) -> nn.Module:
+        model = create_model("resnet20", num_classes=num_classes, in_chans=in_chans)
+        model.conv1.requires_grad_(False)
+        model.bn1.requires_grad_(False)
+        built.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    spec = ModelSpec("frozen_stem", frozen_stem, "cifar", (1, 8, 8), 10)
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    cfg = TrainConfig(
+        model=spec.name, data="digits", epochs=1, limit_steps=3, batch_size=32,
+        weight_decay=0.1, decay_norm_and_bias=True, out=str(tmp_path / "run"), quiet=True,
+    )  # fmt: skip
+    trained = load_file(train(cfg).run_dir / "last.safetensors")
+    for key in ("conv1.weight", "bn1.weight", "bn1.bias"):
+        assert torch.equal(trained[key], built[0][key]), key
+    assert not torch.equal(trained["layer1.0.conv1.weight"], built[0]["layer1.0.conv1.weight"])
 
 
 @pytest.mark.parametrize("flag", ["--mixup", "--cutmix"])

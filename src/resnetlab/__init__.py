@@ -11,10 +11,8 @@ without loading torch)::
     predictor.predict(["cat.png"], topk=5)
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from importlib import import_module as _import_module
+from typing import Any as _Any
 
 _API = {
     "create_model": "resnetlab.models.registry",
@@ -27,14 +25,16 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     """Import an API name from its module when it is first used."""
     if name not in _API:
         raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_API[name]), name)
+    value = getattr(_import_module(_API[name]), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    """The API's names and the module's dunders: not its helpers, nor the subpackages that
+    happen to be imported (``import resnetlab.detection`` and the like reach those)."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

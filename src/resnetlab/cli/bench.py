@@ -14,10 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="training or inference speed next to the loops users write, and the hardware's",
-        description="Measure, in one process and in interleaved rounds, the machine's bf16 and "
-        "fp32 matmul TFLOP/s and the images per second of: the tutorial's fp32 loop "
-        "(seed-style), the loop a user would write with bf16 autocast and channels-last "
-        "(benchmarks/user_loop.py), resnetlab's own step, and resnetlab compiled.",
+        description="Measure, in one process and in interleaved rounds, the device's fp32, bf16 "
+        "and fp16 matmul TFLOP/s and the images per second of: the tutorial's fp32 loop "
+        "(seed-style), the loop a user would write with bf16 autocast (where the device has "
+        "it natively) and channels-last (benchmarks/user_loop.py), resnetlab's own step, and "
+        "resnetlab compiled, every row on --device.",
     )
     add_settings(p, BenchConfig)
     p.set_defaults(func=run)
@@ -39,8 +40,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['model']} {result['mode']}, batch {result['batch']}, {shape}, "
         f"{result['macs_per_image'] / 1e6:,.1f}M multiply-adds per image | "
         f"{result['machine']}, {result['threads']} threads, torch {result['torch']}",
-        f"matmul ceiling: bf16 {peaks['bf16']:.3f}, fp32 {peaks['fp32']:.3f} TFLOP/s "
-        f"(peak % is of {best}, the faster here)",
+        "matmul ceiling: " + ", ".join(f"{name} {tflops:.3f}" for name, tflops in peaks.items())
+        + f" TFLOP/s (peak % is of {best}, the fastest here)",
         f"{'row':<20} {'precision':<9} {'img/s':>9} {'x seed':>7} {'x user':>7} "
         f"{'peak %':>7} {'warm-up s':>10}",
     ]

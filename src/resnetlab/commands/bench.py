@@ -14,14 +14,16 @@ from typing import Any
 import torch
 
 from resnetlab.bench.config import DEFAULT_BATCH, BenchConfig
-from resnetlab.bench.hardware import machine_name, matmul_tflops
+from resnetlab.bench.hardware import machine_name
 from resnetlab.bench.rows import Row, Workload, inference_rows, load_user_loops, training_rows
 from resnetlab.engine.files import write_atomically
+from resnetlab.engine.matmul import matmul_tflops
 from resnetlab.engine.precision import resolve_device
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import count_macs
 
 FLOPS_PER_MAC = {"train": 6, "infer": 2}  # 2 FLOPs per multiply-add; training = 3 passes
+CEILINGS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict[str, Any]:
@@ -36,10 +38,7 @@ def bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict[str, 
     work = Workload(cfg.model, batch, cfg.input_size, cfg.steps, device)
     shape = work.input_shape  # an error for a model that does not take images
     loops = load_user_loops(cfg.user_loop)
-    peaks = {
-        "bf16": matmul_tflops(torch.bfloat16, device),
-        "fp32": matmul_tflops(torch.float32, device),
-    }
+    peaks = {name: matmul_tflops(dtype, device) for name, dtype in CEILINGS.items()}
     build = training_rows if cfg.mode == "train" else inference_rows
     rows = build(work, loops, cfg.compile, report)
     warmup, seconds = _measure(rows, cfg.rounds, device)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnetlab.detection.config import DetectConfig
-from resnetlab.engine.rundir import RunDir, default_run_dir
 from resnetlab.errors import ResnetlabError
 
 if TYPE_CHECKING:
@@ -16,20 +15,21 @@ if TYPE_CHECKING:
 
 def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str, float]:
     """Train a detector on ``cfg.data`` in a run folder (or continue ``cfg.resume``'s); return
-    the best epoch's test mAP. ``limit_steps``: stop after that many steps (tests)."""
+    the best epoch's test mAP. ``limit_steps``: stop after that many steps (tests).
+    ``cfg.overwrite``: as `train`'s."""
     from resnetlab.detection.build import start_detector
     from resnetlab.detection.model import DetectorSpec, build_detector
     from resnetlab.detection.sources import load_splits
     from resnetlab.detection.train import fit, read_state
+    from resnetlab.engine.claim import open_run_dir, run_name
     from resnetlab.engine.distributed import joined
     from resnetlab.engine.precision import resolve_device
-    from resnetlab.engine.rundir import open_run_dir
     from resnetlab.engine.state_dicts import read_weights
 
     state = None
     if cfg.resume:
         state = read_state(cfg.resume)
-        cfg = replace(DetectConfig(**state["config"]), resume=cfg.resume)
+        cfg = replace(DetectConfig(**state["config"]), resume=cfg.resume, overwrite=cfg.overwrite)
     cfg.validate()
     device = resolve_device(cfg.device)
     weights = read_weights(cfg.weights) if cfg.weights and state is None else None
@@ -46,8 +46,13 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
     else:
         spec, loaded = DetectorSpec(**state["spec"]), None
         model = build_detector(spec)
-    folder = cfg.resume or cfg.out or default_run_dir(f"{cfg.detector}-{cfg.model}", cfg.data)
-    with joined(cfg.device) as world, open_run_dir(folder, world) as run:
+    name = run_name(f"{cfg.detector}-{cfg.model}", cfg.data)
+    with (
+        joined(cfg.device) as world,
+        open_run_dir(
+            cfg.out, name, world=world, resume=cfg.resume, overwrite=cfg.overwrite
+        ) as run,
+    ):
         model.to(device)  # under torchrun, "cuda" is this process's GPU (joined set it)
         check_batch_size(cfg.batch_size, len(splits["train"]), world)
         if state is None:
@@ -127,13 +132,14 @@ def detect_predict(
     device: str = "auto",
 ) -> list[Detection]:
     """Each image's detections, computed on ``device``; with ``out``, the image with its boxes
-    drawn, as ``out/<name>.png``."""
+    drawn, as ``out/<name>.png`` (``out/<name>-2.png`` for a second image of the same name)."""
     import torch
 
     from resnetlab.data.decode import BadImage, decode_image
     from resnetlab.detection.checkpoint import load_detector
     from resnetlab.detection.data import detections
     from resnetlab.detection.figures import draw_detections, save_image
+    from resnetlab.engine.files import unique_name, writable_folder
     from resnetlab.engine.precision import resolve_device
 
     resolved = resolve_device(device)
@@ -144,8 +150,9 @@ def detect_predict(
     classes = header["detector"]["classes"]
     folder = Path(out) if out else None
     if folder is not None:
-        RunDir(folder).__exit__(None, None, None)  # made and checked for writing
-    results = []
+        writable_folder(folder)
+    results: list[Detection] = []
+    used: set[str] = set()
     for name in inputs:
         try:
             image = decode_image(name)
@@ -162,7 +169,7 @@ def detect_predict(
         ]
         drawing = None
         if folder is not None:
-            drawing = str(folder / f"{Path(name).stem}.png")
+            drawing = str(folder / unique_name(Path(name).stem, used))
             save_image(draw_detections(image, found, classes, threshold), Path(drawing))
         results.append(Detection(name, boxes, drawing))
     return results

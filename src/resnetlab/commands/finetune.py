@@ -5,21 +5,25 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from resnetlab.engine.claim import open_run_dir, run_name
 from resnetlab.engine.distributed import joined
 from resnetlab.engine.finetune import check_resumed_phases, freeze_batchnorm
 from resnetlab.engine.finetune_config import FinetuneConfig
-from resnetlab.engine.rundir import default_run_dir, open_run_dir
 from resnetlab.engine.training import TrainResult, check_run, start_run, train_in_run
 
 
 def finetune(cfg: FinetuneConfig) -> TrainResult:
     """Fine-tune the model of ``cfg.weights`` on ``cfg.data``; the checkpoints record the
-    source file's name and sha256, the strategy and its phases."""
+    source file's name and sha256, the strategy and its phases. ``cfg.overwrite``: as `train`'s."""
     weights = check_run(cfg)
     phases = cfg.phases()
-    name = f"finetune-{Path(cfg.weights).stem}"
-    folder = cfg.resume or cfg.out or default_run_dir(name, cfg.data)
-    with joined(cfg.device) as world, open_run_dir(folder, world) as run:
+    name = run_name(f"finetune-{Path(cfg.weights).stem}", cfg.data)
+    with (
+        joined(cfg.device) as world,
+        open_run_dir(
+            cfg.out, name, world=world, resume=cfg.resume, overwrite=cfg.overwrite
+        ) as run,
+    ):
         start = start_run(cfg, weights)
         if cfg.bn == "frozen":
             freeze_batchnorm(start.model)

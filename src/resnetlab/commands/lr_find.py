@@ -5,9 +5,11 @@ the loss is recorded (Smith 2017, "Cyclical learning rates for training neural n
 sec. 3.3), smoothed by a moving average over a tenth of the sweep; the sweep stops once the
 smoothed loss exceeds 4x its minimum. The suggestion is the lr where the smoothed loss falls
 fastest (steepest descent of loss against log lr); the lr at the loss minimum divided by 10,
-the other common rule, is printed too. Batches are normalised but neither augmented nor mixed.
-The model and optimiser are a probe and are discarded: only the curve, its plot and the
-suggestion remain.
+the other common rule, is printed too. Each step is the run's own training step on its own
+batches, augmented and mixed as the same flags would have `train` (or `finetune`) do: the lr
+is probed under the conditions the run will train in, as fastai's ``lr_find`` (which runs the
+learner's training loop with its callbacks) does. The model and optimiser are a probe and are
+discarded: only the curve, its plot and the suggestion remain.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import matplotlib
 import numpy as np
 import torch
 
+from resnetlab.engine.claim import open_run_dir, run_name
 from resnetlab.engine.config import MIN_SWEEP_STEPS, LrRange, TrainConfig
 from resnetlab.engine.distributed import launched_world
 from resnetlab.engine.finetune import freeze_batchnorm, phase_mode, phase_param_groups
 from resnetlab.engine.finetune_config import FinetuneConfig
 from resnetlab.engine.loop import EpochTally, TrainStep
 from resnetlab.engine.optim import make_optimizer
-from resnetlab.engine.rundir import RunDir, default_run_dir
+from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state_dicts import WeightsFile
 from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.training import check_run, single_phase, start_run
@@ -56,14 +59,16 @@ class LrFindResult:
 def lr_find(cfg: TrainConfig, lr_range: LrRange | None = None) -> LrFindResult:
     """Run the range test for ``cfg``: a ``FinetuneConfig`` probes the first phase of its
     strategy (the swept lr is the head's, the backbone keeps its ratio), any other config
-    probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch."""
+    probes training ``cfg.model``, from ``cfg.weights`` if given, else from scratch.
+    ``cfg.overwrite``: as `train`'s."""
     lr_range = lr_range or LrRange()
     if launched_world().distributed:
         raise ResnetlabError("lr-find runs in one process: start it without torchrun")
     weights = check_run(cfg)
     lr_range.validate()
     source = Path(cfg.weights).stem if cfg.weights else cfg.model
-    with RunDir(cfg.out or default_run_dir(f"lr-find-{source}", cfg.data)) as run:
+    name = run_name(f"lr-find-{source}", cfg.data)
+    with open_run_dir(cfg.out, name, overwrite=cfg.overwrite) as run:
         return _lr_find(cfg, lr_range, run, weights)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from resnetlab.engine.claim import open_run_dir, run_name
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.distributed import joined
-from resnetlab.engine.rundir import default_run_dir, open_run_dir
 from resnetlab.engine.training import (
     TrainResult,
     check_run,
@@ -22,11 +22,20 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     With ``cfg.weights`` the model starts from that file (see ``engine.training``), and the
     checkpoints record its name and sha256. With ``cfg.resume`` (see ``resume_config``) it
-    continues the run in that folder from its training state.
+    continues the run in that folder from its training state. A new run's ``cfg.out`` must
+    hold no earlier run (see ``engine.claim``), unless ``cfg.overwrite``, which removes it first.
     """
     began = time.perf_counter()
     weights = check_run(cfg)
     name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
-    folder = cfg.resume or cfg.out or default_run_dir(name, cfg.data)
-    with joined(cfg.device) as world, open_run_dir(folder, world) as run:
+    with (
+        joined(cfg.device) as world,
+        open_run_dir(
+            cfg.out,
+            run_name(name, cfg.data),
+            world=world,
+            resume=cfg.resume,
+            overwrite=cfg.overwrite,
+        ) as run,
+    ):
         return train_in_run(start_run(cfg, weights), run, single_phase(cfg), began=began)

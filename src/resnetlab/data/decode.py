@@ -134,6 +134,16 @@ def image_array(img: Image.Image, channels: int = 3, size: int | None = None) ->
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
+def square_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Images (N, C, H, W), uint8 or float32, each cut and resized to ``size x size`` as a
+    file's are, channel by channel (Pillow resizes an image's channels independently, so a
+    uint8 image comes out as it would from its file)."""
+    squared = np.empty((*images.shape[:2], size, size), dtype=images.dtype)
+    for index in np.ndindex(*images.shape[:2]):
+        squared[index] = np.asarray(_square(Image.fromarray(images[index]), size))
+    return squared
+
+
 def decode_image(
     path: str | os.PathLike[str], channels: int = 3, size: int | None = None
 ) -> torch.Tensor:

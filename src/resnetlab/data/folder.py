@@ -37,7 +37,7 @@ from resnetlab.data.decode import (
 )
 from resnetlab.data.splits import record_split, restore_split, split_indices, split_subsets
 from resnetlab.data.stats import dataset_mean_std
-from resnetlab.data.streaming import ImageFileDataset, eval_transforms, train_transforms
+from resnetlab.data.streaming import ImageFileDataset, train_transforms
 from resnetlab.errors import ResnetlabError
 
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -212,7 +212,9 @@ def _streaming(
     channels: int,
     options: ImageOptions,
 ) -> tuple[dict[str, Dataset], BadFileReport, str]:
-    """Decode per item in DataLoader workers, with torchvision.transforms.v2 per image."""
+    """Decode per item in DataLoader workers: held-out images (and training images without
+    augmentation) as the cache decodes them, augmented ones whole, then through
+    torchvision.transforms.v2."""
     bad = BadFileReport()
     if options.strict:
         for _, samples in sets.values():
@@ -220,23 +222,20 @@ def _streaming(
                 image, reason = try_decode(path, channels)
                 if image is None:
                     bad.add(path, reason or "unreadable")
-    train_tf = (
-        train_transforms(size, options.auto_augment, options.random_erasing)
-        if options.augment
-        else eval_transforms(size)
-    )
 
-    def dataset(samples: list[Sample], transform: v2.Transform) -> ImageFileDataset:
+    def dataset(samples: list[Sample], transform: v2.Transform | None = None) -> ImageFileDataset:
         files, labels = zip(*samples, strict=True)
-        return ImageFileDataset(files, labels, transform=transform, channels=channels)
+        decode_size = None if transform is not None else size  # random crops of whole images
+        return ImageFileDataset(files, labels, transform, channels, decode_size)
 
-    datasets: dict[str, Dataset] = {
-        split: dataset(samples, eval_transforms(size)) for split, (_, samples) in sets.items()
-    }
+    datasets: dict[str, Dataset] = {split: dataset(samples) for split, (_, samples) in sets.items()}
     datasets["eval"] = datasets["train"]
-    datasets["train"] = dataset(sets["train"][1], train_tf)
-    augment = "RandomResizedCrop + flip" if options.augment else "no augmentation"
-    return datasets, bad, f"streaming from files ({augment}; eval: resize + centre crop)"
+    augment = "no augmentation"
+    if options.augment:
+        transform = train_transforms(size, options.auto_augment, options.random_erasing)
+        datasets["train"] = dataset(sets["train"][1], transform)
+        augment = "RandomResizedCrop + flip"
+    return datasets, bad, f"streaming from files ({augment}; eval: decoded as by the cache)"
 
 
 def _train_stats(

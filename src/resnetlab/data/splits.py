@@ -6,6 +6,7 @@ import base64
 import hashlib
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,24 +132,27 @@ def restore_split(
     unit: str = "files",
 ) -> SplitIndices:
     """The recorded split (``record_split``) applied to today's ``names`` (of the ``unit``
-    of a ``kind``). If the list has changed, held-out ones are found again by their ids, ones
-    that are gone are dropped, new ones count as training data, and a warning says how many
-    were added and removed."""
+    of a ``kind``). An unchanged list gets the recorded indices. If the list has changed,
+    held-out ones are found again by their ids, ones that are gone are dropped, new ones count
+    as training data, and a warning says how many were added and removed.
+
+    Names that repeat (a table's duplicate rows, which share one id) follow one rule in a
+    changed list: every copy of a name recorded in validation is a validation row, every copy
+    of one recorded in test (and not in validation) a test row, so that a held-out row is never
+    also a training row or a row of the other held-out split."""
     held_out = {key: unpack_ints(record[key], np.int64) for key in ("val", "test") if record[key]}
     if record["sha256"] != _list_digest(names):
         old_ids, new_ids = unpack_ints(record["ids"], np.uint64), _name_ids(names)
-        position = {int(name_id): i for i, name_id in enumerate(new_ids)}
-        held_out = {
-            key: np.array(
-                [position[i] for i in map(int, old_ids[idx]) if i in position], dtype=np.int64
-            )
-            for key, idx in held_out.items()
-        }
-        added = len(set(position) - set(map(int, old_ids)))
-        removed = len(set(map(int, old_ids)) - set(position))
+        claimed = np.zeros(len(names), dtype=bool)
+        for key in ("val", "test"):  # validation first: it keeps a name recorded in both
+            if key in held_out:
+                found = np.isin(new_ids, old_ids[held_out[key]]) & ~claimed
+                held_out[key], claimed = np.flatnonzero(found), claimed | found
+        before, now = Counter(old_ids.tolist()), Counter(new_ids.tolist())
         warnings.warn(
-            f"{source}: the {kind} has changed since training ({added} {unit} added, "
-            f"{removed} removed); the recorded split is kept for the {unit} that remain",
+            f"{source}: the {kind} has changed since training ({(now - before).total()} {unit} "
+            f"added, {(before - now).total()} removed); the recorded split is kept for the "
+            f"{unit} that remain",
             stacklevel=2,
         )
     taken = np.concatenate([np.empty(0, dtype=np.int64), *held_out.values()])

@@ -19,8 +19,7 @@ def tensor_mean_std(x: torch.Tensor, chunk: int = 256) -> tuple[list[float], lis
     """
 
     def channels(part: torch.Tensor) -> torch.Tensor:  # (C, everything else), float64
-        part = part.double() / 255 if part.dtype == torch.uint8 else part.double()
-        return part.transpose(0, 1).reshape(x.shape[1], -1)
+        return _unit_double(part).transpose(0, 1).reshape(x.shape[1], -1)
 
     count = x.numel() // max(x.shape[1], 1)
     mean = sum(channels(part).sum(1) for part in x.split(chunk)) / count
@@ -35,7 +34,7 @@ def dataset_mean_std(
     """Per-channel mean and std of a dataset of ``(x, y)`` with ``x`` of shape ``(C, ...)``.
 
     Reads every item, or a seeded sample of ``max_items`` of them; agrees with
-    ``tensor_mean_std`` on the stacked items it read.
+    ``tensor_mean_std`` on the stacked items it read (uint8 pixels too, taken as ``x / 255``).
     """
     n = len(dataset)
     if max_items is not None and n > max_items:
@@ -44,7 +43,7 @@ def dataset_mean_std(
         indices = np.arange(n)
     sums, square_sums, count = [], [], 0
     for index in indices.tolist():
-        x = dataset[index][0].double().flatten(1)
+        x = _unit_double(dataset[index][0]).flatten(1)
         sums.append(x.sum(1))
         square_sums.append(x.square().sum(1))
         count += x.shape[1]
@@ -54,3 +53,8 @@ def dataset_mean_std(
     variance = torch.stack(square_sums).sum(0) / count - mean.square()
     std = variance.clamp_min(0).sqrt().clamp_min(STD_FLOOR)
     return mean.tolist(), std.tolist()
+
+
+def _unit_double(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float64, uint8 pixels scaled to [0, 1]."""
+    return x.double() / 255 if x.dtype == torch.uint8 else x.double()

@@ -1,9 +1,12 @@
 """Large images that do not fit the decode-once cache: decode per item in DataLoader workers.
 
-Per-image transforms come from ``torchvision.transforms.v2`` and end with float32 images in
-[0, 1]; normalisation happens later on the batch (``augment.normalize_batch``), as for every
-other source (see ``DataBundle``). MixUp/CutMix mix whole batches, so they are returned
-separately, to be applied to ``(images, labels)`` after the loader.
+Images to evaluate are decoded as the cache, ``predict`` and ``serve`` decode them
+(``decode.decode_image`` at the input size): uint8, the same pixels for the same file. Training
+images may be decoded whole and go through random transforms from ``torchvision.transforms.v2``
+that end with float32 images in [0, 1]. Normalisation happens later on the batch
+(``augment.normalize_batch``), as for every other source (see ``DataBundle``). MixUp/CutMix
+mix whole batches, so they are returned separately, to be applied to ``(images, labels)`` after
+the loader.
 """
 
 from __future__ import annotations
@@ -51,24 +54,6 @@ def train_transforms(
     return v2.Compose(steps)
 
 
-def center_square(image: torch.Tensor) -> torch.Tensor:
-    """The largest centred square of ``image`` (..., H, W)."""
-    side = min(image.shape[-2:])
-    return v2.functional.center_crop(image, [side, side])
-
-
-def eval_transforms(size: int) -> v2.Compose:
-    """Centre crop to a square, resize to ``size``, scale to [0, 1]: the same crop and size
-    as ``decode.decode_image(path, channels, size)``, which `predict` uses."""
-    return v2.Compose(
-        [
-            v2.Lambda(center_square),
-            v2.Resize(size, antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
-
-
 def mixup_cutmix(
     num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
 ) -> v2.RandomChoice | None:
@@ -86,7 +71,8 @@ def mixup_cutmix(
 
 
 class ImageFileDataset(Dataset):
-    """``(transform(image), label)`` for a list of image files, decoded when an item is read.
+    """``(transform(image), label)`` for a list of image files, decoded when an item is read
+    (``decode.decode_image``: uint8 (C, ``size``, ``size``), or whole with ``size`` None).
 
     A file that cannot be decoded never stops an epoch: it is reported once (a warning line on
     stderr, and in ``bad``) and replaced by the next readable file in the list, with that file's
@@ -100,6 +86,7 @@ class ImageFileDataset(Dataset):
         labels: Sequence[int],
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         channels: int = 3,
+        size: int | None = None,
     ) -> None:
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
@@ -107,6 +94,7 @@ class ImageFileDataset(Dataset):
         self.labels = list(labels)
         self.transform = transform
         self.channels = channels
+        self.size = size
         self.bad = BadFileReport()
         self._bad_indices: set[int] = set()
 
@@ -117,14 +105,14 @@ class ImageFileDataset(Dataset):
         """The files at ``indices`` as a dataset of their own: a bad one is replaced by the next
         readable file of the same part (a split never borrows another split's image)."""
         files, labels = [self.files[i] for i in indices], [self.labels[i] for i in indices]
-        return ImageFileDataset(files, labels, self.transform, self.channels)
+        return ImageFileDataset(files, labels, self.transform, self.channels, self.size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.files)):
             i = (index + offset) % len(self.files)
             if i in self._bad_indices:
                 continue
-            image, reason = try_decode(self.files[i], self.channels)
+            image, reason = try_decode(self.files[i], self.channels, self.size)
             if image is not None:
                 return (self.transform(image) if self.transform else image), self.labels[i]
             self._bad_indices.add(i)

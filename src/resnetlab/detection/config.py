@@ -81,6 +81,7 @@ class DetectConfig:
     out: str | None = setting(
         None, help="run folder (default: runs/<date-time>-<detector>-<model>-<data>)"
     )
+    overwrite: bool = shared(TrainConfig, "overwrite")
     resume: str | None = setting(None, metavar="RUN_DIR", help="continue this run")
 
     def validate(self) -> None:

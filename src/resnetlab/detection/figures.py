@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.utils import draw_bounding_boxes
 
 from resnetlab.detection.data import DetectionSet, Target, detections
-from resnetlab.engine.files import write_atomically, writing
+from resnetlab.engine.files import unique_name, write_atomically, writing
 from resnetlab.engine.plots import plt
 
 SCORE_THRESHOLD = 0.5  # boxes drawn: at least this score
@@ -66,13 +66,15 @@ def _format(path: Path) -> str:
 def draw_samples(
     model: nn.Module, data: DetectionSet, folder: Path, classes: list[str], count: int
 ) -> None:
-    """The first ``count`` images of ``data`` with their predictions, as ``folder/<name>.png``."""
+    """The first ``count`` images of ``data`` with their predictions, as ``folder/<name>.png``
+    (``<name>-2.png`` for a second image of the same name)."""
     folder.mkdir(exist_ok=True)
     model.eval()
+    used: set[str] = set()
     for index in range(min(count, len(data))):
         image, _ = data[index]
         prediction = detections(model, [image])[0]
         save_image(
             draw_detections(image, prediction, classes),
-            folder / f"{Path(data.names[index]).stem}.png",
+            folder / unique_name(Path(data.names[index]).stem, used),
         )

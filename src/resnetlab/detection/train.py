@@ -85,6 +85,7 @@ def fit(
     steps_per_epoch = num_batches(train, cfg.batch_size)
     optimizer, scheduler = make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
     progress, history = Progress(), []
+    device = device_of(model)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -93,13 +94,12 @@ def fit(
             state["epoch"], state["step"], state["loss_sum"], state["best"], state["elapsed_s"]
         )
         history = state["history"]
-        restore_rank_rng(state["rng"], world)
+        restore_rank_rng(state["rng"], world, device)
     run.rewrite_metrics(history)
     trained = world.wrap(model)  # averages the gradients over the processes
-    device = device_of(model)
 
     def save(epoch: int, step: int, elapsed_s: float) -> None:
-        rng = world.gather(capture_rng())  # every process's: each draws its own proposals
+        rng = world.gather(capture_rng(device))  # every process's: each draws its own proposals
         if not world.is_main:
             return
         save_state(
@@ -209,7 +209,9 @@ def non_finite(
     )
 
 
-def restore_rank_rng(saved: list[dict[str, Any]] | dict[str, Any], world: World) -> None:
+def restore_rank_rng(
+    saved: list[dict[str, Any]] | dict[str, Any], world: World, device: torch.device
+) -> None:
     """Continue this process's random streams from the state's (one per process; a single
     one in states written before detection ran under torchrun)."""
     streams = saved if isinstance(saved, list) else [saved]
@@ -219,7 +221,7 @@ def restore_rank_rng(saved: list[dict[str, Any]] | dict[str, Any], world: World)
             "process sees change, so the run will not match an uninterrupted one",
             stacklevel=2,
         )
-    restore_rng(streams[world.rank % len(streams)])
+    restore_rng(streams[world.rank % len(streams)], device)
 
 
 def read_state(folder: str) -> dict[str, Any]:

@@ -66,17 +66,36 @@ class BatchOrder:
 
 
 class TensorBatches:
-    """``(x[idx], y[idx], idx)`` for each batch of ``order``."""
+    """``(x[rows[idx]], y[rows[idx]], idx)`` for each batch ``idx`` of ``order``: the samples
+    ``rows`` of in-memory tensors (all of them by default), gathered batch by batch, so that
+    no loader copies the whole set. With ``pin``, each batch is gathered into pinned memory,
+    from which a GPU copies it asynchronously (``non_blocking``)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, order: BatchOrder) -> None:
-        self.x, self.y, self.order = x, y, order
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        order: BatchOrder,
+        *,
+        rows: torch.Tensor | None = None,
+        pin: bool = False,
+    ) -> None:
+        self.x, self.y, self.order, self.rows, self.pin = x, y, order, rows, pin
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __iter__(self) -> Iterator[Batch]:
         for idx in self.order:
-            yield self.x[idx], self.y[idx], idx
+            picked = idx if self.rows is None else self.rows[idx]
+            yield self._gather(self.x, picked), self._gather(self.y, picked), idx
+
+    def _gather(self, tensor: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        """``tensor[picked]``, in pinned memory with ``pin``."""
+        if not self.pin:
+            return tensor[picked]
+        out = torch.empty((len(picked), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
+        return torch.index_select(tensor, 0, picked, out=out)
 
 
 class _Keys(Sampler[list[tuple[int, int]]]):
@@ -116,15 +135,17 @@ def _ignore_interrupts(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (x, y) tensors behind a TensorDataset or a Subset of one, else None."""
+def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """The (x, y) tensors behind a TensorDataset or a Subset of one, and the subset's rows of
+    them (None: all), else None."""
     if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0], dataset.tensors[1]
+        return dataset.tensors[0], dataset.tensors[1], None
     if isinstance(dataset, Subset):
         inner = _as_tensors(dataset.dataset)
         if inner is not None:
-            idx = torch.as_tensor(dataset.indices)
-            return inner[0][idx], inner[1][idx]
+            x, y, rows = inner
+            picked = torch.as_tensor(dataset.indices, dtype=torch.int64)
+            return x, y, picked if rows is None else rows[picked]
     return None
 
 
@@ -134,21 +155,28 @@ def is_in_memory(dataset: Dataset) -> bool:
 
 
 def make_loader(
-    dataset: Dataset, order: BatchOrder | int, *, workers: int = 0
+    dataset: Dataset,
+    order: BatchOrder | int,
+    *,
+    workers: int = 0,
+    device: torch.device | None = None,
 ) -> TensorBatches | DataLoader:
     """An iterator of ``(x, y, indices)`` batches in ``order`` (a batch size: the dataset's
-    order): a fast tensor path for in-memory data, else a DataLoader with ``workers``."""
+    order): a fast tensor path for in-memory data, else a DataLoader with ``workers``. For a
+    run on a GPU (``device``), batches from the CPU come in pinned memory."""
     if isinstance(order, int):
         order = BatchOrder(len(dataset), order)
+    pin = device is not None and device.type == "cuda"
     tensors = _as_tensors(dataset)
     if tensors is not None:
-        return TensorBatches(*tensors, order)
+        x, y, rows = tensors
+        return TensorBatches(x, y, order, rows=rows, pin=pin and x.device.type == "cpu")
     return DataLoader(
         _SeededItems(dataset, order.seed),
         batch_sampler=_Keys(order),
         num_workers=workers,
         persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin,
         worker_init_fn=_ignore_interrupts,
         generator=torch.Generator().manual_seed(order.seed),  # not the global stream
     )

@@ -48,7 +48,7 @@ def measure_speed(trainer: Trainer) -> Speed:
     """Time training steps on a copy of ``trainer``'s model and optimiser (the run itself,
     and every random stream, are left as they were), then one evaluation batch; under
     ``torchrun``, the slowest process's times."""
-    rng = capture_rng()
+    rng = capture_rng(trainer.precision.device)
     model = copy.deepcopy(trainer.model)
     step = TrainStep(
         trainer.world.wrap(model), build_optimizer(model, trainer.cfg), trainer.loss_fn,
@@ -67,7 +67,7 @@ def measure_speed(trainer: Trainer) -> Speed:
         with torch.inference_mode():
             batch = trainer.precision.batch(trainer.normalize(x.to(trainer.precision.device)))
             eval_s = _timed(lambda: model(batch), trainer)
-    restore_rng(rng)
+    restore_rng(rng, trainer.precision.device)
     later = sorted(times[1:]) or times
     measured = torch.tensor([times[0], later[len(later) // 2], eval_s], dtype=torch.double)
     return Speed(*trainer.world.max(measured).tolist())

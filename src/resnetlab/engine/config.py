@@ -162,6 +162,12 @@ class TrainConfig:
     out: str | None = setting(
         None, help="run folder (default: runs/<date>-<model>-<data>)", resumable=True
     )
+    overwrite: bool = setting(
+        False,
+        help="replace the earlier run in --out: remove the files it wrote (checkpoints, state, "
+        "metrics, log, figures) first; without it, an --out that holds a run is an error",
+        resumable=True,
+    )
     limit_steps: int | None = setting(
         None,
         help="stop after N optimiser steps (smoke tests)",
@@ -319,7 +325,8 @@ class TrainConfig:
     precision: str = setting(
         "auto",
         choices=PRECISIONS,
-        help="autocast precision; auto = bf16 where supported (default: %(default)s)",
+        help="autocast precision; auto = bf16 where a GPU has it natively (fp16 below that) or a "
+        "CPU measures it faster than fp32 (default: %(default)s)",
     )
     device: str = setting("auto", help=DEVICE_HELP)
     workers: int = setting(

@@ -71,15 +71,21 @@ class World:
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over the processes (in place; a no-op in one process)."""
-        if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
+        return self._all_reduce(tensor, dist.ReduceOp.SUM)
 
     def max(self, tensor: torch.Tensor) -> torch.Tensor:
         """The maximum of ``tensor`` over the processes (in place)."""
-        if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return tensor
+        return self._all_reduce(tensor, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+        """``tensor`` reduced with ``op`` over the processes, in place: the one reduction
+        of the package. It runs where the process group takes tensors (``collective_device``):
+        a tensor that lives elsewhere (a CPU flag under NCCL) is copied there and back."""
+        if not self.distributed:
+            return tensor
+        moved = tensor.to(collective_device())
+        dist.all_reduce(moved, op=op)
+        return tensor if moved is tensor else tensor.copy_(moved)
 
     def check_global_batch(self, batch_size: int) -> None:
         """Refuse a ``--batch-size`` (the global batch) that the processes cannot share evenly."""
@@ -110,6 +116,14 @@ class World:
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
                 for buffer in (module.running_mean, module.running_var):
                     self.sum(buffer).div_(self.size)
+
+
+def collective_device() -> torch.device:
+    """Where the process group's collectives take tensors: this process's GPU under NCCL
+    (which refuses CPU tensors), the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def launched_world() -> World:
@@ -158,7 +172,8 @@ def start_world(device: torch.device) -> World:
             )
         torch.cuda.set_device(world.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend)
+    gpu = torch.device("cuda", world.local_rank) if backend == "nccl" else None
+    dist.init_process_group(backend, device_id=gpu)  # a barrier then knows each rank's GPU
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
     threads = max(1, (os.cpu_count() or 1) // local)
     torch.set_num_threads(threads)

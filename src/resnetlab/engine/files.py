@@ -23,9 +23,36 @@ def _new_file_mode() -> int:
 _NEW_FILE_MODE = _new_file_mode()  # read once, at import: os.umask can only be read by setting it
 
 
+WRITE_PROBE = ".write-test"  # the empty file that ``writable_folder`` writes and removes
+
+
 def os_reason(exc: OSError) -> str:
     """Why an operating-system call failed, e.g. ``No space left on device``."""
     return exc.strerror or str(exc)
+
+
+def writable_folder(path: Path) -> None:
+    """Make the folder ``path`` (and its parents) and check that a file can be written in it;
+    a one-line ``ResnetlabError`` naming ``--out`` where not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / WRITE_PROBE
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ResnetlabError(f"--out: cannot write to '{path}': {os_reason(exc)}") from None
+
+
+def unique_name(stem: str, used: set[str]) -> str:
+    """``stem.png``, or ``stem-2.png``, ``stem-3.png``... where ``used`` (the names given so
+    far, to which the one returned is added) has it already: two inputs of one name
+    (``a/x.jpg``, ``b/x.jpg``) never write one file."""
+    name, count = f"{stem}.png", 1
+    while name in used:
+        count += 1
+        name = f"{stem}-{count}.png"
+    used.add(name)
+    return name
 
 
 def _os_error(exc: BaseException) -> OSError | None:

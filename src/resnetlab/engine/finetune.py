@@ -23,6 +23,7 @@ changes). In head-only phases the backbone's BatchNorm layers always stay in eva
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -123,10 +124,15 @@ def _stay_in_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
 
 
 @contextmanager
-def phase_mode(model: nn.Module, phase: Phase, bn_policy: str) -> Iterator[frozenset[str]]:
-    """Within the block, only ``phase``'s parameters require gradients, and the BatchNorm
-    layers whose statistics must stay fixed run in eval mode even under ``model.train()``; it
-    gives their names. On exit the model's ``requires_grad`` flags are as they were."""
+def phase_mode(
+    model: nn.Module, phase: Phase, bn_policy: str, *, unfreeze: bool = False
+) -> Iterator[frozenset[str]]:
+    """Within the block, only ``phase``'s parameters require gradients, of those that required
+    them before (what the model freezes itself, e.g. the speed-run network's whitening filters,
+    stays frozen; ``unfreeze``: it trains too, only to resume a run that trained it, see
+    ``resumes_unfrozen``), and the BatchNorm layers whose statistics must stay fixed run in
+    eval mode even under ``model.train()``; it gives their names. On exit the model's
+    ``requires_grad`` flags are as they were."""
     head, _ = parameter_stages(model)
     norms = {
         n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -140,8 +146,8 @@ def phase_mode(model: nn.Module, phase: Phase, bn_policy: str) -> Iterator[froze
     if phase.trains_backbone:
         trains |= {id(p) for p in model.parameters() if id(p) not in fixed_affine}
     before = [(p, p.requires_grad) for p in model.parameters()]
-    for param in model.parameters():
-        param.requires_grad_(id(param) in trains)
+    for param, flag in before:
+        param.requires_grad_((flag or unfreeze) and id(param) in trains)
     hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms.values() if fixed_norms]
     try:
         yield frozenset(norms if fixed_norms else ())
@@ -169,6 +175,25 @@ def describe_phase(
     )
 
 
+def _group_sizes(groups: list[dict[str, Any]]) -> list[int]:
+    return [len(group["params"]) for group in groups]
+
+
+def resumes_unfrozen(trainer: Trainer, phase: Phase, bn_policy: str, stage_decay: float) -> bool:
+    """Whether ``trainer`` resumes ``phase`` from a state saved before the parameters that a
+    model freezes itself stayed frozen (every 'all' phase trained them then): its optimiser's
+    groups are those of the phase with them unfrozen, which differ from the phase's now."""
+    if trainer.pending is None:
+        return False
+
+    def sizes(unfreeze: bool) -> list[int]:
+        with phase_mode(trainer.model, phase, bn_policy, unfreeze=unfreeze):
+            return _group_sizes(phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg))
+
+    saved = _group_sizes(trainer.pending["optimizer"]["param_groups"])
+    return saved != sizes(False) and saved == sizes(True)
+
+
 def fit_phases(
     trainer: Trainer,
     phases: list[Phase],
@@ -179,13 +204,22 @@ def fit_phases(
 ) -> None:
     """Run each phase as one ``trainer.fit`` with its own optimiser and lr schedule
     (``announce``: print a line describing each phase first). A resumed trainer skips the
-    phases that its run had finished."""
-    end_epoch = 0
+    phases that its run had finished; a run saved while it trained the parameters that the
+    model froze (``resumes_unfrozen``) goes on training them, as it was saved."""
+    end_epoch, unfreeze = 0, False
     for index, phase in enumerate(phases):
         end_epoch += phase.epochs
         if index < trainer.resumed_phase:
             continue
-        with phase_mode(trainer.model, phase, bn_policy) as trainer.fixed_norms:
+        if not unfreeze and resumes_unfrozen(trainer, phase, bn_policy, stage_decay):
+            unfreeze = True
+            warnings.warn(
+                "--resume: this state comes from a run that trained the parameters its model "
+                "freezes (as resnetlab did before they stayed frozen); to resume it exactly, "
+                "they train on to the end of the run (a new run keeps them frozen)",
+                stacklevel=2,
+            )
+        with phase_mode(trainer.model, phase, bn_policy, unfreeze=unfreeze) as trainer.fixed_norms:
             groups = phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg)
             if announce:
                 first_epoch = end_epoch - phase.epochs + 1

@@ -393,7 +393,7 @@ def evaluate_model(
 ) -> dict:
     """Top-1/top-5, per-class accuracy and confusion matrix of ``model`` on ``dataset`` (with
     ``compile``, the model compiled with freezing)."""
-    loader = make_loader(dataset, batch_size, workers=workers)
+    loader = make_loader(dataset, batch_size, workers=workers, device=precision.device)
     forward = InferenceModel(model, compile)
     logits, targets, _ = predict(forward, loader, precision, normalize, tta=tta)
     return classification_report(logits, targets, classes)

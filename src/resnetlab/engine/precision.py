@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from resnetlab.engine.matmul import cpu_bf16_faster
 from resnetlab.errors import ResnetlabError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -26,9 +27,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 runs natively: on CUDA by capability, on CPU with AVX-512 BF16 or AMX."""
+    """Whether ``device`` computes in bf16 natively: a GPU of compute capability 8.0 (Ampere)
+    or later (``torch.cuda.is_bf16_supported()`` also counts the emulation of older ones), a
+    CPU with AVX-512 BF16 or AMX."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -39,6 +42,7 @@ class Precision:
     device: torch.device
     dtype: torch.dtype | None
     channels_last: bool
+    tf32: bool = False  # fp32 matmuls and convolutions in TF32 (a GPU from Ampere on)
 
     @property
     def name(self) -> str:
@@ -48,7 +52,8 @@ class Precision:
     def __str__(self) -> str:
         """Device, precision and memory format: ``cpu bf16, channels-last``."""
         memory = ", channels-last" if self.channels_last else ""
-        return f"{self.device.type} {self.name}{memory}"
+        tf32 = ", tf32 matmuls" if self.tf32 else ""
+        return f"{self.device.type} {self.name}{memory}{tf32}"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for forward passes (a no-op in fp32)."""
@@ -57,7 +62,10 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move ``model`` to the device (and channels-last for 2-D convnets)."""
+        """Move ``model`` to the device (and channels-last for 2-D convnets); allow TF32 where
+        asked (a setting of the whole process)."""
+        if self.tf32:
+            torch.set_float32_matmul_precision("high")
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -68,15 +76,33 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device, data_kind: str) -> Precision:
-    """Resolve ``--precision``. ``auto`` uses bf16 autocast for convnets where the hardware
-    supports it, and fp32 for tabular models, whose tiny matrices gain nothing from bf16, and
-    for clips on a CPU, where a bf16 training step of ``r3d_10_small`` ran 7 times slower than
-    an fp32 one (a 3-D convolution's forward pass over 100 times; PyTorch 2.14, AMD EPYC).
+    """Resolve ``--precision``. ``auto`` trains tabular models in fp32 (their tiny matrices
+    gain nothing from bf16), and convnets
+
+    - on a GPU, in bf16 autocast where it has bf16 natively, else in fp16 autocast (with a
+      grad scaler), TF32 allowed for what stays fp32 where the GPU has it;
+    - on a CPU, in bf16 autocast where the CPU has it natively and its bf16 matmuls measure
+      clearly faster than its fp32 ones (``engine/matmul.py``), else in fp32; clips always in
+      fp32, as a bf16 training step of ``r3d_10_small`` ran 7 times slower than an fp32 one (a
+      3-D convolution's forward pass over 100 times; PyTorch 2.14, AMD EPYC).
+
     Channels-last memory is for 2-D images only (for clips, channels-last-3d sped R3D up and
     slowed R(2+1)D and f-R2D down)."""
+    tf32 = False
     if name == "auto":
-        slow = data_kind == "tabular" or (data_kind == "video" and device.type == "cpu")
-        name = "bf16" if not slow and bf16_supported(device) else "fp32"
+        name = _auto(device, data_kind)
+        tf32 = device.type == "cuda" and bf16_supported(device)  # both came with Ampere
     if name == "bf16" and not bf16_supported(device):
-        raise ResnetlabError(f"--precision bf16: not supported on this {device.type} device")
-    return Precision(device, _DTYPES[name], channels_last=data_kind == "image")
+        raise ResnetlabError(f"--precision bf16: this {device.type} device has no native bf16")
+    return Precision(device, _DTYPES[name], channels_last=data_kind == "image", tf32=tf32)
+
+
+def _auto(device: torch.device, data_kind: str) -> str:
+    """What ``--precision auto`` means for ``data_kind`` on ``device`` (see above)."""
+    if data_kind == "tabular":
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if bf16_supported(device) else "fp16"
+    if device.type != "cpu" or data_kind == "video" or not bf16_supported(device):
+        return "fp32"
+    return "bf16" if cpu_bf16_faster() else "fp32"

@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from resnetlab.data.augment import to_unit_float
 from resnetlab.data.decode import BadImage, decode_image, image_array, is_image_file
 from resnetlab.data.preprocess import apply_preprocessing
 from resnetlab.data.tabular import is_table_file, read_feature_columns, read_inputs
 from resnetlab.engine.checkpoint_data import input_preprocessing
 from resnetlab.engine.exported import OnnxNetwork, ProgramNetwork, is_exported, load_network
+from resnetlab.engine.image_inputs import image_batch, warn_out_of_range
 from resnetlab.engine.loop import InferenceModel, class_logits, padded
 from resnetlab.engine.precision import resolve_device
 from resnetlab.engine.state_dicts import read_weights
@@ -89,7 +91,10 @@ class Predictor:
                 labels.append(label)
         if not rows:
             raise ResnetlabError("predict: no inputs")
-        return torch.stack(rows), labels
+        batch = torch.stack(rows)
+        if self.header["data_kind"] == "image":
+            warn_out_of_range(batch, labels)
+        return batch, labels
 
     def logits(self, inputs: Any) -> Tensor:
         """The network's outputs (CPU, float32) for ``inputs`` (see ``predict``)."""
@@ -109,9 +114,9 @@ class Predictor:
     def predict(self, inputs: Any, topk: int = 5) -> list[dict[str, Any]]:
         """For each input, the ``topk`` classes with their probabilities (``value``s for
         regression). ``inputs`` is one input or a list of them: file paths (images, or CSV files
-        of rows for a table), Pillow images, NumPy arrays (images as Pillow reads them, H x W
-        [x C] uint8; else as tensors), tensors (one input or a batch, raw as in training: images
-        in [0, 1] or uint8, of the input shape) and DataFrames (each row, by column name)."""
+        of rows for a table), Pillow images, NumPy arrays and tensors (one input or a batch, raw
+        as in training; images uint8 or float in [0, 1], in any layout of
+        ``image_inputs.LAYOUTS``) and DataFrames (each row, by column name)."""
         if topk < 1:
             raise ResnetlabError(f"--topk must be at least 1 (got {topk})")
         x, labels = self.inputs(inputs)
@@ -152,9 +157,9 @@ class Predictor:
         if isinstance(item, str | os.PathLike):
             yield from self._file_rows(Path(item), str(item))
         elif isinstance(item, Image.Image) and kind == "image":
-            yield torch.from_numpy(image_array(item, shape[0], shape[-1])).float() / 255, position
-        elif isinstance(item, np.ndarray) and item.dtype == np.uint8 and kind == "image":
-            yield from self._rows(Image.fromarray(item), position)
+            yield to_unit_float(torch.from_numpy(image_array(item, shape[0], shape[-1]))), position
+        elif isinstance(item, Tensor | np.ndarray) and kind == "image":
+            yield from _labelled(image_batch(item, shape, position), position)
         elif hasattr(item, "columns") and kind == "tabular":  # a pandas DataFrame
             values = torch.as_tensor(self._frame_inputs(item, position))
             yield from (
@@ -168,9 +173,7 @@ class Predictor:
                     f"input {position}: shape {tuple(tensor.shape)}, the network takes "
                     f"{shape} (or a batch of them)"
                 )
-            batch = batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
-            yield from ((row, f"{position}:{i}" if len(batch) > 1 else position)
-                        for i, row in enumerate(batch))  # fmt: skip
+            yield from _labelled(to_unit_float(batch), position)
         else:
             raise ResnetlabError(f"input {position}: a {type(item).__name__} is no {kind} input")
 
@@ -206,7 +209,7 @@ class Predictor:
             if not is_image_file(path):
                 raise ResnetlabError(f"INPUT '{name}': not an image file this checkpoint can read")
             try:
-                yield decode_image(path, shape[0], shape[-1]).float() / 255, name
+                yield to_unit_float(decode_image(path, shape[0], shape[-1])), name
             except BadImage as bad:
                 raise ResnetlabError(str(bad)) from None
         else:
@@ -270,6 +273,13 @@ def load(
         "feature_names": [],
     }
     return Predictor(network, header, dev)
+
+
+def _labelled(batch: Tensor, position: str) -> Iterator[tuple[Tensor, str]]:
+    """The rows of a batch given as input ``position``, labelled ``position:row`` (just
+    ``position`` for a batch of one)."""
+    yield from ((row, f"{position}:{i}" if len(batch) > 1 else position)
+                for i, row in enumerate(batch))  # fmt: skip
 
 
 def _floats(values: Sequence[float] | None) -> list[float] | None:

@@ -8,22 +8,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import yaml
 
-from resnetlab.engine.distributed import World
-from resnetlab.engine.files import os_reason, write_atomically, writing
+from resnetlab.engine.files import writable_folder, write_atomically, writing
 from resnetlab.errors import ResnetlabError
 
 # Metrics that measure the machine, not the run: checkpoints and fingerprints leave them out.
 TIMINGS = ("samples_per_s", "elapsed_s", "train_s")
-REPLAY_OMITS = ("out", "resume")  # config keys that config.yaml leaves out
+# config keys that config.yaml and the checkpoints' recipe leave out: where a run was written
+REPLAY_OMITS = ("out", "resume", "overwrite")
 
 
 def fingerprint(run_dir: str | Path) -> dict[str, Any]:
@@ -44,13 +42,6 @@ def fingerprint(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def default_run_dir(model: str, data: str) -> Path:
-    """``runs/<date-time>-<model>-<data name>``."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    data_name = Path(data).stem if os.sep in data or data.endswith(".csv") else data
-    return Path("runs") / f"{stamp}-{model}-{data_name}"
-
-
 class RunDir:
     """One run's output folder. Created and checked for writability before any training.
 
@@ -62,15 +53,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise ResnetlabError(
-                f"--out: cannot write to '{self.path}': {os_reason(exc)}"
-            ) from None
+        writable_folder(self.path)
         self._log = open(self.path / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
 
     def file(self, name: str) -> Path:
@@ -154,13 +137,6 @@ class ReplicaRunDir(RunDir):
 
     def __exit__(self, *_: object) -> None:
         """Nothing to close."""
-
-
-def open_run_dir(path: str | Path, world: World) -> RunDir:
-    """The run folder at rank 0's ``path`` (a default name holds rank 0's clock): a
-    ``RunDir`` on rank 0, a ``ReplicaRunDir`` on the other processes."""
-    path = world.broadcast(str(path))
-    return RunDir(path) if world.is_main else ReplicaRunDir(path)
 
 
 def progress_enabled(quiet: bool) -> bool:

@@ -22,7 +22,8 @@ from resnetlab.errors import ResnetlabError
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
-# What ``Trainer.save_state`` writes and a resumed run reads (besides "format").
+# What ``Trainer.save_state`` writes and a resumed run reads (besides "format"; "ran_as", the
+# device and precision, is read where a state has it).
 STATE_KEYS = frozenset(
     {
         "command", "config", "resolved", "header", "model", "optimizer", "scaler",
@@ -32,8 +33,9 @@ STATE_KEYS = frozenset(
 )  # fmt: skip
 
 
-def capture_rng() -> dict[str, Any]:
-    """Every global random stream: Python's, NumPy's, torch's on the CPU and on each GPU."""
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """Every global random stream a run on ``device`` draws from: Python's, NumPy's, torch's
+    on the CPU and, on a GPU, that GPU's (None on a CPU)."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -45,12 +47,13 @@ def capture_rng() -> dict[str, Any]:
             "gauss": gauss,
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Put back the streams that ``capture_rng`` saved."""
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Put back the streams that ``capture_rng`` saved, on a run on ``device``: a GPU's stream
+    goes to this run's GPU, whatever the number of GPUs here, and none to a run on the CPU."""
     random.setstate(_as_tuples(state["python"]))
     numpy = state["numpy"]
     keys = numpy["keys"].numpy().astype(np.uint32)
@@ -58,8 +61,14 @@ def restore_rng(state: dict[str, Any]) -> None:
         (numpy["kind"], keys, numpy["position"], numpy["has_gauss"], numpy["gauss"])
     )
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type != "cuda":
+        return
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # an older state: every visible GPU's, in index order
+        index = torch.cuda.current_device() if device.index is None else device.index
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def _as_tuples(value: Any) -> Any:

@@ -11,7 +11,8 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopRequests:
     """While active (``with``), the first SIGINT or SIGTERM only records itself in
-    ``signal``: the run finishes its step, saves its state and stops. A second one acts at
+    ``signal``: the run finishes its step (under torchrun, the step at which its processes
+    next agree, ``Trainer._after_step``), saves its state and stops. A second one acts at
     once (Ctrl-C raises KeyboardInterrupt, SIGTERM terminates): the state on disk is whole
     either way, since it is only ever replaced by a rename. Outside the main thread, where
     Python cannot install handlers, signals keep their usual effect."""

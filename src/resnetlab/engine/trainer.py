@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from resnetlab.engine.budget import Budget
 
 _CHECK_EVERY = 50  # steps between reads of the on-device non-finite-loss count (--on-nan stop)
+# Under torchrun, steps between agreements on stop requests and timed saves (and each epoch's
+# last step): a signal stops every process within this many steps, with no collective per step.
+AGREE_EVERY = 10
 MIN_TIMED_S = 1.0  # shorter epochs print no samples/s: a few steps are too few to time
 
 
@@ -122,7 +125,9 @@ class Trainer:
         self.bundle, self.cfg, self.run, self.header = bundle, cfg, run, header
         self.requested = requested if requested is not None else cfg.to_dict()
         self.world = launched_world()
-        self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
+        device = resolve_device(cfg.device)
+        with self.world.main_first():  # rank 0 measures a CPU's bf16 speed for the cache first
+            self.precision = resolve_precision(cfg.precision, device, bundle.kind)
         if self.precision.device.type == "cpu":
             keep_freed_memory()  # about 10% faster steps (engine/memory.py)
         if cfg.sync_bn:
@@ -143,7 +148,9 @@ class Trainer:
             len(bundle.train), self._train_batch_size(), shuffle=True, seed=cfg.seed,
             drop_last=True, rank=self.world.rank, world=self.world.size,
         )  # fmt: skip
-        self.train_loader = make_loader(bundle.train, self.order, workers=cfg.workers)
+        self.train_loader = make_loader(
+            bundle.train, self.order, workers=cfg.workers, device=self.precision.device
+        )
         self.val_loader = None if bundle.val is None else self._eval_loader(bundle.val)
         self.scaler = torch.amp.GradScaler(
             self.precision.device.type, enabled=self.precision.name == "fp16"
@@ -161,8 +168,6 @@ class Trainer:
         self.pending = resume
         if resume is not None:
             self._restore_progress(resume)
-        elif run.file("metrics.jsonl").exists():  # a new run in a used folder: its own metrics
-            run.rewrite_metrics([])
         self.start = time.perf_counter()
         self.last_save = self.start
         wants_board = cfg.tensorboard and self.world.is_main
@@ -281,8 +286,8 @@ class Trainer:
                     self.budget.after_epoch(self, tally, time.perf_counter() - trained)
                 tally = None
                 self.save_state(None)
-                self._agree()  # a signal during validation reached one process alone
-                self._stop_if_asked()
+                # a signal during validation may have reached one process alone
+                self._stop_if_asked(self._agreed()[0])
 
     def _train_epoch(self, tally: EpochTally) -> EpochTally:
         """The rest of the current epoch, from step ``tally.steps`` of it."""
@@ -304,29 +309,31 @@ class Trainer:
         self.steps_done += 1
         if self.average is not None:
             self.average.update(self.model)
-        minutes = self.cfg.save_every_minutes
-        late = minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
-        late = self._agree(late)
-        stop = self.stops.signal
+        stop, late = None, False
+        ends_epoch = tally.steps == self.steps_per_epoch or self.out_of_steps
+        if not self.world.distributed or ends_epoch or self.steps_done % AGREE_EVERY == 0:
+            minutes = self.cfg.save_every_minutes
+            late = minutes is not None and time.perf_counter() - self.last_save >= 60 * minutes
+            stop, late = self._agreed(late)
         due = late or (self.cfg.save_every and self.steps_done % self.cfg.save_every == 0)
         if stop is not None or due:
             self.save_state(tally)
         elif tally.steps % _CHECK_EVERY == 0 or self.step_options.skip_nonfinite:
             self._check_finite(tally)  # --on-nan skip counts on the host: no sync, every step
-        self._stop_if_asked()
+        self._stop_if_asked(stop)
 
-    def _agree(self, late: bool = False) -> bool:
-        """Under ``torchrun``, every process's stop request and ``late`` made the same (any
-        process's), so that all stop, and save, at the same step; ``late`` as agreed."""
-        if self.world.distributed:
-            agreed = self.world.max(torch.tensor([self.stops.signal or 0, int(late)]))
-            self.stops.signal = signal.Signals(int(agreed[0])) if agreed[0] else None
-            late = bool(agreed[1])
-        return late
-
-    def _stop_if_asked(self) -> None:
-        """After the state is saved: end the run if a signal asked for it (``RunStopped``)."""
+    def _agreed(self, late: bool = False) -> tuple[signal.Signals | None, bool]:
+        """The stop request (a signal) and ``late``: this process's own in one process; under
+        ``torchrun``, any process's, so that all stop, and save, at the same step."""
         stop = self.stops.signal
+        if self.world.distributed:
+            agreed = self.world.max(torch.tensor([stop or 0, int(late)]))
+            stop = signal.Signals(int(agreed[0])) if agreed[0] else None
+            late = bool(agreed[1])
+        return stop, late
+
+    def _stop_if_asked(self, stop: signal.Signals | None) -> None:
+        """After the state is saved: end the run if a signal asked for it (``RunStopped``)."""
         if stop is not None:
             raise RunStopped(
                 f"stopped by {stop.name} after epoch {len(self.history)}, step "
@@ -416,7 +423,8 @@ class Trainer:
             drop_last=True, rank=self.world.rank, world=self.world.size,
         )  # fmt: skip
         batches = max(1, min(len(order), BN_SAMPLES // order.batch_size))
-        for x, _, _ in itertools.islice(make_loader(self.bundle.train, order), batches):
+        loader = make_loader(self.bundle.train, order, device=self.precision.device)
+        for x, _, _ in itertools.islice(loader, batches):
             yield self.precision.batch(self.normalize(x.to(self.precision.device)))
 
     def _eval_loader(self, dataset: Dataset) -> TensorBatches | DataLoader:
@@ -425,7 +433,9 @@ class Trainer:
         world = self.world
         if world.distributed:
             dataset = Subset(dataset, range(world.rank, len(dataset), world.size))
-        return make_loader(dataset, 2 * self.cfg.batch_size, workers=self.cfg.workers)
+        return make_loader(
+            dataset, 2 * self.cfg.batch_size, workers=self.cfg.workers, device=self.precision.device
+        )
 
     def _predict(
         self, loader: TensorBatches | DataLoader, model: nn.Module, tta: bool = False
@@ -476,7 +486,8 @@ class Trainer:
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
             "threads": torch.get_num_threads(),
             "world": self.world.size,
-            "rng": self.world.gather(capture_rng()),
+            "rng": self.world.gather(capture_rng(self.precision.device)),
+            "ran_as": str(self.precision),
         }
         if self.world.is_main:
             save_state(self.run.file(STATE_FILE), state)
@@ -501,9 +512,17 @@ class Trainer:
         assert self.phase is not None
         self.phase.optimizer.load_state_dict(state["optimizer"])
         self._reschedule(self.phase.total_steps)  # the schedule at its step, of this run's length
-        self.scaler.load_state_dict(state["scaler"])
+        ran_as = state.get("ran_as", str(self.precision))  # older states do not say
+        if ran_as != str(self.precision):
+            warnings.warn(
+                f"--resume: the run trained as {ran_as}, this machine trains it as "
+                f"{self.precision}; the run will not match an uninterrupted one",
+                stacklevel=2,
+            )
+        if state["scaler"] or not self.scaler.is_enabled():  # fp16 after bf16 or fp32: a new
+            self.scaler.load_state_dict(state["scaler"])  # scale, found again in a few steps
         rank = self.world.rank % state["world"]  # another world: not exact, as --resume warned
-        restore_rng(state["rng"][rank])
+        restore_rng(state["rng"][rank], self.precision.device)
         self.pending = None
         if state["tally"][0] is None:
             return None

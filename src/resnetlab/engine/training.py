@@ -26,7 +26,7 @@ from resnetlab.engine.finetune import fit_phases
 from resnetlab.engine.finetune_config import FinetuneConfig, Phase
 from resnetlab.engine.loop import Normalizer
 from resnetlab.engine.precision import Precision, resolve_device
-from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.rundir import REPLAY_OMITS, RunDir
 from resnetlab.engine.state import STATE_FILE, load_state
 from resnetlab.engine.state_dicts import WeightsFile, read_weights
 from resnetlab.engine.trainer import Trainer
@@ -278,7 +278,7 @@ def checkpoint_header(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
         "in_chans": bundle.input_shape[0],
         "loss": cfg.loss,
         **data_header(cfg, bundle),
-        "recipe": {k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
+        "recipe": {k: v for k, v in cfg.to_dict().items() if k not in REPLAY_OMITS},
     }
 
 
@@ -308,8 +308,9 @@ def resume_config(run_dir: str | Path, command: str | None = None, **changes: An
     state = load_state(Path(run_dir) / STATE_FILE)
     _check_command(state, command or state["command"], run_dir)
     cls = FinetuneConfig if state["command"] == FinetuneConfig.command else TrainConfig
-    # the folder as given now: a run moved or copied resumes where it is
-    return replace(cls(**state["config"]), resume=str(run_dir), out=str(run_dir), **changes)
+    # the folder as given now: a run moved or copied resumes where it is; it never overwrites
+    folder = str(run_dir)
+    return replace(cls(**state["config"]), resume=folder, out=folder, overwrite=False, **changes)
 
 
 def _check_command(state: dict[str, Any], command: str, run_dir: str | Path) -> None:

@@ -71,7 +71,7 @@ def run_case_study(cfg: CaseStudyConfig) -> CaseStudyResult:
     # Matrices of 32 x 40: extra threads only wait on each other (7x slower on a busy CPU).
     torch.set_num_threads(1)
     try:
-        with RunDir(experiment_dir(cfg.out, "case-study")) as log:
+        with experiment_dir(cfg.out, "case-study", cfg.overwrite) as log:
             return _run(cfg, log)
     finally:
         torch.set_num_threads(threads)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import torch
 
 from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.claim import open_run_dir
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.training import (
@@ -45,7 +45,7 @@ def train_on_bundle(cfg: TrainConfig, bundle: DataBundle, title: str) -> TrainRe
     folder ``cfg.out`` with config, log, metrics, checkpoints, curves and a final evaluation."""
     cfg.validate()
     cfg = resolve_for_data(cfg, bundle)
-    with RunDir(cfg.out) as run:
+    with open_run_dir(cfg.out, cfg.model) as run:
         torch.manual_seed(cfg.seed)
         start = Start(cfg, bundle, build_for_data(cfg, bundle), checkpoint_header(cfg, bundle))
         return train_in_run(start, run, single_phase(cfg), title=title)
@@ -57,11 +57,10 @@ def network_params(cfg: TrainConfig, bundle: DataBundle) -> int:
         return sum(p.numel() for p in build_for_data(cfg, bundle).parameters())
 
 
-def experiment_dir(out: str | None, name: str) -> Path:
-    """``out``, or ``runs/<date-time>-<name>``."""
-    if out:
-        return Path(out)
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+def experiment_dir(out: str | None, name: str, overwrite: bool) -> RunDir:
+    """The experiment's folder: ``out`` (holding no earlier run, unless ``overwrite``, which
+    removes it and its runs' folders first) or a new ``runs/<date-time>-<name>``."""
+    return open_run_dir(out, name, overwrite=overwrite, nested=True)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -148,6 +148,7 @@ class DegradationConfig:
     )
     seed: int = 0
     out: str | None = setting(None, help="output folder (default: runs/<date-time>-<experiment>)")
+    overwrite: bool = shared(TrainConfig, "overwrite")
     quiet: bool = setting(False, help="no progress bars")
     precision: str = shared(TrainConfig, "precision")
     device: str = shared(TrainConfig, "device")
@@ -197,6 +198,7 @@ class GradientConfig:
     device: str = shared(TrainConfig, "device")
     seed: int = 0
     out: str | None = shared(DegradationConfig, "out")
+    overwrite: bool = shared(TrainConfig, "overwrite")
 
     @property
     def network_names(self) -> tuple[str, ...]:
@@ -220,6 +222,7 @@ class CaseStudyConfig:
     epochs: int = setting(10, check=at_least_one, error=_AT_LEAST_ONE)
     batch_size: int = setting(32, check=at_least_one, error=_AT_LEAST_ONE)
     out: str | None = setting(None, help="output folder (default: runs/<date-time>-case-study)")
+    overwrite: bool = shared(TrainConfig, "overwrite")
 
     def validate(self) -> None:
         """Raise ResnetlabError naming the flag of the first invalid setting."""
@@ -246,6 +249,7 @@ class VideoConfig:
     test_fraction: float = 0.2  # 400 test clips: a guess stays within 5 points of 50% (2 sd)
     seed: int = 0
     out: str | None = shared(DegradationConfig, "out")
+    overwrite: bool = shared(TrainConfig, "overwrite")
     quiet: bool = shared(DegradationConfig, "quiet")
     precision: str = shared(TrainConfig, "precision")
     device: str = shared(TrainConfig, "device")

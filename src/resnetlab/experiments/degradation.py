@@ -128,7 +128,7 @@ def run_degradation(cfg: DegradationConfig) -> DegradationResult:
     cfg.validate()
     for name in cfg.networks:
         describe_network(name)
-    with RunDir(experiment_dir(cfg.out, "degradation")) as log:
+    with experiment_dir(cfg.out, "degradation", cfg.overwrite) as log:
         return _run(cfg, log)
 
 

@@ -95,7 +95,7 @@ def run_gradients(cfg: GradientConfig) -> GradientResult:
     cfg.validate()
     for name in cfg.network_names:
         describe_network(name)
-    with RunDir(experiment_dir(cfg.out, "gradients")) as log:
+    with experiment_dir(cfg.out, "gradients", cfg.overwrite) as log:
         return _run(cfg, log)
 
 

@@ -73,7 +73,7 @@ def run_video(cfg: VideoConfig) -> VideoResult:
     for flag, name in (("--model", cfg.model), ("--frame-model", cfg.frame_model)):
         if get_model_spec(name).data_kind != "video":
             raise ResnetlabError(f"{flag} {name}: not a video network (see resnetlab models)")
-    with RunDir(experiment_dir(cfg.out, "video")) as log:
+    with experiment_dir(cfg.out, "video", cfg.overwrite) as log:
         return _run(cfg, log)
 
 

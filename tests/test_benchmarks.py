@@ -1,0 +1,183 @@
+"""Every script in benchmarks/ at its smallest (`--smoke`, see benchmarks/smoke.py), on
+generated data where it reads a folder, so that a change that breaks a script fails here. The
+scripts run in this process (their own subprocesses aside); their results go to the test's
+temporary folder, never to benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import make_folder
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.commands.train import train
+from resnetlab.engine.config import TrainConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+CIFAR_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+SmokeRun = Callable[..., Path]
+
+
+@pytest.fixture()
+def smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SmokeRun:
+    """``smoke(script, *argv)`` runs ``benchmarks/script --smoke ARGV`` as ``__main__`` and
+    returns the temporary folder its results went to (made under ``tmp_path``)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts' shared modules
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def run(script: str, *argv: str) -> Path:
+        path = BENCHMARKS / script
+        monkeypatch.setattr(sys, "argv", [str(path), "--smoke", *argv])
+        runpy.run_path(str(path), run_name="__main__")
+        [folder] = tmp_path.glob(f"{path.stem}-smoke-*")
+        return folder
+
+    return run
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def named_classes(root: Path, names: tuple[str, ...], per_class: int, size: int = 8) -> Path:
+    """``root/<name>/*.png``: ``per_class`` random ``size`` x ``size`` images per class."""
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_every_script_has_a_smoke_run() -> None:
+    scripts = {path.stem for path in BENCHMARKS.glob("*.py")} - {"smoke"}
+    assert sorted(s for s in scripts if f"test_{s}" not in globals()) == []
+
+
+def test_allocator(smoke: SmokeRun) -> None:
+    result = read_json(smoke("allocator.py") / "allocator.json")
+    assert result["model"] == "resnet20" and result["batch"] == 2
+    assert list(result["rows"]) == ["glibc default", "keep_freed_memory"]
+    assert all(row["images_per_s"] > 0 for row in result["rows"].values())
+
+
+def test_bench_standard(smoke: SmokeRun) -> None:
+    [result] = read_json(smoke("bench_standard.py") / "bench_standard.json")
+    assert (result["model"], result["mode"], result["batch"]) == ("resnet20", "train", 2)
+    assert result["input_shape"] == [3, 8, 8]
+    assert [row["row"] for row in result["rows"]] == ["seed-style", "user", "resnetlab"]
+
+
+def test_data_throughput(smoke: SmokeRun) -> None:
+    data = make_folder(Path("data"), per_class=8, size=8)
+    result = read_json(smoke("data_throughput.py", "--data", str(data)) / "data_throughput.json")
+    assert (result["files"], result["classes"], result["bad"]) == (16, 2, 0)
+    assert result["train_step"]["steps"] == 1 and result["train_step"]["step_s"] > 0
+    assert set(result["streaming_images_per_s"]) == {"workers_0", "workers_2"}
+
+
+def test_finetune_transfer(smoke: SmokeRun) -> None:
+    data = named_classes(Path("cifar"), CIFAR_CLASSES, per_class=4)
+    result = read_json(
+        smoke("finetune_transfer.py", "--data", str(data)) / "finetune_transfer.json"
+    )
+    assert [row["method"] for row in result["rows"]] == ["from scratch", "linear-probe"]
+    assert all(0 <= row["accuracy"] <= 100 for row in result["rows"])
+    assert Path(result["weights"]).is_file()
+
+
+def test_jpeg_distortion(smoke: SmokeRun) -> None:
+    source = named_classes(Path("png"), ("a", "b"), per_class=2, size=16)
+    for quality, folder in ((75, Path("source")), (50, Path("q50"))):
+        for path in source.glob("*/*"):
+            target = folder / path.relative_to(source).with_suffix(".jpg")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(path).save(target, quality=quality)
+        source = folder  # q50 is re-encoded from the JPEG source
+    result = read_json(
+        smoke("jpeg_distortion.py", "source", "--folder", "50=q50") / "jpeg_distortion.json"
+    )
+    assert set(result["mse"]) == {"75", "50"} and result["mse"]["50"] > result["mse"]["75"] > 0
+
+
+def test_paper_gap(smoke: SmokeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs train in this process: starting a process for each is all that is left out."""
+
+    def in_process(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        assert command[:4] == [sys.executable, "-m", "resnetlab", "train"]
+        return subprocess.CompletedProcess(command, main(command[3:]))
+
+    monkeypatch.setattr(subprocess, "run", in_process)
+    ledger = (BENCHMARKS / "paper_gap_runs.json").read_bytes()
+    data = make_folder(Path("data"), per_class=8, size=8)
+    folder = smoke("paper_gap.py", "--data", str(data))
+    assert (BENCHMARKS / "paper_gap_runs.json").read_bytes() == ledger
+    runs = read_json(folder / "paper_gap_runs.json")
+    assert [(run["factor"], run["seed"], run["epochs"]) for run in runs] == [
+        ("baseline", 0, 1),
+        ("jpeg50", 0, 1),
+    ]
+    result = read_json(folder / "e1" / "paper_gap.json")
+    assert list(result["factors"]) == ["baseline", "jpeg50"]
+    lines = result["jpeg_extrapolation"]["lines"]
+    assert list(lines) == ["quality", "quantiser_scale", "mse_against_lossless"]
+    assert (folder / "e1" / "paper_gap.md").read_text().startswith("Protocol: resnet20")
+
+
+def test_resume_exactness(smoke: SmokeRun) -> None:
+    data = make_folder(Path("data"), per_class=8, size=8)
+    result = read_json(smoke("resume_exactness.py", "--data", str(data)) / "resume_exactness.json")
+    assert result["rows"] == [
+        {"pipeline": "cached", "trials": 1, "killed": result["rows"][0]["killed"],
+         "matched": 1, "reference_s": result["rows"][0]["reference_s"]},
+    ]  # fmt: skip
+
+
+def test_serve_batching(smoke: SmokeRun) -> None:
+    result = read_json(smoke("serve_batching.py") / "serve_batching.json")
+    assert (result["model"], result["clients"], result["requests_per_round"]) == ("resnet20", 2, 2)
+    assert all(rate > 0 for rate in result["requests_per_s"].values())
+
+
+def test_shapes_crops(smoke: SmokeRun) -> None:
+    crops = smoke("shapes_crops.py") / "crops"
+    images = sorted(crops.glob("*/*.png"))
+    assert images and all(Image.open(path).size == (64, 64) for path in images)
+
+
+def test_tabular_cv(smoke: SmokeRun) -> None:
+    result = read_json(smoke("tabular_cv.py") / "tabular_cv.json")
+    methods = result["tables"]["penguins"]["methods"]
+    assert "resnet_tabular" in methods and len(methods["resnet_tabular"]["values"]) == 2
+
+
+def test_time_to_accuracy(smoke: SmokeRun) -> None:
+    data = make_folder(Path("data"), per_class=8, size=8)
+    cfg = TrainConfig(model="resnet20", data=str(data), epochs=2, out="run", quiet=True)
+    run_dir = train(cfg).run_dir
+    folder = smoke("time_to_accuracy.py", f"tiny={run_dir}")
+    summary = read_json(folder / "time_to_accuracy.json")
+    assert list(summary) == ["tiny"] and summary["tiny"]["train_minutes"] > 0
+    assert (folder / "time_to_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_user_loop(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loops themselves run in `resnetlab bench` (test_compile.py); this is the script."""
+    argv = ["user_loop.py", "--model", "resnet18", "--batch", "2", "--size", "32", "--steps", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCHMARKS / "user_loop.py"), run_name="__main__")
+    assert capsys.readouterr().out.startswith("resnet18: ")
