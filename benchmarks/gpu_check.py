@@ -4,6 +4,7 @@ reported as passed, failed (with its last line) or skipped (with the reason), on
     python benchmarks/gpu_check.py                            # the six steps on the GPU
     python benchmarks/gpu_check.py --json gpu_check.json --steps 1 3
     python benchmarks/gpu_check.py --device cpu --smoke       # rehearsal: steps 1, 3, 4, tiny
+    python benchmarks/gpu_check.py --smoke                    # the same miniature on the GPU
 
 1. resnet20 on in-memory 32x32 images: samples/s eager and with --compile, the precision
    `auto` chose, and whether the data was kept on the GPU;
