@@ -5,6 +5,8 @@ temporary folder, never to benchmarks/results/."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import runpy
 import subprocess
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers import make_folder
 from PIL import Image
 
@@ -46,6 +49,25 @@ def smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SmokeRun:
         return folder
 
     return run
+
+
+@pytest.fixture()
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``subprocess.run`` of ``python -m resnetlab ARGV`` runs ``main(ARGV)`` in this process,
+    its output captured where the call asks: starting a process is all that is left out."""
+
+    def run(
+        command: list[str], capture_output: bool = False, **_: object
+    ) -> subprocess.CompletedProcess[str]:
+        assert command[:3] == [sys.executable, "-m", "resnetlab"]
+        if not capture_output:
+            return subprocess.CompletedProcess(command, main(command[3:]))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(command[3:])
+        return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
+
+    monkeypatch.setattr(subprocess, "run", run)
 
 
 def read_json(path: Path) -> Any:
@@ -100,6 +122,39 @@ def test_finetune_transfer(smoke: SmokeRun) -> None:
     assert Path(result["weights"]).is_file()
 
 
+@pytest.mark.usefixtures("in_process")
+def test_gpu_check(smoke: SmokeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU rehearsal, steps 1, 3 and 4; the commands run in this process, but for the run
+    killed with SIGKILL and the server (with this process's thread count, so that the resumed
+    run can match bit for bit)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    result = read_json(smoke("gpu_check.py", "--device", "cpu") / "gpu_check.json")
+    assert (result["device"], result["smoke"], result["torch"]) == ("cpu", True, torch.__version__)
+    steps = {row["step"]: row for row in result["steps"]}
+    assert list(steps) == [1, 3, 4] and {row["status"] for row in steps.values()} == {"passed"}
+    assert steps[1]["details"]["eager_samples_per_s"] > 0
+    assert steps[1]["details"]["pipeline"].startswith("cached uint8 tensors")
+    assert steps[3]["details"]["resumed_after"] in ("epoch 1, step 6", "epoch 1, step 8")
+    assert steps[3]["details"]["bit_for_bit"]
+    classes = {folder.name for folder in (Path(result["work"]) / "images").iterdir()}
+    details = steps[4]["details"]
+    assert len(classes) == 10 and {details["predicted"], details["served"]} <= classes
+    assert details["export_parity"]["passed"]
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(BENCHMARKS / "gpu_check.py"), run_name="__main__")
+    assert stopped.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith("gpu_check: no CUDA GPU here") and "--device cpu --smoke" in err
+
+
 def test_jpeg_distortion(smoke: SmokeRun) -> None:
     source = named_classes(Path("png"), ("a", "b"), per_class=2, size=16)
     for quality, folder in ((75, Path("source")), (50, Path("q50"))):
@@ -114,14 +169,9 @@ def test_jpeg_distortion(smoke: SmokeRun) -> None:
     assert set(result["mse"]) == {"75", "50"} and result["mse"]["50"] > result["mse"]["75"] > 0
 
 
-def test_paper_gap(smoke: SmokeRun, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both runs train in this process: starting a process for each is all that is left out."""
-
-    def in_process(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
-        assert command[:4] == [sys.executable, "-m", "resnetlab", "train"]
-        return subprocess.CompletedProcess(command, main(command[3:]))
-
-    monkeypatch.setattr(subprocess, "run", in_process)
+@pytest.mark.usefixtures("in_process")
+def test_paper_gap(smoke: SmokeRun) -> None:
+    """Both runs train in this process."""
     ledger = (BENCHMARKS / "paper_gap_runs.json").read_bytes()
     data = make_folder(Path("data"), per_class=8, size=8)
     folder = smoke("paper_gap.py", "--data", str(data))

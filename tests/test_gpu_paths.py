@@ -20,10 +20,13 @@ from torch.utils.data import Subset, TensorDataset
 
 from resnetlab.bench.rows import MEAN, STD, load_user_loops
 from resnetlab.cli import main
+from resnetlab.data.augment import BatchAugment
+from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import CACHE_DIR_VARIABLE
+from resnetlab.engine import batches as batches_module
 from resnetlab.engine import matmul
 from resnetlab.engine import trainer as trainer_module
-from resnetlab.engine.batches import BatchOrder, make_loader
+from resnetlab.engine.batches import BatchOrder, fits_on_device, keep_on_device, make_loader
 from resnetlab.engine.distributed import World
 from resnetlab.engine.precision import Precision, resolve_precision
 from resnetlab.engine.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state
@@ -292,3 +295,76 @@ def test_in_memory_loaders_share_the_training_set_and_pin_batches_for_a_gpu(
     assert pinned == [True] * 2 * len(batches)
     streamed = make_loader(Subset(list(zip(x, y, strict=True)), rows), order, device=GPU)
     assert streamed.pin_memory
+
+
+def test_data_goes_to_a_gpu_where_it_takes_at_most_a_quarter_of_the_free_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[torch.device] = []
+
+    def mem_get_info(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return 4000, 80_000  # bytes free, in all
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert fits_on_device(1000, GPU) and not fits_on_device(1001, GPU)
+    assert not fits_on_device(1, CPU) and not fits_on_device(1, torch.device("meta"))
+    assert asked == [GPU, GPU]
+
+
+def _bundle(train: Any, val: Any, test: Any) -> DataBundle:
+    return DataBundle("toy", "image", ["a", "b"], (1, 2, 2), train, val, test, [0.5], [0.25])
+
+
+def test_in_memory_splits_move_to_the_device_once_and_keep_their_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The splits share their tensors: each moves once, counted once; a bundle that does not
+    fit, or that streams its training split, stays as it is."""
+    x, y = torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10)
+    images = TensorDataset(x, y)
+    bundle = _bundle(Subset(images, [4, 1, 7]), Subset(images, [0, 2]), Subset(images, [9]))
+    sizes: list[int] = []
+
+    def fits(nbytes: int, device: torch.device) -> bool:
+        sizes.append(nbytes)
+        return nbytes < 1000
+
+    monkeypatch.setattr(batches_module, "fits_on_device", fits)
+    meta = torch.device("meta")
+    moved = keep_on_device(bundle, meta)
+    assert sizes == [x.nbytes + y.nbytes] and moved.pipeline == "in-memory tensors, kept on meta"
+    splits = (moved.train, moved.val, moved.test)
+    assert [split.indices for split in splits] == [[4, 1, 7], [0, 2], [9]]
+    shared = moved.train.dataset.tensors
+    assert [t.device for t in shared] == [meta, meta] and shared[0].shape == x.shape
+    assert all(split.dataset.tensors[0] is shared[0] for split in splits)
+    big = TensorDataset(torch.zeros(1000, dtype=torch.uint8), torch.arange(1000))
+    assert keep_on_device(_bundle(big, None, None), meta).train is big
+    streamed = _bundle([(x[0], y[0])] * 4, Subset(images, [0]), None)
+    assert keep_on_device(streamed, meta) is streamed and len(sizes) == 2
+
+
+def test_batches_of_data_on_a_device_are_gathered_and_augmented_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a device ('meta' here, which holds no values and copies none to the host): the
+    order, rows, batches and augmentation's random numbers all stay on it."""
+    monkeypatch.setattr(batches_module, "fits_on_device", lambda nbytes, device: True)
+    x, y = torch.zeros(12, 3, 8, 8, dtype=torch.uint8), torch.arange(12)
+    images = TensorDataset(x, y)
+    bundle = keep_on_device(_bundle(Subset(images, range(2, 12)), None, None), torch.device("meta"))
+    order = BatchOrder(len(bundle.train), 4, shuffle=True, seed=3, drop_last=True)
+    order.set_epoch(2)
+    loader = make_loader(bundle.train, order, device=GPU)
+    assert not loader.pin and loader.rows is not None and loader.rows.is_meta
+    augment = BatchAugment(MEAN, STD, crop_padding=2, flip=True, cutout=3, seed=3)
+    batches = list(loader)
+    assert len(batches) == 2
+    for xb, yb, idx in batches:
+        assert xb.is_meta and yb.is_meta and idx.is_meta
+        assert (xb.shape, yb.shape, idx.shape) == ((4, 3, 8, 8), (4,), (4,))
+        draws = augment.draw(idx, 2, xb.shape)
+        assert all(draw.is_meta for draw in draws if draw is not None)
+        out = augment.apply(xb, draws)
+        assert out.is_meta and out.shape == xb.shape and out.dtype == torch.float32

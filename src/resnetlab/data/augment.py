@@ -79,8 +79,8 @@ class BatchAugment:
     normalise with ``mean``/``std``, then Cutout, which zeroes a ``cutout x cutout`` square
     centred anywhere in the image (it may be clipped at the border) after normalisation, i.e.
     fills it with the mean colour, as DeVries & Taylor 2017 did. It is a ``Transform`` of the
-    training step: ``draw`` makes the random numbers on the host, ``apply`` is tensor
-    operations only (and compiles).
+    training step: ``draw`` makes the random numbers where the indices are (the host, or the
+    GPU that holds the data), ``apply`` is tensor operations only (and compiles).
 
     ``flip_alternate`` replaces the coin toss per image by alternation (Jordan 2024): each image
     is flipped in every other epoch, starting from a pseudo-random choice fixed by its dataset
@@ -117,7 +117,7 @@ class BatchAugment:
 
     def draw(self, indices: torch.Tensor, epoch: int, shape: torch.Size) -> AugmentDraws:
         """The random numbers for a batch of ``shape`` (N, C, H, W) of the samples
-        ``indices`` in ``epoch``, on the host."""
+        ``indices`` in ``epoch``, on the indices' device."""
         draw = _Draws(indices, self.seed, epoch)
         height, width = shape[-2:]
         crop = 2 * self.crop_padding + 1

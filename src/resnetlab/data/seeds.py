@@ -25,8 +25,9 @@ def derive_seed(*parts: int) -> int:
 
 def sample_hash(indices: torch.Tensor, seed: int) -> torch.Tensor:
     """One pseudo-random 32-bit integer (as int64) per sample index, fixed for ``seed``:
-    ``derive_seed(run seed, epoch, stream)`` gives each epoch and use its own numbers."""
-    h = (indices.long().cpu() ^ (seed & _MASK32) ^ (seed >> 32 & _MASK32)) & _MASK32
+    ``derive_seed(run seed, epoch, stream)`` gives each epoch and use its own numbers. It is
+    computed where ``indices`` are (integer arithmetic: the same numbers on any device)."""
+    h = (indices.long() ^ (seed & _MASK32) ^ (seed >> 32 & _MASK32)) & _MASK32
     for _ in range(3):
         h = (((h >> 16) ^ h) * 0x45D9F3B) & _MASK32
     return (h >> 16) ^ h

@@ -3,20 +3,26 @@
 In-memory tensors are sliced directly (no per-sample Python calls); anything else goes through
 a DataLoader, whose workers seed each sample's random transforms from (seed, epoch, index). A
 loader can start an epoch at any batch, so a run resumed mid-epoch sees exactly the batches,
-and the augmentations, that an uninterrupted run saw.
+and the augmentations, that an uninterrupted run saw. In-memory data that fits a run's GPU
+comfortably is moved there once (``keep_on_device``) and batched there, with no host work per
+step: the same batches, only gathered elsewhere.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
+from resnetlab.data.bundle import DataBundle
 from resnetlab.data.seeds import derive_seed, epoch_order
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, sample indices
+# In-memory data moves to a run's GPU where it takes at most this share of the free memory
+DEVICE_SHARE = 0.25
 
 
 class BatchOrder:
@@ -54,11 +60,15 @@ class BatchOrder:
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.batches(torch.device("cpu"))
+
+    def batches(self, device: torch.device) -> Iterator[torch.Tensor]:
+        """Each batch's sample indices on ``device``, where the epoch's order is copied once."""
         order = (
             epoch_order(self.size, self.seed, self.epoch)
             if self.shuffle
             else torch.arange(self.size)
-        )
+        ).to(device)
         for batch in range(self.start, len(self)):
             yield order[batch * self.batch_size : (batch + 1) * self.batch_size][
                 self.rank :: self.world
@@ -69,7 +79,8 @@ class TensorBatches:
     """``(x[rows[idx]], y[rows[idx]], idx)`` for each batch ``idx`` of ``order``: the samples
     ``rows`` of in-memory tensors (all of them by default), gathered batch by batch, so that
     no loader copies the whole set. With ``pin``, each batch is gathered into pinned memory,
-    from which a GPU copies it asynchronously (``non_blocking``)."""
+    from which a GPU copies it asynchronously (``non_blocking``). Tensors on a GPU are
+    gathered there, with indices on it too: no step copies anything from the host."""
 
     def __init__(
         self,
@@ -80,13 +91,14 @@ class TensorBatches:
         rows: torch.Tensor | None = None,
         pin: bool = False,
     ) -> None:
-        self.x, self.y, self.order, self.rows, self.pin = x, y, order, rows, pin
+        self.x, self.y, self.order, self.pin = x, y, order, pin
+        self.rows = None if rows is None else rows.to(x.device)
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx in self.order:
+        for idx in self.order.batches(self.x.device):
             picked = idx if self.rows is None else self.rows[idx]
             yield self._gather(self.x, picked), self._gather(self.y, picked), idx
 
@@ -152,6 +164,48 @@ def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def is_in_memory(dataset: Dataset) -> bool:
     """Whether ``dataset`` is (a subset of) in-memory tensors, batched without a DataLoader."""
     return _as_tensors(dataset) is not None
+
+
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of data fit comfortably on ``device``: a GPU with at least
+    ``1 / DEVICE_SHARE`` times as much memory free (the rest is the training's)."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_SHARE * free
+
+
+def keep_on_device(bundle: DataBundle, device: torch.device) -> DataBundle:
+    """``bundle`` with its in-memory splits moved to ``device`` once, each tensor that splits
+    share moved once, where the training split is in memory and its tensors and those of the
+    other splits ``fits_on_device``; else ``bundle`` itself. Its batches are then gathered, and
+    augmented, on the device: the same batches as from the host, in the same order."""
+    if not is_in_memory(bundle.train):
+        return bundle
+    splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
+    tensors = {id(t): t for split in splits.values() for t in _tensors_behind(split)}
+    if not fits_on_device(sum(t.nbytes for t in tensors.values()), device):
+        return bundle
+    copies = {key: tensor.to(device) for key, tensor in tensors.items()}
+    moved = {name: _over(split, copies) for name, split in splits.items()}
+    return replace(bundle, **moved, pipeline=f"{bundle.pipeline}, kept on {device}")
+
+
+def _tensors_behind(dataset: Dataset | None) -> tuple[torch.Tensor, ...]:
+    """The tensors of the TensorDataset that ``dataset`` is (a subset of), else none."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return tuple(dataset.tensors) if isinstance(dataset, TensorDataset) else ()
+
+
+def _over(dataset: Dataset | None, copies: dict[int, torch.Tensor]) -> Dataset | None:
+    """``dataset`` (a TensorDataset or subsets of one) over ``copies`` of its tensors, by
+    their ``id``; any other dataset as it is."""
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(copies[id(t)] for t in dataset.tensors))
+    if isinstance(dataset, Subset) and _tensors_behind(dataset):
+        return Subset(_over(dataset.dataset, copies), dataset.indices)
+    return dataset
 
 
 def make_loader(

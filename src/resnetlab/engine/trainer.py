@@ -20,7 +20,13 @@ from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.streaming import mixup_cutmix
 from resnetlab.engine.averaging import BN_SAMPLES, WeightAverage
-from resnetlab.engine.batches import BatchOrder, TensorBatches, is_in_memory, make_loader
+from resnetlab.engine.batches import (
+    BatchOrder,
+    TensorBatches,
+    is_in_memory,
+    keep_on_device,
+    make_loader,
+)
 from resnetlab.engine.board import open_board, write_epoch
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.engine.compiled import should_compile
@@ -128,6 +134,7 @@ class Trainer:
         device = resolve_device(cfg.device)
         with self.world.main_first():  # rank 0 measures a CPU's bf16 speed for the cache first
             self.precision = resolve_precision(cfg.precision, device, bundle.kind)
+        self.bundle = bundle = keep_on_device(bundle, self.precision.device)
         if self.precision.device.type == "cpu":
             keep_freed_memory()  # about 10% faster steps (engine/memory.py)
         if cfg.sync_bn:

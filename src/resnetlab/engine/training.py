@@ -443,7 +443,7 @@ def train_in_run(
     run.write_config(cfg.to_dict())
     run.print(describe_run(cfg, trainer.model, bundle, trainer.precision))
     run.print(f"run folder: {run.path}")
-    run.print(f"data pipeline: {bundle.pipeline}")
+    run.print(f"data pipeline: {trainer.bundle.pipeline}")
     if bundle.table is not None:
         run.print(f"task: {bundle.task} ({bundle.table['task_rule']}; --task overrides)")
     if start.resume is not None:
