@@ -33,6 +33,7 @@ from resnetlab.data.decode import (
     BadFileReport,
     is_hidden,
     is_image_file,
+    open_image,
     try_decode,
 )
 from resnetlab.data.splits import record_split, restore_split, split_indices, split_subsets
@@ -41,7 +42,7 @@ from resnetlab.data.streaming import ImageFileDataset, train_transforms
 from resnetlab.errors import ResnetlabError
 
 SPLIT_FOLDERS = ("train", "val", "test")
-Sample = tuple[Path, int]
+Sample = tuple[Path, int]  # an image file (or an ArchiveMember of a shard) and its label
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
@@ -101,14 +102,8 @@ def load_image_folder(
     in_chans: int | None = None,
     options: ImageOptions = ImageOptions(),
 ) -> DataBundle:
-    """Load an image folder; val/test folders that are absent are split off the training one.
-
-    Folders that fit the memory budget are decoded once into a cached uint8 tensor; larger ones
-    stream through DataLoader workers. Bad files are skipped with one warning line each and a
-    summary (``strict``: an error listing them all, before any training). ``image_size``
-    defaults to the shorter side of the first training image that opens and ``in_chans`` to 1
-    if that image is greyscale, else 3. Mean/std come from the training split.
-    """
+    """Load an image folder; val/test folders that are absent are split off the training one
+    (``image_bundle``)."""
     root = Path(root)
     folders = split_folders(root)
     for split, extra in (("val", options.val_dir), ("test", options.test_dir)):
@@ -117,26 +112,60 @@ def load_image_folder(
                 raise ResnetlabError(f"--{split}-dir: no such folder: '{extra}'")
             folders[split] = Path(extra)
     classes, train_samples = scan_image_folder(folders["train"])
-    given: dict[str, list[Sample]] = {}
+    sets = {"train": (folders["train"], train_samples)}
     for split in ("val", "test"):
         if split in folders:
-            split_classes, given[split] = scan_image_folder(folders[split])
-            _check_same_classes(root, classes, split, split_classes)
-    size, channels = _image_format(folders["train"], train_samples, image_size, in_chans)
-    n_files = len(train_samples) + sum(map(len, given.values()))
+            split_classes, samples = scan_image_folder(folders[split])
+            check_same_classes(root, classes, split, split_classes)
+            sets[split] = (folders[split], samples)
+    return image_bundle(
+        root.resolve().name, sets, classes, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, image_size=image_size, in_chans=in_chans,
+        options=options,
+    )  # fmt: skip
+
+
+def image_bundle(
+    name: str,
+    sets: dict[str, tuple[Path, list[Sample]]],
+    classes: list[str],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    image_size: int | None,
+    in_chans: int | None,
+    options: ImageOptions,
+    streamed: type[ImageFileDataset] = ImageFileDataset,
+) -> DataBundle:
+    """The bundle of labelled images ``sets`` (``train`` and any of ``val``/``test``: the
+    folder they lie in and their ``(file, label)`` samples); val/test that are absent are split
+    off the training set. ``streamed`` reads them where they do not fit the cache, and names
+    them in the split record.
+
+    Sets that fit the memory budget are decoded once into a cached uint8 tensor; larger ones
+    stream through DataLoader workers. Bad files are skipped with one warning line each and a
+    summary (``strict``: an error listing them all, before any training). ``image_size``
+    defaults to the shorter side of the first training image that opens and ``in_chans`` to 1
+    if that image is greyscale, else 3. Mean/std come from the training split.
+    """
+    root, train_samples = sets["train"]
+    size, channels = _image_format(root, train_samples, image_size, in_chans)
+    n_files = sum(len(samples) for _, samples in sets.values())
     budget = None if options.cache_mem_gb is None else int(options.cache_mem_gb * 2**30)
-    load = _cached if fits_in_memory(n_files, channels, size, budget) else _streaming
-    sets = {"train": (folders["train"], train_samples)}
-    sets.update({split: (folders[split], samples) for split, samples in given.items()})
-    datasets, bad, pipeline = load(sets, classes, size, channels, options)
+    if fits_in_memory(n_files, channels, size, budget):
+        datasets, bad, pipeline = _cached(sets, classes, size, channels, options)
+    else:
+        datasets, bad, pipeline = _streaming(sets, size, channels, options, streamed)
     if bad:
         if options.strict:
             bad.raise_if_strict()
         bad.warn_each(sys.stderr)
         print(f"resnetlab: warning: {bad.summary()}", file=sys.stderr)
-    names = relative_paths(folders["train"], datasets["train"].files)
+    names = streamed.names(root, datasets["train"].files)
+    given = {split for split in sets if split != "train"}
     if options.split_record is not None:
-        split = restore_split(options.split_record, names, str(folders["train"]))
+        split = restore_split(options.split_record, names, str(root))
     else:
         split = split_indices(
             datasets["train"].labels,
@@ -145,12 +174,12 @@ def load_image_folder(
             seed=seed,
             class_names=classes,
         )
-    streamed, augmented = datasets.get("eval"), datasets["train"]
-    if isinstance(streamed, ImageFileDataset) and isinstance(augmented, ImageFileDataset):
+    streamed_eval, augmented = datasets.get("eval"), datasets["train"]
+    if isinstance(streamed_eval, ImageFileDataset) and isinstance(augmented, ImageFileDataset):
         # each part its own file list (see ``subset``); held-out parts without augmentation
         train = augmented.subset(split.train.tolist())
         val, test = (
-            None if p is None else streamed.subset(p.tolist()) for p in (split.val, split.test)
+            None if p is None else streamed_eval.subset(p.tolist()) for p in (split.val, split.test)
         )
     else:
         train, val, test = split_subsets(augmented, split)
@@ -158,7 +187,6 @@ def load_image_folder(
     test = datasets.get("test", test)
     # streaming: the statistics of the plain training images, not of random crops of them
     mean, std = _train_stats(datasets.get("eval", datasets["train"]), split.train, seed)
-    name = root.resolve().name
     return DataBundle(
         name, "image", classes, (channels, size, size), train, val, test, mean, std,
         pipeline=pipeline, split_record=record_split(names, split),
@@ -207,14 +235,14 @@ def _cached(
 
 def _streaming(
     sets: dict[str, tuple[Path, list[Sample]]],
-    classes: list[str],
     size: int,
     channels: int,
     options: ImageOptions,
+    streamed: type[ImageFileDataset],
 ) -> tuple[dict[str, Dataset], BadFileReport, str]:
-    """Decode per item in DataLoader workers: held-out images (and training images without
-    augmentation) as the cache decodes them, augmented ones whole, then through
-    torchvision.transforms.v2."""
+    """Decode per item in DataLoader workers (datasets of class ``streamed``): held-out images
+    (and training images without augmentation) as the cache decodes them, augmented ones
+    whole, then through torchvision.transforms.v2."""
     bad = BadFileReport()
     if options.strict:
         for _, samples in sets.values():
@@ -226,7 +254,7 @@ def _streaming(
     def dataset(samples: list[Sample], transform: v2.Transform | None = None) -> ImageFileDataset:
         files, labels = zip(*samples, strict=True)
         decode_size = None if transform is not None else size  # random crops of whole images
-        return ImageFileDataset(files, labels, transform, channels, decode_size)
+        return streamed(files, labels, transform, channels, decode_size)
 
     datasets: dict[str, Dataset] = {split: dataset(samples) for split, (_, samples) in sets.items()}
     datasets["eval"] = datasets["train"]
@@ -235,7 +263,8 @@ def _streaming(
         transform = train_transforms(size, options.auto_augment, options.random_erasing)
         datasets["train"] = dataset(sets["train"][1], transform)
         augment = "RandomResizedCrop + flip"
-    return datasets, bad, f"streaming from files ({augment}; eval: decoded as by the cache)"
+    what = f"{augment}; eval: decoded as by the cache"
+    return datasets, bad, f"streaming from {streamed.source} ({what})"
 
 
 def _train_stats(
@@ -267,7 +296,7 @@ def split_folders(root: Path) -> dict[str, Path]:
     return present
 
 
-def _check_same_classes(root: Path, classes: list[str], split: str, other: list[str]) -> None:
+def check_same_classes(root: Path, classes: list[str], split: str, other: list[str]) -> None:
     """Raise an error naming the classes that only one of train/ and ``split``/ has."""
     if classes == other:
         return
@@ -289,7 +318,7 @@ def _image_format(
         return image_size, in_chans
     for path, _ in samples:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 side, mode = min(image.size), image.mode
         except OSError:
             continue
