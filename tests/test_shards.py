@@ -224,7 +224,7 @@ def test_a_damaged_shard_is_named_its_readable_samples_used_and_strict_refuses_i
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"resnetlab: warning: {damaged}: truncated")
     lost = entry["samples"] - 2
-    assert f"(2 readable samples, {lost} of {entry['samples']} lost)" in lines[0]
+    assert f"; 2 readable samples, {lost} of {entry['samples']} lost; its readable" in lines[0]
     assert len(bundle.train) == 40 - lost
     argv = [*TRAIN, "--data", str(shards), "--cache-mem", cache, "--strict"]
     code, _, err = run_cli(capsys, *argv)

@@ -111,18 +111,27 @@ def load_image_folder(
             if not Path(extra).is_dir():
                 raise ResnetlabError(f"--{split}-dir: no such folder: '{extra}'")
             folders[split] = Path(extra)
-    classes, train_samples = scan_image_folder(folders["train"])
-    sets = {"train": (folders["train"], train_samples)}
-    for split in ("val", "test"):
-        if split in folders:
-            split_classes, samples = scan_image_folder(folders[split])
-            check_same_classes(root, classes, split, split_classes)
-            sets[split] = (folders[split], samples)
+    classes, sets = scan_splits(root, folders)
     return image_bundle(
         root.resolve().name, sets, classes, val_fraction=val_fraction,
         test_fraction=test_fraction, seed=seed, image_size=image_size, in_chans=in_chans,
         options=options,
     )  # fmt: skip
+
+
+def scan_splits(
+    root: Path, folders: dict[str, Path]
+) -> tuple[list[str], dict[str, tuple[Path, list[Sample]]]]:
+    """The class names, and each split's folder (``split_folders``) with its samples; the
+    val/test folders must hold the training folder's classes."""
+    classes, samples = scan_image_folder(folders["train"])
+    sets = {"train": (folders["train"], samples)}
+    for split in ("val", "test"):
+        if split in folders:
+            split_classes, samples = scan_image_folder(folders[split])
+            _check_same_classes(root, classes, split, split_classes)
+            sets[split] = (folders[split], samples)
+    return classes, sets
 
 
 def image_bundle(
@@ -296,7 +305,7 @@ def split_folders(root: Path) -> dict[str, Path]:
     return present
 
 
-def check_same_classes(root: Path, classes: list[str], split: str, other: list[str]) -> None:
+def _check_same_classes(root: Path, classes: list[str], split: str, other: list[str]) -> None:
     """Raise an error naming the classes that only one of train/ and ``split``/ has."""
     if classes == other:
         return

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from resnetlab.data.cache import relative_paths
-from resnetlab.data.folder import Sample, check_same_classes, scan_image_folder, split_folders
+from resnetlab.data.folder import Sample, scan_splits, split_folders
 from resnetlab.data.shards import INDEX_FILE, INDEX_FORMAT, LABEL_SUFFIX
-from resnetlab.engine.files import write_atomically
+from resnetlab.engine.files import writable_folder, write_atomically
 from resnetlab.errors import ResnetlabError
 
 T = TypeVar("T")
@@ -70,18 +70,8 @@ def pack_folder(folder: str | Path, out: str | Path, shard_bytes: int) -> Packed
         raise ResnetlabError(f"--out {out}: inside the folder it packs ({root}); give another")
     if out.is_dir() and ((out / INDEX_FILE).exists() or any(out.glob("*.tar"))):
         raise ResnetlabError(f"--out {out}: already holds shards; give another --out")
-    folders = split_folders(root)
-    classes, samples = scan_image_folder(folders["train"])
-    sets = {"train": (folders["train"], samples)}
-    for split in ("val", "test"):
-        if split in folders:
-            split_classes, samples = scan_image_folder(folders[split])
-            check_same_classes(root, classes, split, split_classes)
-            sets[split] = (folders[split], samples)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"--out: cannot make '{out}': {exc.strerror}") from None
+    classes, sets = scan_splits(root, split_folders(root))
+    writable_folder(out)
     entries = []
     for split, (split_root, split_samples) in sets.items():
         for number, chunk in enumerate(_chunks(split_root, split_samples, shard_bytes)):

@@ -204,19 +204,19 @@ def _tar_members(path: Path, size: int) -> tuple[list[tarfile.TarInfo], str | No
         try:
             for info in tar:
                 if info.offset_data + info.size > size:
-                    return infos, f"truncated (it ends inside {info.name})"
+                    return infos, f"truncated, it ends inside {info.name}"
                 if info.isfile():
                     infos.append(info)
         except tarfile.ReadError as exc:  # e.g. a header cut short
-            return infos, f"damaged ({exc})"
+            return infos, f"damaged, {exc}"
         end = tar.offset
     with open(path, "rb") as file:  # a tar file ends with two zero blocks
         file.seek(end)
         tail = file.read(2 * tarfile.BLOCKSIZE)
     if len(tail) < 2 * tarfile.BLOCKSIZE:
-        return infos, "truncated (no end-of-archive marker)"
+        return infos, "truncated, no end-of-archive marker"
     if tail.strip(b"\0"):
-        return infos, f"damaged (an unreadable tar header at byte {end:,})"
+        return infos, f"damaged, an unreadable tar header at byte {end:,}"
     return infos, None
 
 
@@ -321,7 +321,7 @@ def _damage_line(
         lost = f"how many were lost is unknown without {INDEX_FILE}"
     else:
         lost = f"{len(scan.unusable):,} lost"
-    return f"{path}: {'; '.join(problems)} ({readable:,} readable samples, {lost})"
+    return f"{path}: {'; '.join(problems)}; {readable:,} readable samples, {lost}"
 
 
 def _fingerprint(path: Path) -> tuple[int, str]:
