@@ -17,11 +17,12 @@ from PIL import Image
 from test_distributed import two_processes
 
 from resnetlab.cli import main
-from resnetlab.data import ImageOptions, load_data
+from resnetlab.data import DataBundle, ImageOptions, load_data
 from resnetlab.data.pack import pack_folder
 from resnetlab.data.shard_stream import SHUFFLE_BUFFER, buffer_shuffle, lane_batches
 from resnetlab.data.shards import expand_braces
 from resnetlab.engine.batches import BatchOrder
+from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.training import resume_config, resume_run
 
@@ -43,10 +44,9 @@ def tar_members(path: Path) -> dict[str, bytes]:
         return {info.name: tar.extractfile(info).read() for info in tar}
 
 
-def held_out(bundle: object, split: str) -> list[str]:
-    """The keys (or relative paths) of a streamed bundle's ``split``."""
-    part = getattr(bundle, split)
-    return sorted(getattr(file, "key", Path(file).stem) for file in part.files)
+def held_out(bundle: DataBundle) -> list[str]:
+    """The keys of a streamed bundle's test samples."""
+    return sorted(member.key for member in bundle.test.files)
 
 
 def test_pack_keeps_every_image_byte_for_byte_with_its_label_and_counts(
@@ -171,16 +171,15 @@ def test_a_run_from_streamed_shards_resumes_exactly_after_a_crash(
     bundle = load_data(str(shards), seed=0, test_fraction=0.2, image_options=ImageOptions(
         cache_mem_gb=0.0))  # fmt: skip
     best = tmp_path / "whole" / "best.safetensors"
+    record = load_checkpoint(best)[1]["data"]["split"]
+    assert record == bundle.split_record
     capsys.readouterr()
     code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(best), "--json")
-    result = json.loads(out)
-    assert code == 0
-    assert result["samples"] == len(bundle.test) == 8 and result["split"] == "test"
-    record = bundle.split_record
+    assert code == 0 and json.loads(out)["samples"] == len(bundle.test) == 8
     pack_folder(tmp_path / "stripes", tmp_path / "repacked", 20_000)  # other shards, same keys
     again = load_data(str(tmp_path / "repacked"), image_options=ImageOptions(
         cache_mem_gb=0.0, split_record=record))  # fmt: skip
-    assert held_out(again, "test") == held_out(bundle, "test")
+    assert held_out(again) == held_out(bundle)
 
 
 def test_uneven_shards_keep_two_gloo_processes_in_step(tmp_path: Path) -> None:

@@ -170,6 +170,7 @@ def cache_key(
 
 
 def _as_path(file: Source) -> Path | ArchiveMember:
+    """A file as a ``Path``; an archive member as it is."""
     return file if isinstance(file, ArchiveMember) else Path(file)
 
 

@@ -145,12 +145,12 @@ def image_bundle(
     image_size: int | None,
     in_chans: int | None,
     options: ImageOptions,
-    streamed: type[ImageFileDataset] = ImageFileDataset,
+    dataset_class: type[ImageFileDataset] = ImageFileDataset,
 ) -> DataBundle:
     """The bundle of labelled images ``sets`` (``train`` and any of ``val``/``test``: the
     folder they lie in and their ``(file, label)`` samples); val/test that are absent are split
-    off the training set. ``streamed`` reads them where they do not fit the cache, and names
-    them in the split record.
+    off the training set. ``dataset_class`` reads them where they do not fit the cache, and
+    names them in the split record.
 
     Sets that fit the memory budget are decoded once into a cached uint8 tensor; larger ones
     stream through DataLoader workers. Bad files are skipped with one warning line each and a
@@ -165,13 +165,13 @@ def image_bundle(
     if fits_in_memory(n_files, channels, size, budget):
         datasets, bad, pipeline = _cached(sets, classes, size, channels, options)
     else:
-        datasets, bad, pipeline = _streaming(sets, size, channels, options, streamed)
+        datasets, bad, pipeline = _streaming(sets, size, channels, options, dataset_class)
     if bad:
         if options.strict:
             bad.raise_if_strict()
         bad.warn_each(sys.stderr)
         print(f"resnetlab: warning: {bad.summary()}", file=sys.stderr)
-    names = streamed.names(root, datasets["train"].files)
+    names = dataset_class.names(root, datasets["train"].files)
     given = {split for split in sets if split != "train"}
     if options.split_record is not None:
         split = restore_split(options.split_record, names, str(root))
@@ -183,12 +183,12 @@ def image_bundle(
             seed=seed,
             class_names=classes,
         )
-    streamed_eval, augmented = datasets.get("eval"), datasets["train"]
-    if isinstance(streamed_eval, ImageFileDataset) and isinstance(augmented, ImageFileDataset):
+    streamed, augmented = datasets.get("eval"), datasets["train"]
+    if isinstance(streamed, ImageFileDataset) and isinstance(augmented, ImageFileDataset):
         # each part its own file list (see ``subset``); held-out parts without augmentation
         train = augmented.subset(split.train.tolist())
         val, test = (
-            None if p is None else streamed_eval.subset(p.tolist()) for p in (split.val, split.test)
+            None if p is None else streamed.subset(p.tolist()) for p in (split.val, split.test)
         )
     else:
         train, val, test = split_subsets(augmented, split)
@@ -247,9 +247,9 @@ def _streaming(
     size: int,
     channels: int,
     options: ImageOptions,
-    streamed: type[ImageFileDataset],
+    dataset_class: type[ImageFileDataset],
 ) -> tuple[dict[str, Dataset], BadFileReport, str]:
-    """Decode per item in DataLoader workers (datasets of class ``streamed``): held-out images
+    """Decode per item in DataLoader workers (datasets of ``dataset_class``): held-out images
     (and training images without augmentation) as the cache decodes them, augmented ones
     whole, then through torchvision.transforms.v2."""
     bad = BadFileReport()
@@ -263,7 +263,7 @@ def _streaming(
     def dataset(samples: list[Sample], transform: v2.Transform | None = None) -> ImageFileDataset:
         files, labels = zip(*samples, strict=True)
         decode_size = None if transform is not None else size  # random crops of whole images
-        return streamed(files, labels, transform, channels, decode_size)
+        return dataset_class(files, labels, transform, channels, decode_size)
 
     datasets: dict[str, Dataset] = {split: dataset(samples) for split, (_, samples) in sets.items()}
     datasets["eval"] = datasets["train"]
@@ -273,7 +273,7 @@ def _streaming(
         datasets["train"] = dataset(sets["train"][1], transform)
         augment = "RandomResizedCrop + flip"
     what = f"{augment}; eval: decoded as by the cache"
-    return datasets, bad, f"streaming from {streamed.source} ({what})"
+    return datasets, bad, f"streaming from {dataset_class.source} ({what})"
 
 
 def _train_stats(

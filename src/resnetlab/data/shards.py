@@ -273,7 +273,7 @@ def load_shards(
     bundle = image_bundle(
         name, sets, classes, val_fraction=val_fraction, test_fraction=test_fraction,
         seed=seed, image_size=image_size, in_chans=in_chans, options=options,
-        streamed=ShardStream,
+        dataset_class=ShardStream,
     )  # fmt: skip
     files = sum(map(len, shards.splits.values()))
     where = f"{files} shard{'s' if files > 1 else ''} in {shards.root}"
