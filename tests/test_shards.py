@@ -153,7 +153,7 @@ def test_a_run_from_streamed_shards_resumes_exactly_after_a_crash(
     """Two DataLoader workers, random crops and flips: a crash after step 4 (epoch 2 goes on
     with its second batch, the second worker's), then --resume, ends as the run that never
     stopped; its checkpoint finds the run's test samples again, by key also in shards packed
-    anew."""
+    anew, and predicts a shard's images."""
     shards = packed(tmp_path)
     argv = [*TRAIN, "--data", str(shards), "--cache-mem", "0", "--workers", "2", "--flip",
             "--save-every", "1", "--test-fraction", "0.2"]  # fmt: skip
@@ -176,6 +176,10 @@ def test_a_run_from_streamed_shards_resumes_exactly_after_a_crash(
     capsys.readouterr()
     code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(best), "--json")
     assert code == 0 and json.loads(out)["samples"] == len(bundle.test) == 8
+    shard = str(shards / "train-000000.tar")  # predict: each image of a shard
+    code, out, _ = run_cli(capsys, "predict", "--checkpoint", str(best), shard, "--json")
+    named = [row["input"] for row in json.loads(out)]
+    assert code == 0 and named == [f"{shard}/horizontal/{i:03d}.png" for i in range(9)]
     pack_folder(tmp_path / "stripes", tmp_path / "repacked", 20_000)  # other shards, same keys
     again = load_data(str(tmp_path / "repacked"), image_options=ImageOptions(
         cache_mem_gb=0.0, split_record=record))  # fmt: skip

@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import tarfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -170,30 +171,50 @@ def scan_shard(path: Path, num_classes: int | None = None) -> ShardScan:
     off by the end of the file, and all after an unreadable header, are lost (``damage``);
     samples of the shard without an image or a valid label (at most ``num_classes``, where
     known) are ``unusable``."""
+    by_key, damage = _samples(path)
+    samples, unusable = [], []
+    with open(path, "rb") if by_key else nullcontext() as file:
+        for key, members in by_key.items():
+            image = _image(path, key, members)
+            label, why = _label(file, members.get(LABEL_SUFFIX), num_classes)
+            if image is None or label is None:
+                unusable.append((key, why or f"no image ({', '.join(IMAGE_SUFFIXES)})"))
+            else:
+                samples.append((image, label))
+    samples.sort(key=lambda sample: sample[0].name)
+    return ShardScan(samples, unusable, damage)
+
+
+def shard_images(path: Path) -> tuple[list[ArchiveMember], str | None]:
+    """Every sample's image in the shard at ``path``, labelled or not, in name order, and the
+    damage that cut the listing short (as ``scan_shard``)."""
+    by_key, damage = _samples(path)
+    images = [_image(path, key, members) for key, members in by_key.items()]
+    return sorted((i for i in images if i is not None), key=lambda i: i.name), damage
+
+
+def _samples(path: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], str | None]:
+    """The members of each sample in the shard (by key, then suffix), and the damage."""
     try:
-        size = path.stat().st_size
-        infos, damage = _tar_members(path, size)
+        infos, damage = _tar_members(path, path.stat().st_size)
     except FileNotFoundError:
-        return ShardScan([], [], "missing")
+        return {}, "missing"
     except (OSError, tarfile.TarError) as exc:
-        return ShardScan([], [], f"not a readable tar file ({exc})")
+        return {}, f"not a readable tar file ({exc})"
     by_key: dict[str, dict[str, tarfile.TarInfo]] = {}
     for info in infos:
         named = split_key(info.name)
         if named is not None:
             by_key.setdefault(named[0], {}).setdefault(named[1], info)
-    samples, unusable = [], []
-    with open(path, "rb") as file:
-        for key, members in by_key.items():
-            image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
-            label, why = _label(file, members.get(LABEL_SUFFIX), num_classes)
-            if image is None or label is None:
-                unusable.append((key, why or f"no image ({', '.join(IMAGE_SUFFIXES)})"))
-                continue
-            member = ArchiveMember(path, image.name, image.offset_data, image.size, key)
-            samples.append((member, label))
-    samples.sort(key=lambda sample: sample[0].name)
-    return ShardScan(samples, unusable, damage)
+    return by_key, damage
+
+
+def _image(path: Path, key: str, members: dict[str, tarfile.TarInfo]) -> ArchiveMember | None:
+    """The sample's image (the first of ``IMAGE_SUFFIXES`` it has), or None."""
+    image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
+    if image is None:
+        return None
+    return ArchiveMember(path, image.name, image.offset_data, image.size, key)
 
 
 def _tar_members(path: Path, size: int) -> tuple[list[tarfile.TarInfo], str | None]:
