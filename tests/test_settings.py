@@ -15,6 +15,7 @@ from helpers import assert_one_line_error, run_cli
 
 from resnetlab.bench.config import BenchConfig
 from resnetlab.cli import build_parser, main
+from resnetlab.cli.pack import PackConfig
 from resnetlab.detection.config import DetectConfig
 from resnetlab.engine.config import LrRange, TrainConfig
 from resnetlab.engine.finetune_config import FinetuneConfig
@@ -42,6 +43,7 @@ GENERATED = {
     ("experiment", "case-study"): ([CaseStudyConfig], set()),
     ("experiment", "video"): ([VideoConfig], set()),
     ("bench",): ([BenchConfig], set()),
+    ("pack",): ([PackConfig], set()),
 }
 COMMAND_ONLY = {"help", "config"}  # flags of every command that set no field
 

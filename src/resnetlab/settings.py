@@ -33,7 +33,8 @@ class Setting:
     what it learns). ``group``: the help section it is listed in. ``negatable``: a bool flag
     with a ``--no-`` form; otherwise a bool's flag stores True, or False where it defaults to
     True (name that flag ``--no-...``). ``parse`` turns the flag's text into the value (a
-    list's flag takes one value per word unless parsed). ``cli`` False: the field has no flag.
+    list's flag takes one value per word unless parsed). ``cli`` False: the field has no flag;
+    ``positional``: it is given without a flag, as the command's argument of the field's name.
     """
 
     help: str | None = None
@@ -48,6 +49,7 @@ class Setting:
     negatable: bool = False
     parse: Callable[[str], Any] | None = None
     cli: bool = True
+    positional: bool = False
 
 
 def setting(default: Any = MISSING, *, factory: Any = MISSING, **how: Any) -> Any:
@@ -82,8 +84,9 @@ def setting_of(field: Field[Any]) -> Setting:
 
 
 def flag_of(field: Field[Any]) -> str:
-    """The field's flag, e.g. ``--batch-size``."""
-    return setting_of(field).flag or "--" + field.name.replace("_", "-")
+    """The field's flag, e.g. ``--batch-size`` (a positional argument's name, e.g. ``folder``)."""
+    how = setting_of(field)
+    return field.name if how.positional else how.flag or "--" + field.name.replace("_", "-")
 
 
 def default_of(field: Field[Any]) -> Any:

@@ -26,6 +26,7 @@ from resnetlab.cli import (
     finetune,
     lr_find,
     models,
+    pack,
     predict,
     quantize,
     serve,
@@ -36,7 +37,7 @@ from resnetlab.errors import ResnetlabError, RunStopped
 
 COMMANDS = (
     train, finetune, lr_find, evaluate, predict, explain, export, quantize, serve, models,
-    experiment, bench, detect,
+    experiment, bench, detect, pack,
 )  # fmt: skip
 
 

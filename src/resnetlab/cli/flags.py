@@ -39,11 +39,11 @@ def add_settings(
         if not how.cli or f.name in skipped:
             continue
         options = {"help": _help(how.help, f), "metavar": how.metavar, "choices": how.choices}
+        named = {} if how.positional else {"dest": f.name, "default": None}
         _section(parser, how.group).add_argument(
             flag_of(f),
             *how.aliases,
-            dest=f.name,
-            default=None,
+            **named,
             **_kind(_plain(hints[f.name]), f, how),
             **{key: value for key, value in options.items() if value is not None},
         )

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="image files or table files (.csv, .tsv, .parquet)",
+        help="image files, shards (.tar: each of their images) or table files (.csv, .tsv, "
+        ".parquet)",
     )
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")

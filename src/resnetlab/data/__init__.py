@@ -1,4 +1,5 @@
-"""Data sources: built-in sets, CSV tables and image folders, all loaded by ``load_data``."""
+"""Data sources: built-in sets, CSV tables, image folders and shards, all loaded by
+``load_data``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from resnetlab.data.builtin import (
 )
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import ImageOptions, load_image_folder, scan_image_folder
+from resnetlab.data.shards import is_shard_source, load_shards
 from resnetlab.data.splits import check_fractions, split_indices
 from resnetlab.data.tabular import TableOptions, is_table_file, load_table
 from resnetlab.data.video import is_clip_folder, load_clip_folder
@@ -43,14 +45,15 @@ def load_data(
     table_options: TableOptions | None = None,
 ) -> DataBundle:
     """Load ``source``: a built-in name, a table file (``.csv``, ``.tsv``, ``.parquet``;
-    ``target`` names the label column, ``table_options`` say how to read it), an image folder
-    or a clip folder (``data.video``). Data without its own split is split by
-    ``val_fraction``/``test_fraction``, seeded and stratified.
+    ``target`` names the label column, ``table_options`` say how to read it), an image folder,
+    shards (``data.shards``) or a clip folder (``data.video``). Data without its own split is
+    split by ``val_fraction``/``test_fraction``, seeded and stratified.
 
     For images and clips, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the
     input shape (of each frame);
     for tables, ``in_chans`` (if given) is the number of features a model expects.
-    ``image_options`` sets caching, bad-file handling and extra split folders for image folders.
+    ``image_options`` sets caching, bad-file handling and extra split folders for image folders
+    (and shards).
     """
     check_fractions(val_fraction, test_fraction)
     kind = data_kind(source)
@@ -68,6 +71,11 @@ def load_data(
         bundle = load_table(source, target, table_options or TableOptions(), **splits)
     elif kind == "video":
         bundle = load_clip_folder(source, image_size=image_size, in_chans=in_chans, **splits)
+    elif is_shard_source(source):
+        bundle = load_shards(
+            source, image_size=image_size, in_chans=in_chans,
+            options=image_options or ImageOptions(), **splits,
+        )  # fmt: skip
     else:
         bundle = load_image_folder(
             source, image_size=image_size, in_chans=in_chans,
@@ -85,6 +93,8 @@ def data_kind(source: str) -> str:
     known kind."""
     if source in BUILTIN_KINDS:
         return BUILTIN_KINDS[source]
+    if is_shard_source(source):
+        return "image"
     path = Path(source)
     if path.is_dir():
         return "video" if is_clip_folder(path) else "image"
@@ -96,7 +106,8 @@ def data_kind(source: str) -> str:
             f"(built-in data sets: {', '.join(BUILTIN_DATASETS)})"
         )
     raise ResnetlabError(
-        f"--data: {source!r} is neither an image folder nor a table file (.csv, .tsv, .parquet)"
+        f"--data: {source!r} is neither an image folder, shards (.tar) nor a table file "
+        "(.csv, .tsv, .parquet)"
     )
 
 

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from resnetlab.data.decode import BadFileReport, BadImage, decode_array
+from resnetlab.data.decode import ArchiveMember, BadFileReport, BadImage, decode_array
 from resnetlab.data.stats import STD_FLOOR
 from resnetlab.errors import ResnetlabError
 
@@ -38,6 +38,7 @@ CACHE_FORMAT = 1  # bump whenever decoding changes the pixels it produces
 CACHE_DIR_VARIABLE = "RESNETLAB_CACHE_DIR"
 _CHUNK = 256  # files per thread-pool task: large enough to amortise the task overhead
 _warned: set[str] = set()
+Source = str | os.PathLike[str]  # an image file, or an ArchiveMember of a shard
 
 
 @dataclass
@@ -45,8 +46,9 @@ class CachedImages:
     """Decoded images of one split and what training needs to know about them.
 
     Rows are in the order of the files' paths relative to the root; ``files`` names the file of
-    each row. ``bad`` lists the files that could not be decoded (also when loaded from the cache,
-    so the warnings repeat); the caller decides whether to warn or stop (``--strict``).
+    each row (as given: a path, or an ``ArchiveMember`` of a shard). ``bad`` lists the files
+    that could not be decoded (also when loaded from the cache, so the warnings repeat); the
+    caller decides whether to warn or stop (``--strict``).
     """
 
     images: torch.Tensor  # uint8 (N, C, H, W)
@@ -55,7 +57,7 @@ class CachedImages:
     mean: list[float]  # per channel, of the pixels scaled to [0, 1]
     std: list[float]
     bad: BadFileReport
-    files: list[Path]
+    files: list[Path | ArchiveMember]
     cache_file: Path | None  # where the cache lives; None when it could not be written
 
 
@@ -142,15 +144,19 @@ def relative_paths(
     return relative if os.sep == "/" else [p.replace(os.sep, "/") for p in relative]
 
 
-def _digest(entries: list[tuple[str, str]], channels: int, size: int) -> str:
-    """sha256 over sorted ``(relative path, path)`` pairs: each path's size and mtime (ns)."""
+def _digest(entries: list[tuple[str, Source]], channels: int, size: int) -> str:
+    """sha256 over sorted ``(relative path, file)`` pairs: each file's size and mtime (ns);
+    a shard's member's: its shard's, and where in it the member lies."""
     digest = hashlib.sha256(f"resnetlab images v{CACHE_FORMAT} c={channels} s={size}\n".encode())
-    for rel, path in entries:
+    for rel, file in entries:
+        inside = isinstance(file, ArchiveMember)
         try:
-            stat = os.stat(path)
+            stat = os.stat(file.archive if inside else file)
             stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
         except OSError:
             stamp = "missing"  # decoding will report it
+        if inside:
+            stamp += f":{file.offset}:{file.size}"
         digest.update(f"{rel}\0{stamp}\n".encode())
     return digest.hexdigest()
 
@@ -159,8 +165,13 @@ def cache_key(
     root: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]], channels: int, size: int
 ) -> str:
     """sha256 over the sorted relative paths, sizes and mtimes (ns), channels, size and format."""
-    paths = [os.fspath(f) for f in files]
-    return _digest(sorted(zip(relative_paths(root, paths), paths, strict=True)), channels, size)
+    entries = sorted(zip(relative_paths(root, files), files, strict=True), key=lambda e: e[0])
+    return _digest(entries, channels, size)
+
+
+def _as_path(file: Source) -> Path | ArchiveMember:
+    """A file as a ``Path``; an archive member as it is."""
+    return file if isinstance(file, ArchiveMember) else Path(file)
 
 
 def _warn_once(message: str) -> None:
@@ -218,9 +229,9 @@ def _write_cache(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def _build(
-    entries: list[tuple[str, str]], root: Path, channels: int, size: int, workers: int | None
+    entries: list[tuple[str, Source]], root: Path, channels: int, size: int, workers: int | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Decode the ``(relative path, path)`` entries into the tensors and metadata of a cache."""
+    """Decode the ``(relative path, file)`` entries into the tensors and metadata of a cache."""
     if not entries:
         raise ResnetlabError(f"no image files under {root}")
     images, ok, report = decode_all([path for _, path in entries], channels, size, workers)
@@ -260,7 +271,7 @@ def load_or_build(
     root = Path(root)
     relative = relative_paths(root, files)
     order = sorted(range(len(files)), key=relative.__getitem__)
-    entries = [(relative[i], os.fspath(files[i])) for i in order]
+    entries = [(relative[i], files[i]) for i in order]
     key = _digest(entries, channels, size)
     cache_file = None if cache_dir is None else _cache_path(cache_dir, root, channels, size, key)
     stored = None if cache_file is None else _read_cache(cache_file, key)
@@ -285,6 +296,6 @@ def load_or_build(
         mean=json.loads(metadata["mean"]),
         std=json.loads(metadata["std"]),
         bad=report,
-        files=[Path(entries[i][1]) for i in kept],
+        files=[_as_path(entries[i][1]) for i in kept],
         cache_file=cache_file,
     )

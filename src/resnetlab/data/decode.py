@@ -19,6 +19,7 @@ Conventions (the same for every source that decodes images):
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +36,35 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 _MODES = {1: "L", 3: "RGB"}
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    """An image file inside a tar archive (a shard, ``data.shards``): where its bytes lie and
+    the key of its sample. It stands wherever a file's path does: its path, ``archive/name``,
+    names it in reports and caches, and ``decode_array`` reads it."""
+
+    archive: Path
+    name: str
+    offset: int  # of its data in the archive
+    size: int
+    key: str
+
+    def __fspath__(self) -> str:
+        return os.path.join(self.archive, self.name)
+
+    def read(self) -> bytes:
+        """Its bytes (fewer than ``size`` where the archive was cut short)."""
+        with open(self.archive, "rb") as archive:
+            archive.seek(self.offset)
+            return archive.read(self.size)
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Pillow's image of a file or an ``ArchiveMember``, opened but not yet decoded."""
+    if isinstance(path, ArchiveMember):
+        return Image.open(io.BytesIO(path.read()))
+    return Image.open(path)
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -100,19 +130,30 @@ def decode_array(
     """Decode ``path`` into a uint8 numpy array (C, H, W); raise ``BadImage`` if it is unreadable.
 
     ``channels`` is 1 or 3 (``ValueError`` otherwise); ``size`` gives a square image (see the
-    module docstring), ``None`` keeps the original size.
+    module docstring), ``None`` keeps the original size. ``path`` may be an ``ArchiveMember``.
     """
     _check_channels(channels)  # a wrong count is a ValueError, not a bad file
-    path = Path(path)
+    name = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise BadImage(path, "empty file (0 bytes)")
-        with Image.open(path) as img:
-            return opened_array(img, channels, size)  # a writable copy that outlives the file
-    except BadImage:
-        raise
+        data = path.read() if isinstance(path, ArchiveMember) else name.read_bytes()
+    except OSError as exc:
+        raise _read_error(name, exc) from exc
+    return decode_bytes(data, name, channels, size)
+
+
+def decode_bytes(
+    data: bytes, name: str | os.PathLike[str], channels: int = 3, size: int | None = None
+) -> np.ndarray:
+    """An image file's ``data`` decoded as ``decode_array`` decodes the file; a ``BadImage``
+    names it ``name``."""
+    _check_channels(channels)
+    if not data:
+        raise BadImage(name, "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return opened_array(img, channels, size)  # a writable copy that outlives the bytes
     except Exception as exc:  # Pillow raises many types on malformed data; all mean "bad file"
-        raise _read_error(path, exc) from exc
+        raise _read_error(Path(name), exc) from exc
 
 
 def opened_array(img: Image.Image, channels: int = 3, size: int | None = None) -> np.ndarray:

@@ -33,6 +33,7 @@ from resnetlab.data.decode import (
     BadFileReport,
     is_hidden,
     is_image_file,
+    open_image,
     try_decode,
 )
 from resnetlab.data.splits import record_split, restore_split, split_indices, split_subsets
@@ -41,7 +42,7 @@ from resnetlab.data.streaming import ImageFileDataset, train_transforms
 from resnetlab.errors import ResnetlabError
 
 SPLIT_FOLDERS = ("train", "val", "test")
-Sample = tuple[Path, int]
+Sample = tuple[Path, int]  # an image file (or an ArchiveMember of a shard) and its label
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
@@ -101,14 +102,8 @@ def load_image_folder(
     in_chans: int | None = None,
     options: ImageOptions = ImageOptions(),
 ) -> DataBundle:
-    """Load an image folder; val/test folders that are absent are split off the training one.
-
-    Folders that fit the memory budget are decoded once into a cached uint8 tensor; larger ones
-    stream through DataLoader workers. Bad files are skipped with one warning line each and a
-    summary (``strict``: an error listing them all, before any training). ``image_size``
-    defaults to the shorter side of the first training image that opens and ``in_chans`` to 1
-    if that image is greyscale, else 3. Mean/std come from the training split.
-    """
+    """Load an image folder; val/test folders that are absent are split off the training one
+    (``image_bundle``)."""
     root = Path(root)
     folders = split_folders(root)
     for split, extra in (("val", options.val_dir), ("test", options.test_dir)):
@@ -116,27 +111,70 @@ def load_image_folder(
             if not Path(extra).is_dir():
                 raise ResnetlabError(f"--{split}-dir: no such folder: '{extra}'")
             folders[split] = Path(extra)
-    classes, train_samples = scan_image_folder(folders["train"])
-    given: dict[str, list[Sample]] = {}
+    classes, sets = scan_splits(root, folders)
+    return image_bundle(
+        root.resolve().name, sets, classes, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, image_size=image_size, in_chans=in_chans,
+        options=options,
+    )  # fmt: skip
+
+
+def scan_splits(
+    root: Path, folders: dict[str, Path]
+) -> tuple[list[str], dict[str, tuple[Path, list[Sample]]]]:
+    """The class names, and each split's folder (``split_folders``) with its samples; the
+    val/test folders must hold the training folder's classes."""
+    classes, samples = scan_image_folder(folders["train"])
+    sets = {"train": (folders["train"], samples)}
     for split in ("val", "test"):
         if split in folders:
-            split_classes, given[split] = scan_image_folder(folders[split])
+            split_classes, samples = scan_image_folder(folders[split])
             _check_same_classes(root, classes, split, split_classes)
-    size, channels = _image_format(folders["train"], train_samples, image_size, in_chans)
-    n_files = len(train_samples) + sum(map(len, given.values()))
+            sets[split] = (folders[split], samples)
+    return classes, sets
+
+
+def image_bundle(
+    name: str,
+    sets: dict[str, tuple[Path, list[Sample]]],
+    classes: list[str],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    image_size: int | None,
+    in_chans: int | None,
+    options: ImageOptions,
+    dataset_class: type[ImageFileDataset] = ImageFileDataset,
+) -> DataBundle:
+    """The bundle of labelled images ``sets`` (``train`` and any of ``val``/``test``: the
+    folder they lie in and their ``(file, label)`` samples); val/test that are absent are split
+    off the training set. ``dataset_class`` reads them where they do not fit the cache, and
+    names them in the split record.
+
+    Sets that fit the memory budget are decoded once into a cached uint8 tensor; larger ones
+    stream through DataLoader workers. Bad files are skipped with one warning line each and a
+    summary (``strict``: an error listing them all, before any training). ``image_size``
+    defaults to the shorter side of the first training image that opens and ``in_chans`` to 1
+    if that image is greyscale, else 3. Mean/std come from the training split.
+    """
+    root, train_samples = sets["train"]
+    size, channels = _image_format(root, train_samples, image_size, in_chans)
+    n_files = sum(len(samples) for _, samples in sets.values())
     budget = None if options.cache_mem_gb is None else int(options.cache_mem_gb * 2**30)
-    load = _cached if fits_in_memory(n_files, channels, size, budget) else _streaming
-    sets = {"train": (folders["train"], train_samples)}
-    sets.update({split: (folders[split], samples) for split, samples in given.items()})
-    datasets, bad, pipeline = load(sets, classes, size, channels, options)
+    if fits_in_memory(n_files, channels, size, budget):
+        datasets, bad, pipeline = _cached(sets, classes, size, channels, options)
+    else:
+        datasets, bad, pipeline = _streaming(sets, size, channels, options, dataset_class)
     if bad:
         if options.strict:
             bad.raise_if_strict()
         bad.warn_each(sys.stderr)
         print(f"resnetlab: warning: {bad.summary()}", file=sys.stderr)
-    names = relative_paths(folders["train"], datasets["train"].files)
+    names = dataset_class.names(root, datasets["train"].files)
+    given = {split for split in sets if split != "train"}
     if options.split_record is not None:
-        split = restore_split(options.split_record, names, str(folders["train"]))
+        split = restore_split(options.split_record, names, str(root))
     else:
         split = split_indices(
             datasets["train"].labels,
@@ -158,7 +196,6 @@ def load_image_folder(
     test = datasets.get("test", test)
     # streaming: the statistics of the plain training images, not of random crops of them
     mean, std = _train_stats(datasets.get("eval", datasets["train"]), split.train, seed)
-    name = root.resolve().name
     return DataBundle(
         name, "image", classes, (channels, size, size), train, val, test, mean, std,
         pipeline=pipeline, split_record=record_split(names, split),
@@ -207,14 +244,14 @@ def _cached(
 
 def _streaming(
     sets: dict[str, tuple[Path, list[Sample]]],
-    classes: list[str],
     size: int,
     channels: int,
     options: ImageOptions,
+    dataset_class: type[ImageFileDataset],
 ) -> tuple[dict[str, Dataset], BadFileReport, str]:
-    """Decode per item in DataLoader workers: held-out images (and training images without
-    augmentation) as the cache decodes them, augmented ones whole, then through
-    torchvision.transforms.v2."""
+    """Decode per item in DataLoader workers (datasets of ``dataset_class``): held-out images
+    (and training images without augmentation) as the cache decodes them, augmented ones
+    whole, then through torchvision.transforms.v2."""
     bad = BadFileReport()
     if options.strict:
         for _, samples in sets.values():
@@ -226,7 +263,7 @@ def _streaming(
     def dataset(samples: list[Sample], transform: v2.Transform | None = None) -> ImageFileDataset:
         files, labels = zip(*samples, strict=True)
         decode_size = None if transform is not None else size  # random crops of whole images
-        return ImageFileDataset(files, labels, transform, channels, decode_size)
+        return dataset_class(files, labels, transform, channels, decode_size)
 
     datasets: dict[str, Dataset] = {split: dataset(samples) for split, (_, samples) in sets.items()}
     datasets["eval"] = datasets["train"]
@@ -235,7 +272,8 @@ def _streaming(
         transform = train_transforms(size, options.auto_augment, options.random_erasing)
         datasets["train"] = dataset(sets["train"][1], transform)
         augment = "RandomResizedCrop + flip"
-    return datasets, bad, f"streaming from files ({augment}; eval: decoded as by the cache)"
+    what = f"{augment}; eval: decoded as by the cache"
+    return datasets, bad, f"streaming from {dataset_class.source} ({what})"
 
 
 def _train_stats(
@@ -289,7 +327,7 @@ def _image_format(
         return image_size, in_chans
     for path, _ in samples:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 side, mode = min(image.size), image.mode
         except OSError:
             continue

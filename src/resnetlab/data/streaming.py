@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from resnetlab.data.cache import relative_paths
 from resnetlab.data.decode import BadFileReport, try_decode
 from resnetlab.errors import ResnetlabError
 
@@ -80,6 +82,8 @@ class ImageFileDataset(Dataset):
     the files it read itself; scan the folder with ``cache.decode_all`` for a complete list.
     """
 
+    source = "files"  # what the images are read from, in the run's description
+
     def __init__(
         self,
         files: Sequence[str | os.PathLike[str]],
@@ -105,7 +109,12 @@ class ImageFileDataset(Dataset):
         """The files at ``indices`` as a dataset of their own: a bad one is replaced by the next
         readable file of the same part (a split never borrows another split's image)."""
         files, labels = [self.files[i] for i in indices], [self.labels[i] for i in indices]
-        return ImageFileDataset(files, labels, self.transform, self.channels, self.size)
+        return type(self)(files, labels, self.transform, self.channels, self.size)
+
+    @staticmethod
+    def names(root: Path, files: Sequence[str | os.PathLike[str]]) -> list[str]:
+        """The name of each file that a split record keeps: its path relative to ``root``."""
+        return relative_paths(root, files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.files)):

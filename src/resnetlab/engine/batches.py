@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.seeds import derive_seed, epoch_order
+from resnetlab.data.shard_stream import ShardStream
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, sample indices
 # In-memory data moves to a run's GPU where it takes at most this share of the free memory
@@ -216,11 +217,17 @@ def make_loader(
     device: torch.device | None = None,
 ) -> TensorBatches | DataLoader:
     """An iterator of ``(x, y, indices)`` batches in ``order`` (a batch size: the dataset's
-    order): a fast tensor path for in-memory data, else a DataLoader with ``workers``. For a
-    run on a GPU (``device``), batches from the CPU come in pinned memory."""
+    order): a fast tensor path for in-memory data, else a DataLoader with ``workers`` (shards:
+    each worker reads its own, ``data.shard_stream``). For a run on a GPU (``device``), batches
+    from the CPU come in pinned memory."""
     if isinstance(order, int):
         order = BatchOrder(len(dataset), order)
     pin = device is not None and device.type == "cuda"
+    if isinstance(dataset, ShardStream):  # workers start each epoch: they read its plan
+        return DataLoader(
+            dataset.epoch(order), batch_size=None, num_workers=workers, pin_memory=pin,
+            worker_init_fn=_ignore_interrupts,
+        )  # fmt: skip
     tensors = _as_tensors(dataset)
     if tensors is not None:
         x, y, rows = tensors

@@ -270,7 +270,8 @@ class TrainConfig:
     strict: bool = setting(
         False,
         group=IMAGES,
-        help="stop before training if any image file is bad, or any table row lacks a target",
+        help="stop before training if any image file or shard is bad, or any table row lacks "
+        "a target",
     )
     val_dir: str | None = setting(None, group=IMAGES, help="a separate validation folder")
     test_dir: str | None = setting(None, group=IMAGES, help="a separate test folder")

@@ -15,8 +15,15 @@ from PIL import Image
 from torch import Tensor, nn
 
 from resnetlab.data.augment import to_unit_float
-from resnetlab.data.decode import BadImage, decode_image, image_array, is_image_file
+from resnetlab.data.decode import (
+    ArchiveMember,
+    BadImage,
+    decode_image,
+    image_array,
+    is_image_file,
+)
 from resnetlab.data.preprocess import apply_preprocessing
+from resnetlab.data.shards import shard_images
 from resnetlab.data.tabular import is_table_file, read_feature_columns, read_inputs
 from resnetlab.engine.checkpoint_data import input_preprocessing
 from resnetlab.engine.exported import OnnxNetwork, ProgramNetwork, is_exported, load_network
@@ -206,14 +213,28 @@ class Predictor:
             features = torch.from_numpy(rows)
             yield from ((row, f"{name}:{i + 2}") for i, row in enumerate(features))
         elif kind == "image":
-            if not is_image_file(path):
-                raise ResnetlabError(f"INPUT '{name}': not an image file this checkpoint can read")
-            try:
-                yield to_unit_float(decode_image(path, shape[0], shape[-1])), name
-            except BadImage as bad:
-                raise ResnetlabError(str(bad)) from None
+            for file, label in _image_files(path, name):
+                try:
+                    yield to_unit_float(decode_image(file, shape[0], shape[-1])), label
+                except BadImage as bad:
+                    raise ResnetlabError(str(bad)) from None
         else:
             raise ResnetlabError(f"predict does not read {kind} files yet")
+
+
+def _image_files(path: Path, name: str) -> list[tuple[Path | ArchiveMember, str]]:
+    """An input image file, or each image of an input shard (``.tar``, ``data.shards``), with
+    the name it is reported by (``shard.tar/key.jpg``)."""
+    if path.suffix == ".tar":
+        images, damage = shard_images(path)
+        if damage is not None:
+            warnings.warn(
+                f"{name}: {damage}; its {len(images)} readable images follow", stacklevel=4
+            )
+        return [(image, f"{name}/{image.name}") for image in images]
+    if not is_image_file(path):
+        raise ResnetlabError(f"INPUT '{name}': not an image file this checkpoint can read")
+    return [(path, name)]
 
 
 def load(

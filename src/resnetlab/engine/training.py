@@ -16,6 +16,7 @@ from torch import nn
 from resnetlab.data import ImageOptions, TableOptions, data_kind, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import default_cache_dir
+from resnetlab.data.shard_stream import ShardStream
 from resnetlab.engine.baselines import compare_with_baselines
 from resnetlab.engine.batches import BatchOrder, make_loader
 from resnetlab.engine.board import summary_writer
@@ -351,6 +352,13 @@ def resume_run(cfg: TrainConfig) -> Start:
             f"--resume {cfg.resume}: --data {cfg.data} changed since the run started "
             f"({recorded['files']} samples then, {bundle.split_record['files']} now); an exact "
             "continuation needs the same data"
+        )
+    if isinstance(bundle.train, ShardStream) and max(cfg.workers, 1) != max(saved["workers"], 1):
+        warnings.warn(
+            f"--resume: --workers {cfg.workers}, the run had {saved['workers']}; each worker "
+            "reads its own shards, so the batches change and the run will not match an "
+            "uninterrupted one",
+            stacklevel=2,
         )
     bundle = replace(bundle, mean=header["mean"], std=header["std"])
     model = model_for_header(header)
