@@ -32,7 +32,7 @@ from resnetlab.data.decode import is_image_file
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune_config import STRATEGIES, FinetuneConfig
 from resnetlab.engine.recipes import recipe_defaults
-from resnetlab.engine.training import TrainResult
+from resnetlab.engine.run import TrainResult
 
 AUGMENT = {"crop_padding": 4, "flip": True}
 PRETRAIN_CLASSES = ("airplane", "automobile", "ship", "truck", "frog", "horse")

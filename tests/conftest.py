@@ -15,7 +15,7 @@ from resnetlab.data.cache import CACHE_DIR_VARIABLE
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.matmul import keep_cpu_matmul_speeds
 from resnetlab.engine.precision import bf16_supported
-from resnetlab.engine.training import TrainResult
+from resnetlab.engine.run import TrainResult
 
 # two threads for one test process; one each when pytest-xdist runs two (`make test`)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 
 from resnetlab.cli import main
+from resnetlab.engine import run
 from resnetlab.engine.state import STATE_FILE
-from resnetlab.engine.trainer import Trainer
 
 
 def make_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
@@ -83,14 +83,14 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 
 def crash_after_state(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
     """Make the next run in this process die right after it saves the state at ``at_step``."""
-    save = Trainer.save_state
+    save = run.save_training_state
 
-    def save_then_crash(self: Trainer, tally: object) -> None:
-        save(self, tally)
-        if self.steps_done == at_step:
+    def save_then_crash(t: run.Training, tally: object) -> None:
+        save(t, tally)
+        if t.steps_done == at_step:
             raise MemoryError("simulated crash")
 
-    monkeypatch.setattr(Trainer, "save_state", save_then_crash)
+    monkeypatch.setattr(run, "save_training_state", save_then_crash)
 
 
 def shapes(model: nn.Module) -> list[tuple[str, torch.Size]]:

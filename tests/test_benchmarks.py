@@ -104,6 +104,19 @@ def test_bench_standard(smoke: SmokeRun) -> None:
     assert [row["row"] for row in result["rows"]] == ["seed-style", "user", "resnetlab"]
 
 
+def test_call_trace(smoke: SmokeRun) -> None:
+    result = read_json(smoke("call_trace.py") / "call_trace.json")
+    digits, folder = result["runs"]["digits"], result["runs"]["image folder"]
+    assert digits["argv"][:3] == ["train", "--data", "digits"]
+    for run in (digits, folder):
+        assert run["files"] == len(run["called"])
+        assert {"commands/train.py", "engine/run.py", "engine/step.py"} <= set(run["called"])
+        assert not [name for name in run["called"] if name.startswith("cli/")]
+    assert "data/folder.py" in folder["called"] and "data/folder.py" not in digits["called"]
+    assert list(result["orchestration"]) == result["orchestration_modules"]
+    assert all(lines > 0 for lines in result["orchestration"].values())
+
+
 def test_data_throughput(smoke: SmokeRun) -> None:
     data = make_folder(Path("data"), per_class=8, size=8)
     result = read_json(smoke("data_throughput.py", "--data", str(data)) / "data_throughput.json")

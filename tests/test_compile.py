@@ -19,13 +19,13 @@ from resnetlab.cli import main
 from resnetlab.data.augment import BatchAugment
 from resnetlab.engine.batches import BatchOrder, TensorBatches
 from resnetlab.engine.compiled import compile_static, should_compile
-from resnetlab.engine.loop import (
+from resnetlab.engine.precision import resolve_precision
+from resnetlab.engine.rundir import fingerprint
+from resnetlab.engine.step import (
     InferenceModel,
     Normalizer,
     predict,
 )
-from resnetlab.engine.precision import resolve_precision
-from resnetlab.engine.rundir import fingerprint
 from resnetlab.models.cifar import CifarResNet
 
 CPU = torch.device("cpu")

@@ -16,11 +16,11 @@ from resnetlab.commands.train import train
 from resnetlab.engine import checkpoint as ckpt
 from resnetlab.engine import files
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.loop import class_logits, make_loss
 from resnetlab.engine.metrics import classification_report, confusion_matrix, topk_accuracy
 from resnetlab.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
 from resnetlab.engine.precision import resolve_precision
-from resnetlab.engine.training import TrainResult
+from resnetlab.engine.run import TrainResult
+from resnetlab.engine.step import class_logits, make_loss
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 

@@ -15,7 +15,7 @@ from helpers import run_cli
 from PIL import Image
 
 from resnetlab.data import load_data
-from resnetlab.engine.loop import Normalizer
+from resnetlab.engine.step import Normalizer
 from resnetlab.experiments import degradation
 from resnetlab.experiments.case_study import (
     ARTICLE_ACCURACY,

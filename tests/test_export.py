@@ -21,7 +21,7 @@ from resnetlab.commands.export import ExportConfig, export, quantize
 from resnetlab.engine.checkpoint import save_checkpoint
 from resnetlab.engine.exported import OnnxNetwork, load_network
 from resnetlab.engine.int8 import int8_network
-from resnetlab.engine.training import TrainResult
+from resnetlab.engine.run import TrainResult
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 from tests.helpers import assert_one_line_error, run_cli

@@ -26,19 +26,18 @@ from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.checkpoint import read_header, save_checkpoint
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune import (
+from resnetlab.engine.finetune_config import FinetuneConfig, Phase, plan_phases
+from resnetlab.engine.phases import (
     describe_phase,
-    fit_phases,
     freeze_batchnorm,
     parameter_stages,
     phase_mode,
     phase_param_groups,
 )
-from resnetlab.engine.finetune_config import FinetuneConfig, Phase, plan_phases
+from resnetlab.engine.run import Start, Training, prepare, train_phases
 from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.start import checkpoint_header
 from resnetlab.engine.state_dicts import WeightsFile, read_weights
-from resnetlab.engine.trainer import Trainer
-from resnetlab.engine.training import checkpoint_header
 from resnetlab.engine.weights import model_from_checkpoint
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
@@ -184,13 +183,13 @@ def _tiny_bundle() -> DataBundle:
     )
 
 
-def _trainer(tmp_path: Path, cfg: TrainConfig, bn: str = "train") -> Trainer:
+def _training(tmp_path: Path, cfg: TrainConfig, bn: str = "train") -> Training:
     torch.manual_seed(0)
     model = _randomise_batchnorm(create_model("resnet20", num_classes=3))
     if bn == "frozen":
         freeze_batchnorm(model)
     cfg = replace(cfg, batch_size=16, precision="fp32", quiet=True)
-    return Trainer(model, _tiny_bundle(), cfg, RunDir(tmp_path), header={})
+    return prepare(Start(cfg, _tiny_bundle(), model), RunDir(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -201,18 +200,18 @@ def test_which_parameters_get_gradients_in_which_epoch(
     strategy: str, head_only_epochs: int, tmp_path: Path
 ) -> None:
     cfg = FinetuneConfig(weights="w", data="d", strategy=strategy, epochs=4, lr=0.01)
-    trainer = _trainer(tmp_path, cfg)
+    training = _training(tmp_path, cfg)
     seen: dict[int, set[str]] = defaultdict(set)
-    for name, param in trainer.model.named_parameters():
-        param.register_hook(lambda _, n=name: seen[len(trainer.history) + 1].add(n))
-    fit_phases(trainer, cfg.phases(), cfg.bn, cfg.stage_decay)
-    everything = {name for name, _ in trainer.model.named_parameters()}
+    for name, param in training.model.named_parameters():
+        param.register_hook(lambda _, n=name: seen[len(training.history) + 1].add(n))
+    train_phases(training, cfg.phases(), cfg.bn, cfg.stage_decay)
+    everything = {name for name, _ in training.model.named_parameters()}
     expected = {
         epoch: {"fc.weight", "fc.bias"} if epoch <= head_only_epochs else everything
         for epoch in range(1, 5)
     }
     assert dict(seen) == expected
-    assert all(p.requires_grad for p in trainer.model.parameters())  # restored after
+    assert all(p.requires_grad for p in training.model.parameters())  # restored after
 
 
 def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -232,10 +231,10 @@ def test_batchnorm_policies(
     strategy: str, bn: str, stats_kept: bool, affine_trains: bool, tmp_path: Path
 ) -> None:
     cfg = FinetuneConfig(weights="w", data="d", strategy=strategy, bn=bn, epochs=1, lr=0.01)
-    trainer = _trainer(tmp_path, cfg, bn)
-    model = trainer.model
+    training = _training(tmp_path, cfg, bn)
+    model = training.model
     before, bn_weight = _buffers(model), model.layer2[0].bn1.weight.clone()
-    fit_phases(trainer, cfg.phases(), cfg.bn, cfg.stage_decay)
+    train_phases(training, cfg.phases(), cfg.bn, cfg.stage_decay)
     after = _buffers(model)
     assert all(torch.equal(before[k], after[k]) for k in before) == stats_kept
     assert (not torch.equal(model.layer2[0].bn1.weight, bn_weight)) == affine_trains
@@ -450,7 +449,7 @@ def test_a_run_from_weights_opens_the_file_once(
         opens.extend(call for call in opened.call_args_list if Path(call.args[0]) == path)
         return weights
 
-    for module in ("engine.training", "commands.evaluate"):
+    for module in ("engine.run", "commands.evaluate"):
         monkeypatch.setattr(f"resnetlab.{module}.read_weights", read_while_present)
     data = "digits" if argv[0] == "eval" else str(colours)
     flags = ["--weights", str(path), "--data", data]

@@ -24,13 +24,11 @@ from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import CACHE_DIR_VARIABLE
 from resnetlab.engine import batches as batches_module
-from resnetlab.engine import matmul
-from resnetlab.engine import trainer as trainer_module
+from resnetlab.engine import matmul, run
 from resnetlab.engine.batches import BatchOrder, fits_on_device, keep_on_device, make_loader
 from resnetlab.engine.distributed import World
 from resnetlab.engine.precision import Precision, resolve_precision
 from resnetlab.engine.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state
-from resnetlab.engine.trainer import AGREE_EVERY, Trainer
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 
@@ -67,7 +65,7 @@ def test_a_reduction_runs_on_the_device_that_nccl_takes(monkeypatch: pytest.Monk
 
 @dataclass
 class FakeWorld:
-    """What a trainer that believes it is rank 0 of 2 agreed on: the step of each agreement
+    """What a run that believes it is rank 0 of 2 agreed on: the step of each agreement
     on stop requests and timed saves; ``signal_in_step`` sends it SIGTERM in that step."""
 
     agreed_at: list[int] = field(default_factory=list)
@@ -76,10 +74,10 @@ class FakeWorld:
 
 @pytest.fixture()
 def two_processes(monkeypatch: pytest.MonkeyPatch) -> FakeWorld:
-    """Trainers in a world of 2 whose collectives return this process's own numbers."""
+    """Runs in a world of 2 whose collectives return this process's own numbers."""
     seen = FakeWorld()
-    monkeypatch.setattr(trainer_module, "launched_world", lambda: World(0, 2, 0))
-    monkeypatch.setattr(trainer_module, "plot_curves", lambda *_: None)
+    monkeypatch.setattr(run, "launched_world", lambda: World(0, 2, 0))
+    monkeypatch.setattr(run, "plot_curves", lambda *_: None)
     monkeypatch.setattr(World, "barrier", lambda self: None)
     monkeypatch.setattr(World, "wrap", lambda self, model: model)
     monkeypatch.setattr(World, "broadcast", lambda self, value: value)
@@ -91,16 +89,16 @@ def two_processes(monkeypatch: pytest.MonkeyPatch) -> FakeWorld:
         if tensor.dtype == torch.int64 and tensor.shape == (2,):  # (signal, late)
             seen.agreed_at.append(step)
 
-    def after_step(self: Trainer, tally: Any) -> None:
+    def after_step(t: run.Training, tally: Any) -> None:
         nonlocal step
-        step = self.steps_done + 1
+        step = t.steps_done + 1
         if step == seen.signal_in_step:
-            self.stops.signal = signal.SIGTERM
-        counted(self, tally)
+            t.stops.signal = signal.SIGTERM
+        counted(t, tally)
 
-    counted = Trainer._after_step
+    counted = run.after_step
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(Trainer, "_after_step", after_step)
+    monkeypatch.setattr(run, "after_step", after_step)
     return seen
 
 
@@ -110,7 +108,7 @@ def test_processes_agree_on_stops_and_timed_saves_every_few_steps_and_at_epoch_e
     """Not a collective per step: steps 10 and 16 (the epoch's last), then the epoch's end."""
     argv = [*TABLE, "--epochs", "1", "--save-every-minutes", "0.001", "--out", "run"]
     assert main(argv) == 0
-    assert AGREE_EVERY == 10 and two_processes.agreed_at == [10, 16, 16]
+    assert run.AGREE_EVERY == 10 and two_processes.agreed_at == [10, 16, 16]
 
 
 def test_a_signal_to_one_process_stops_the_run_at_the_next_agreement(
@@ -150,22 +148,22 @@ def test_a_run_resumes_in_another_precision_with_a_warning(
     scale, a GPU stream) resumes on the CPU."""
     argv = [*TABLE, "--epochs", "2", "--save-every", "4", "--out", "run"]
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module, "plot_curves", lambda *_: None)
-        saved = Trainer.save_state
+        patch.setattr(run, "plot_curves", lambda *_: None)
+        saved = run.save_training_state
 
-        def save_then_stop(self: Trainer, tally: Any) -> None:
-            saved(self, tally)
-            if self.steps_done == 4:
+        def save_then_stop(t: run.Training, tally: Any) -> None:
+            saved(t, tally)
+            if t.steps_done == 4:
                 raise MemoryError("simulated crash")
 
-        patch.setattr(Trainer, "save_state", save_then_stop)
+        patch.setattr(run, "save_training_state", save_then_stop)
         with pytest.raises(MemoryError):
             main(argv)
     state_file = tmp_path / "run" / STATE_FILE
     gpu_state = load_state(state_file)
     fp16 = Precision(CPU, torch.float16, channels_last=False)
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module, "resolve_precision", lambda *_: fp16)
+        patch.setattr(run, "resolve_precision", lambda *_: fp16)
         assert main(["train", "--resume", "run", "--epochs", "1"]) == 0
     assert "trained as cpu fp32, this machine trains it as cpu fp16" in capsys.readouterr().err
     scaler = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,

@@ -16,7 +16,7 @@ from resnetlab.commands.evaluate import EvalConfig, evaluate
 from resnetlab.data import ImageOptions, folder, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import scan_image_folder
-from resnetlab.engine import loop
+from resnetlab.engine import step
 from resnetlab.engine.image_inputs import reading
 from resnetlab.engine.predictor import Predictor, load
 from resnetlab.errors import ResnetlabError
@@ -182,13 +182,13 @@ def test_eval_answers_each_file_as_predict_does(
     if streamed:
         monkeypatch.setattr(folder, "fits_in_memory", lambda *args, **kwargs: False)
     logits = []
-    report = loop.classification_report
+    report = step.classification_report
 
     def recording(scores: torch.Tensor, *args: object) -> dict:
         logits.append(scores)
         return report(scores, *args)
 
-    monkeypatch.setattr(loop, "classification_report", recording)
+    monkeypatch.setattr(step, "classification_report", recording)
     result = evaluate(EvalConfig(checkpoint=str(squares_checkpoint), data=str(root),
                                  precision="fp32", device="cpu"))  # fmt: skip
     files = [str(path) for path, _ in scan_image_folder(root)[1]]

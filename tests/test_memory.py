@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from resnetlab.cli import main
-from resnetlab.engine import trainer
+from resnetlab.engine import run
 
 # a 64 MiB block written and freed: 10 times to reach a steady heap (glibc reuses a freed
 # aligned block only once a few have gathered), then 4 times counting the page faults
@@ -47,7 +47,7 @@ def test_training_on_a_cpu_keeps_freed_memory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     calls = []
-    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: calls.append(True) or True)
     argv = ["train", "--data", "digits", "--epochs", "1", "--limit-steps", "1", "--quiet"]
     assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
     assert calls == [True]

@@ -19,7 +19,7 @@ from helpers import crash_after_state, make_folder, wait_for_state, wait_into_ne
 from torch.optim.lr_scheduler import LambdaLR
 
 from resnetlab.cli import main
-from resnetlab.engine import trainer as trainer_module
+from resnetlab.engine import run as run_module
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.state import STATE_FILE, load_state
 
@@ -196,14 +196,14 @@ def test_more_epochs_on_resume_train_on_with_a_warning(
     stopped_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first_lrs: list[tuple[float, float]] = []  # (the lr set, the new schedule's) at each epoch
-    one_epoch = trainer_module.train_one_epoch
+    one_epoch = run_module.train_one_epoch
 
     def spy(step: object, loader: object, scheduler: LambdaLR, **kwargs: object) -> object:
         wanted = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
         first_lrs.append((scheduler.optimizer.param_groups[0]["lr"], wanted))
         return one_epoch(step, loader, scheduler, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "train_one_epoch", spy)
+    monkeypatch.setattr(run_module, "train_one_epoch", spy)
     assert main(["train", "--resume", str(stopped_run), "--epochs", "3"]) == 0
     ((set_lr, wanted),) = first_lrs
     assert wanted > 0 and set_lr == pytest.approx(wanted)  # not the old schedule's last lr, 0

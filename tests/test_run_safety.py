@@ -26,25 +26,24 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import resnetlab.engine.files
-import resnetlab.engine.trainer
 from resnetlab.cli import main
+from resnetlab.engine import run as run_module
 from resnetlab.engine.batches import make_loader
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.files import writing
-from resnetlab.engine.loop import (
+from resnetlab.engine.precision import resolve_precision
+from resnetlab.engine.run import train_one_epoch
+from resnetlab.engine.rundir import RunDir
+from resnetlab.engine.state import STATE_FILE, STATE_KEYS, load_state
+from resnetlab.engine.state_dicts import read_weights
+from resnetlab.engine.step import (
     EpochTally,
     LossFn,
     Normalizer,
     StepOptions,
     TrainStep,
     make_loss,
-    train_one_epoch,
 )
-from resnetlab.engine.precision import resolve_precision
-from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.state import STATE_FILE, STATE_KEYS, load_state
-from resnetlab.engine.state_dicts import read_weights
-from resnetlab.engine.trainer import Trainer
 from resnetlab.engine.weights import load_pretrained
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
@@ -63,7 +62,7 @@ CPU = torch.device("cpu")
 def _no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs here skip their figures (a second each, and tested elsewhere)."""
     for name in ("plot_curves", "plot_confusion"):
-        monkeypatch.setattr(resnetlab.engine.trainer, name, lambda *_: None)
+        monkeypatch.setattr(run_module, name, lambda *_: None)
 
 
 def metrics(run: Path) -> list[dict[str, Any]]:
@@ -102,7 +101,7 @@ def poison_loss(
 
         return poisoned
 
-    monkeypatch.setattr(resnetlab.engine.trainer, "make_loss", make)
+    monkeypatch.setattr(run_module, "make_loss", make)
     return finite
 
 
@@ -410,16 +409,16 @@ def test_a_real_disk_that_fills_up_ends_the_run_with_one_line(
 ) -> None:
     """The disk fills up after the run's ``full_after``-th state: the next file it writes
     (``failed``) cannot be written."""
-    real_save, saves = Trainer.save_state, 0
+    real_save, saves = run_module.save_training_state, 0
 
-    def save_then_fill(self: Trainer, tally: EpochTally | None) -> None:
+    def save_then_fill(t: run_module.Training, tally: EpochTally | None) -> None:
         nonlocal saves
-        real_save(self, tally)
+        real_save(t, tally)
         saves += 1
         if saves == full_after:
             fill(small_disk)
 
-    monkeypatch.setattr(Trainer, "save_state", save_then_fill)
+    monkeypatch.setattr(run_module, "save_training_state", save_then_fill)
     run = small_disk / "run"
     code, _, err = run_cli(capsys, *TRAIN, "--epochs", "3", *flags, "--out", str(run))
     assert_one_line_error(code, err, f"{run / failed}: cannot write", NO_SPACE)
@@ -544,15 +543,15 @@ def test_a_resumed_run_s_tensorboard_curves_do_not_double_back(
 ) -> None:
     """The run crashes in epoch 3 after its scalars went to TensorBoard but before its state
     was saved; the resumed run writes epoch 3 again, and the first one's is purged."""
-    real_end_epoch = Trainer._end_epoch
+    real_end_epoch = run_module.end_epoch
 
-    def crash_in_epoch_3(self: Trainer, record: dict[str, Any]) -> None:
-        real_end_epoch(self, record)
+    def crash_in_epoch_3(t: run_module.Training, record: dict[str, Any]) -> None:
+        real_end_epoch(t, record)
         if record["epoch"] == 3:
             raise Crash
 
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_end_epoch", crash_in_epoch_3)
+        patch.setattr(run_module, "end_epoch", crash_in_epoch_3)
         with pytest.raises(Crash):
             main([*TRAIN, "--epochs", "3", "--tensorboard", "--out", "run"])
     assert load_state(Path("run", STATE_FILE))["epoch"] == 2

@@ -13,12 +13,11 @@ from helpers import assert_one_line_error, crash_after_state, make_folder, run_c
 from safetensors.torch import load_file
 
 from resnetlab.cli import main
-from resnetlab.engine import budget, finetune
+from resnetlab.engine import run
 from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Pace, Speed, fit_length, pace_of
 from resnetlab.engine.optim import lr_factor
 from resnetlab.engine.rundir import fingerprint
 from resnetlab.engine.state import STATE_FILE, load_state
-from resnetlab.engine.trainer import Trainer
 from resnetlab.models import create_model
 
 # 40 training images in 5 batches of 8, 10 validation images
@@ -52,24 +51,24 @@ def test_the_whitening_stem_decorrelates_the_patches() -> None:
 
 @pytest.fixture(scope="module")
 def recipe_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A 3-epoch run of the recipe, its trainer, and its weights as training began (the
+    """A 3-epoch run of the recipe, its training, and its weights as training began (the
     stem whitened) and as it left them (not averaged) before the final evaluation."""
     out = tmp_path_factory.mktemp("speedrun") / "run"
     seen: dict[str, object] = {}
-    fit, finish = Trainer.fit, Trainer.finish
+    train_phase, test_best = run.train_phase, run.test_best
 
-    def keep_then_fit(self: Trainer, *args: object) -> None:
-        seen["initial"] = {k: v.clone() for k, v in self.model.state_dict().items()}
-        fit(self, *args)
+    def keep_then_train(t: run.Training, *args: object) -> None:
+        seen["initial"] = {k: v.clone() for k, v in t.model.state_dict().items()}
+        train_phase(t, *args)
 
-    def keep_then_finish(self: Trainer, title: str) -> object:
-        seen["trainer"] = self
-        seen["trained"] = {k: v.clone() for k, v in self.model.state_dict().items()}
-        return finish(self, title)
+    def keep_then_test(t: run.Training, title: str) -> object:
+        seen["training"] = t
+        seen["trained"] = {k: v.clone() for k, v in t.model.state_dict().items()}
+        return test_best(t, title)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Trainer, "fit", keep_then_fit)
-        patch.setattr(Trainer, "finish", keep_then_finish)
+        patch.setattr(run, "train_phase", keep_then_train)
+        patch.setattr(run, "test_best", keep_then_test)
         assert main([*RECIPE, "--data", str(folder), *RESUMABLE, "--out", str(out)]) == 0
     return SimpleNamespace(out=out, **seen)
 
@@ -89,22 +88,22 @@ def test_the_recipe_trains_end_to_end_and_plots_accuracy_against_time(
 def test_the_evaluated_model_is_the_average_with_its_batchnorm_recomputed(
     recipe_run: SimpleNamespace,
 ) -> None:
-    trainer = recipe_run.trainer
-    assert trainer.average is not None
+    training = recipe_run.training
+    assert training.average is not None
     last = load_file(recipe_run.out / "last.safetensors")
-    averaged = trainer.average.module.state_dict()
+    averaged = training.average.module.state_dict()
     trained = recipe_run.trained
     assert all(torch.equal(last[key], averaged[key].contiguous()) for key in last)
     conv = "layer2.conv2.weight"
     assert not torch.equal(last[conv], trained[conv].contiguous())  # an average, not the weights
     # the first BatchNorm's mean: that of its inputs over the 5 training batches (in the run's
     # precision, bf16 where the CPU has it), not the running mean that training left
-    block = trainer.average.module.layer1
+    block = training.average.module.layer1
     inputs = []
     handle = block.bn1.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
-    with torch.no_grad(), trainer.precision.autocast():
-        for x in trainer._batchnorm_inputs():
-            trainer.average.module.eval()(x)
+    with torch.no_grad(), training.precision.autocast():
+        for x in run.batchnorm_inputs(training):
+            training.average.module.eval()(x)
     handle.remove()
     assert len(inputs) == 5
     mean = torch.cat(inputs).float().mean((0, 2, 3))
@@ -167,13 +166,13 @@ def test_a_state_saved_while_the_frozen_parameters_trained_resumes_as_saved(
 ) -> None:
     """A state from before the frozen parameters stayed frozen holds optimiser groups (and
     momentum) for them: its run goes on training them, to the run never stopped."""
-    phase_mode = finetune.phase_mode
+    phase_mode = run.phase_mode
 
     def old_phase_mode(*args: object, unfreeze: bool = False) -> object:
         return phase_mode(*args, unfreeze=True)  # every 'all' phase trained every parameter
 
     argv = [*RECIPE, "--data", str(folder), *RESUMABLE]
-    monkeypatch.setattr(finetune, "phase_mode", old_phase_mode)
+    monkeypatch.setattr(run, "phase_mode", old_phase_mode)
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     crash_after_state(monkeypatch, at_step=6)  # in epoch 2
     with pytest.raises(MemoryError):
@@ -205,44 +204,32 @@ def test_a_tiny_time_budget_cuts_the_run_and_still_writes_its_outputs(
     assert load_state(out / STATE_FILE)["config"]["epochs"] == 1  # what a resume repeats
 
 
-def budget_run(steps_done: int = 0) -> object:
-    """What ``fit_length`` and ``pace_of`` read of a trainer: 10 steps an epoch of batch 512,
-    2 validation batches, weight averaging and flip TTA."""
-    return SimpleNamespace(
-        cfg=SimpleNamespace(tta="flip", limit_steps=None),
-        val_loader=[None] * 2,
-        average=object(),
-        order=SimpleNamespace(batch_size=512),
-        steps_per_epoch=10,
-        steps_done=steps_done,
-    )
-
-
 def test_the_budget_buys_steps_after_compiling_validation_and_the_final_evaluation() -> None:
-    pace = pace_of(budget_run(), Speed(first_step_s=31.0, step_s=1.0, eval_batch_s=0.5))
+    """A run of 10 steps an epoch of batch 512, 2 validation batches, weight averaging (4,096
+    BatchNorm samples: 4 evaluation batches' worth of forward passes) and flip TTA."""
+    speed = Speed(first_step_s=31.0, step_s=1.0, eval_batch_s=0.5)
+    pace = pace_of(speed, val_batches=2, bn_batches=4096 / (2 * 512), tta=True)
     # an epoch: 10 steps + (2 validation + 4 BatchNorm batches) x 0.5 s = 13 s; compiling
     # 30 s; final TTA 2 x 2 x 0.5 = 2 s
     assert pace == Pace(step_s=1.0, epoch_s=3.0, final_s=2.0, once_s=30.0)
     whole = (MARGIN_S + 30 + 2 + 7 * 13) / (1 - MARGIN_SHARE)
-    assert fit_length(budget_run(), pace, whole, None) == Length(7, None)
+    assert fit_length(pace, whole, per_epoch=10) == Length(7, None)
     cut = (MARGIN_S + 30 + 2 + 7 * 13 + 3 + 4.5) / (1 - MARGIN_SHARE)  # 8th: 3 s + 4.5 steps
-    assert fit_length(budget_run(), pace, cut, None) == Length(8, 74)
-    assert fit_length(budget_run(), pace, cut, 60) == Length(6, None)  # at most 60 steps
-    assert fit_length(budget_run(), pace, 1.0, None) == Length(1, 1)
+    assert fit_length(pace, cut, per_epoch=10) == Length(8, 74)
+    assert fit_length(pace, cut, per_epoch=10, most=60) == Length(6, None)  # at most 60 steps
+    assert fit_length(pace, 1.0, per_epoch=10) == Length(1, 1)
     # re-fitted after 3 epochs, nothing left to compile: 4 more epochs, 30 + 40 steps
     later = Pace(step_s=1.0, epoch_s=3.0, final_s=2.0)
     left = (MARGIN_S + 2 + 4 * 13) / (1 - MARGIN_SHARE)
-    assert fit_length(budget_run(steps_done=30), later, left, 100) == Length(7, None)
+    assert fit_length(later, left, per_epoch=10, steps_done=30, most=100) == Length(7, None)
 
 
 @pytest.fixture
 def optimistic_speed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A first fit of the budget 100 times too optimistic, as a noisy machine can give."""
-    measure = budget.measure_speed
+    measure = run.measure_speed
     monkeypatch.setattr(
-        budget,
-        "measure_speed",
-        lambda trainer: Speed(*(s / 100 for s in astuple(measure(trainer)))),
+        run, "measure_speed", lambda *args: Speed(*(s / 100 for s in astuple(measure(*args))))
     )
 
 
@@ -292,19 +279,21 @@ def test_a_run_shortened_while_it_trains_resumes_exactly(
     killed in its second epoch, it resumes to the run never stopped."""
 
     class CutOnce:
-        def after_epoch(self, trainer: Trainer, tally: object, other_s: float) -> None:
-            if trainer.cfg.limit_steps is None:
-                trainer.set_length(3, 12)
-                trainer.run.write_config(trainer.cfg.to_dict())
+        cut = False
 
-    init = Trainer.__init__
+        def after_epoch(self, *args: object) -> Length | None:
+            self.cut, first = True, not self.cut
+            return Length(3, 12) if first else None
 
-    def init_with_cut(self: Trainer, *args: object, **kwargs: object) -> None:
-        init(self, *args, **kwargs)
-        self.budget = CutOnce()
+    prepare = run.prepare
+
+    def prepare_with_cut(*args: object) -> run.Training:
+        training = prepare(*args)
+        training.budget = CutOnce()  # type: ignore[assignment]
+        return training
 
     argv = [*RECIPE, "--data", str(folder), *RESUMABLE]
-    monkeypatch.setattr(Trainer, "__init__", init_with_cut)
+    monkeypatch.setattr(run, "prepare", prepare_with_cut)
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     crash_after_state(monkeypatch, at_step=9)  # in epoch 2, after the cut
     with pytest.raises(MemoryError):

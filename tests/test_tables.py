@@ -24,9 +24,9 @@ from resnetlab.data.splits import SplitIndices, record_split, unpack_ints
 from resnetlab.data.tabular import infer_task, load_table, read_inputs, read_table, row_names
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.checkpoint_data import load_data_like
-from resnetlab.engine.loop import make_loss
+from resnetlab.engine.reports import epoch_line
 from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.trainer import epoch_line
+from resnetlab.engine.step import make_loss
 from resnetlab.errors import ResnetlabError
 
 

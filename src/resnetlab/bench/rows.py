@@ -16,17 +16,17 @@ from torch import nn
 from resnetlab.data.augment import BatchAugment
 from resnetlab.engine.batches import BatchOrder, TensorBatches
 from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.loop import (
+from resnetlab.engine.optim import build_optimizer, build_scheduler
+from resnetlab.engine.precision import Precision, bf16_supported, resolve_precision
+from resnetlab.engine.run import train_one_epoch
+from resnetlab.engine.step import (
     EpochTally,
     InferenceModel,
     Normalizer,
     TrainStep,
     make_loss,
     predict,
-    train_one_epoch,
 )
-from resnetlab.engine.optim import build_optimizer, build_scheduler
-from resnetlab.engine.precision import Precision, bf16_supported, resolve_precision
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model, get_model_spec
 

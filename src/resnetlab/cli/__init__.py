@@ -112,7 +112,7 @@ def _read_config(args: argparse.Namespace) -> dict[str, Any]:
 def _resumed_run_values(run_dir: str, command: str) -> dict[str, Any]:
     """The settings of the run to resume, as flag defaults (flags given override them, and
     the engine refuses any that would change what the run learns)."""
-    from resnetlab.engine.training import resume_config  # torch: only when resuming
+    from resnetlab.engine.run import resume_config  # torch: only when resuming
 
     return _as_flag_values(resume_config(run_dir, command).to_dict())
 

@@ -14,11 +14,11 @@ from resnetlab.engine.checkpoint_data import is_training_data, load_data_like, p
 from resnetlab.engine.compiled import should_compile
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.exported import is_exported, load_network
-from resnetlab.engine.loop import Normalizer, evaluate_model, predict
 from resnetlab.engine.metrics import regression_report
 from resnetlab.engine.precision import Precision, resolve_device, resolve_precision
+from resnetlab.engine.start import load_for_weights
 from resnetlab.engine.state_dicts import read_weights
-from resnetlab.engine.training import load_for_weights
+from resnetlab.engine.step import Normalizer, evaluate_model, predict
 from resnetlab.engine.weights import LoadReport
 from resnetlab.errors import ResnetlabError
 

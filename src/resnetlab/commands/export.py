@@ -30,9 +30,9 @@ from resnetlab.engine.exported import (
     write_file,
 )
 from resnetlab.engine.int8 import int8_warning, quantize_onnx
-from resnetlab.engine.loop import evaluate_model
 from resnetlab.engine.parity import measure_parity, record_parity
 from resnetlab.engine.precision import Precision
+from resnetlab.engine.step import evaluate_model
 from resnetlab.engine.weights import model_from_checkpoint
 from resnetlab.errors import ResnetlabError
 

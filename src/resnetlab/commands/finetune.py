@@ -7,9 +7,9 @@ from pathlib import Path
 
 from resnetlab.engine.claim import open_run_dir, run_name
 from resnetlab.engine.distributed import joined
-from resnetlab.engine.finetune import check_resumed_phases, freeze_batchnorm
 from resnetlab.engine.finetune_config import FinetuneConfig
-from resnetlab.engine.training import TrainResult, check_run, start_run, train_in_run
+from resnetlab.engine.phases import check_resumed_phases, freeze_batchnorm
+from resnetlab.engine.run import TrainResult, check_run, start_run, train_in_run
 
 
 def finetune(cfg: FinetuneConfig) -> TrainResult:

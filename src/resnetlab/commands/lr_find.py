@@ -26,14 +26,13 @@ import torch
 from resnetlab.engine.claim import open_run_dir, run_name
 from resnetlab.engine.config import MIN_SWEEP_STEPS, LrRange, TrainConfig
 from resnetlab.engine.distributed import launched_world
-from resnetlab.engine.finetune import freeze_batchnorm, phase_mode, phase_param_groups
 from resnetlab.engine.finetune_config import FinetuneConfig
-from resnetlab.engine.loop import EpochTally, TrainStep
 from resnetlab.engine.optim import make_optimizer
+from resnetlab.engine.phases import freeze_batchnorm, phase_mode, phase_param_groups
+from resnetlab.engine.run import Training, check_run, prepare, single_phase, start_run
 from resnetlab.engine.rundir import RunDir
 from resnetlab.engine.state_dicts import WeightsFile
-from resnetlab.engine.trainer import Trainer
-from resnetlab.engine.training import check_run, single_phase, start_run
+from resnetlab.engine.step import EpochTally, TrainStep
 from resnetlab.errors import ResnetlabError
 
 matplotlib.use("Agg")
@@ -85,11 +84,11 @@ def _lr_find(
         phase, bn, stage_decay = cfg.phases()[0], cfg.bn, cfg.stage_decay
     else:
         phase, bn, stage_decay = single_phase(cfg)[0], "train", 1.0
-    trainer = Trainer(start.model, bundle, cfg, run, header={})
-    with phase_mode(trainer.model, phase, bn):
-        groups = phase_param_groups(trainer.model, phase, stage_decay, cfg)
+    training = prepare(start, run)
+    with phase_mode(training.model, phase, bn):
+        groups = phase_param_groups(training.model, phase, stage_decay, cfg)
         ratios = [group["lr"] / phase.head_lr for group in groups]
-        curve = _sweep(trainer, make_optimizer(groups, cfg), ratios, lr_range)
+        curve = _sweep(training, make_optimizer(groups, cfg), ratios, lr_range)
     result = LrFindResult(*curve, *_suggest(curve[0], curve[2]), run.file("lr_find.png"))
     _plot(result, f"lr range test: {cfg.model} on {bundle.name}")
     run.write_json("lr_find.json", {k: v for k, v in vars(result).items() if k != "plot"})
@@ -106,18 +105,17 @@ def _lr_find(
 
 
 def _sweep(
-    trainer: Trainer, optimizer: torch.optim.Optimizer, ratios: list[float], lr_range: LrRange
+    t: Training, optimizer: torch.optim.Optimizer, ratios: list[float], lr_range: LrRange
 ) -> tuple[list[float], list[float], list[float], bool]:
     """``(lrs, losses, smoothed losses, diverged)``: one training step (`train`'s own, compiled
     with ``--compile on``) per lr of the range (epochs repeat as needed), until the end or
     until the loss diverges."""
-    trainer.model.train()
+    t.model.train()
     step_once = TrainStep(
-        trainer.model, optimizer, trainer.loss_fn, trainer.precision, trainer.transform,
-        scaler=trainer.scaler, options=trainer.step_options,
-        compile=trainer.cfg.compile == "on", report=trainer.run.print,
+        t.model, optimizer, t.loss_fn, t.precision, t.transform, scaler=t.scaler,
+        options=t.step_options, compile=t.cfg.compile == "on", report=t.run.print,
     )  # fmt: skip
-    batches = itertools.chain.from_iterable(itertools.repeat(trainer.train_loader))
+    batches = itertools.chain.from_iterable(itertools.repeat(t.train_loader))
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
@@ -126,7 +124,7 @@ def _sweep(
         lrs.append(lr_range.lr(step))
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lrs[-1] * ratio
-        tally = EpochTally(trainer.precision.device)
+        tally = EpochTally(t.precision.device)
         step_once(x, y, indices, 1, tally)
         finite = not int(tally.nonfinite)
         losses.append(float(tally.loss_sum) / tally.samples if finite else math.inf)

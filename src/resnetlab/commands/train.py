@@ -8,19 +8,13 @@ from pathlib import Path
 from resnetlab.engine.claim import open_run_dir, run_name
 from resnetlab.engine.config import AUTO_MODEL, TrainConfig
 from resnetlab.engine.distributed import joined
-from resnetlab.engine.training import (
-    TrainResult,
-    check_run,
-    single_phase,
-    start_run,
-    train_in_run,
-)
+from resnetlab.engine.run import TrainResult, check_run, single_phase, start_run, train_in_run
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; write checkpoints, metrics and figures to the run.
 
-    With ``cfg.weights`` the model starts from that file (see ``engine.training``), and the
+    With ``cfg.weights`` the model starts from that file (see ``engine.start``), and the
     checkpoints record its name and sha256. With ``cfg.resume`` (see ``resume_config``) it
     continues the run in that folder from its training state. A new run's ``cfg.out`` must
     hold no earlier run (see ``engine.claim``), unless ``cfg.overwrite``, which removes it first.

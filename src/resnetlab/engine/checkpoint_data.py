@@ -10,7 +10,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from resnetlab.data import BUILTIN_DATASETS, ImageOptions, TableOptions, load_data
 from resnetlab.data.bundle import DataBundle
-from resnetlab.engine.loop import Normalizer
+from resnetlab.engine.step import Normalizer
 from resnetlab.errors import ResnetlabError
 
 SPLITS = ("test", "val", "train", "all")

@@ -1,5 +1,6 @@
 """Fine-tuning's plan, free of torch: the strategies and BatchNorm policies, the phases of a
-strategy (``plan_phases``) and ``FinetuneConfig``; ``engine/finetune.py`` runs them."""
+strategy (``plan_phases``) and ``FinetuneConfig``; ``engine/phases.py`` says what trains in
+each, and ``engine/run.py`` trains them."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ BN_POLICIES = ("train", "freeze-stats", "frozen")
 
 @dataclass(frozen=True)
 class Phase:
-    """One ``Trainer.fit`` call: its epochs, and the lrs of the classifier and the backbone
-    (``backbone_lr`` None: the backbone is frozen)."""
+    """One phase of a run (``train_phase`` in ``engine/run.py``): its epochs, and the lrs of
+    the classifier and the backbone (``backbone_lr`` None: the backbone is frozen)."""
 
     name: str  # "head" (only the classifier trains) or "all"
     epochs: int
@@ -37,7 +38,7 @@ def plan_phases(
     backbone_lr_mult: float,
     head_epochs: int | None = None,
 ) -> list[Phase]:
-    """The phases of ``strategy`` over ``epochs`` epochs in all (see ``engine/finetune.py``)."""
+    """The phases of ``strategy`` over ``epochs`` epochs in all (see ``engine/phases.py``)."""
     if strategy == "linear-probe":
         return [Phase("head", epochs, lr, None)]
     if strategy == "full":
@@ -63,7 +64,7 @@ def plan_phases(
 class FinetuneConfig(TrainConfig):
     """A training run that starts from ``weights``. The defaults suit a small dataset: the
     ``gradual`` strategy (fastai's ``fine_tune``) over 20 epochs, AdamW with fastai's base lr
-    2e-3, the backbone at half the head's lr (see ``resnetlab.engine.finetune``); on the
+    2e-3, the backbone at half the head's lr (see ``resnetlab.engine.phases``); on the
     CIFAR-10 transfer benchmark (``benchmarks/finetune_transfer.py``) these beat the lower
     backbone lrs usual for ImageNet weights, since a small net's features must move more.
     Its own settings follow ``TrainConfig``'s."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.engine.files import write_atomically
-from resnetlab.engine.loop import class_logits
+from resnetlab.engine.step import class_logits
 from resnetlab.errors import ResnetlabError
 
 FP32_RELATIVE_TOLERANCE = 1e-4  # of the largest |logit|

@@ -28,9 +28,9 @@ from resnetlab.data.tabular import is_table_file, read_feature_columns, read_inp
 from resnetlab.engine.checkpoint_data import input_preprocessing
 from resnetlab.engine.exported import OnnxNetwork, ProgramNetwork, is_exported, load_network
 from resnetlab.engine.image_inputs import image_batch, warn_out_of_range
-from resnetlab.engine.loop import InferenceModel, class_logits, padded
 from resnetlab.engine.precision import resolve_device
 from resnetlab.engine.state_dicts import read_weights
+from resnetlab.engine.step import InferenceModel, class_logits, padded
 from resnetlab.engine.weights import checkpoint_network, load_pretrained, source_preprocessing
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import get_model_spec

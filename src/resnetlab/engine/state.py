@@ -22,8 +22,8 @@ from resnetlab.errors import ResnetlabError
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
-# What ``Trainer.save_state`` writes and a resumed run reads (besides "format"; "ran_as", the
-# device and precision, is read where a state has it).
+# What a training run writes (``save_training_state``, engine/run.py) and a resumed run reads
+# (besides "format"; "ran_as", the device and precision, is read where a state has it).
 STATE_KEYS = frozenset(
     {
         "command", "config", "resolved", "header", "model", "optimizer", "scaler",

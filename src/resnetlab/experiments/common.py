@@ -12,16 +12,9 @@ import torch
 from resnetlab.data.bundle import DataBundle
 from resnetlab.engine.claim import open_run_dir
 from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.run import Start, TrainResult, single_phase, train_in_run
 from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.training import (
-    Start,
-    TrainResult,
-    build_for_data,
-    checkpoint_header,
-    resolve_for_data,
-    single_phase,
-    train_in_run,
-)
+from resnetlab.engine.start import build_for_data, checkpoint_header, resolve_for_data
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import get_model_spec
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,54 +35,14 @@ from resnetlab.experiments.common import (
 )
 from resnetlab.experiments.config import DEFAULT_DATA, PAPER, DegradationConfig
 from resnetlab.experiments.figures import plot_degradation
-from resnetlab.experiments.report import degradation_table, write_degradation_report
-
-
-@dataclass
-class NetworkResult:
-    """One trained network: its per-epoch history and cost."""
-
-    name: str
-    params: int
-    history: list[dict[str, Any]]
-    run_dir: Path
-
-    @property
-    def train_error(self) -> float:
-        """Training error (%) over the last epoch."""
-        return final_train_error(self.history)
-
-    @property
-    def val_error(self) -> float | None:
-        """Validation error (%) after the last epoch."""
-        val_acc = self.history[-1]["val_acc"]
-        return None if val_acc is None else 100.0 - val_acc
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Whether a run showed the effect; ``reproduced`` is None when it could not be checked."""
-
-    reproduced: bool | None
-    line: str
-
-
-@dataclass
-class DegradationResult:
-    """Everything a run produced; the figure, table and JSON are in ``out``."""
-
-    out: Path
-    config: DegradationConfig
-    recipe: str
-    networks: dict[str, NetworkResult]
-    verdict: Verdict
-    elapsed_s: float
-
-
-def final_train_error(history: Sequence[Mapping[str, Any]]) -> float:
-    """Training error (%) over the last epoch of ``history`` (running mean over its batches,
-    as the paper plots it)."""
-    return 100.0 - history[-1]["train_acc"]
+from resnetlab.experiments.report import (
+    DegradationResult,
+    NetworkResult,
+    Verdict,
+    degradation_table,
+    final_train_error,
+    write_degradation_report,
+)
 
 
 def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Verdict:

@@ -1,17 +1,65 @@
-"""The degradation experiment's table (Markdown) and results (JSON)."""
+"""The degradation experiment's results: what each network and the whole run produced, as a
+table (Markdown) and as JSON."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 from resnetlab.data.bundle import DataBundle
 from resnetlab.experiments.common import describe_network, duration, markdown_table
+from resnetlab.experiments.config import DegradationConfig
 from resnetlab.models.complexity import format_count
 
-if TYPE_CHECKING:
-    from resnetlab.experiments.degradation import DegradationResult
+
+@dataclass
+class NetworkResult:
+    """One trained network: its per-epoch history and cost."""
+
+    name: str
+    params: int
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+    @property
+    def train_error(self) -> float:
+        """Training error (%) over the last epoch."""
+        return final_train_error(self.history)
+
+    @property
+    def val_error(self) -> float | None:
+        """Validation error (%) after the last epoch."""
+        val_acc = self.history[-1]["val_acc"]
+        return None if val_acc is None else 100.0 - val_acc
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a run showed the effect; ``reproduced`` is None when it could not be checked."""
+
+    reproduced: bool | None
+    line: str
+
+
+@dataclass
+class DegradationResult:
+    """Everything a run produced; the figure, table and JSON are in ``out``."""
+
+    out: Path
+    config: DegradationConfig
+    recipe: str
+    networks: dict[str, NetworkResult]
+    verdict: Verdict
+    elapsed_s: float
+
+
+def final_train_error(history: Sequence[Mapping[str, Any]]) -> float:
+    """Training error (%) over the last epoch of ``history`` (running mean over its batches,
+    as the paper plots it)."""
+    return 100.0 - history[-1]["train_acc"]
 
 
 def degradation_table(result: DegradationResult) -> str:

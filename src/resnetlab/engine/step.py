@@ -1,8 +1,9 @@
-"""The model- and data-agnostic training and inference loops."""
+"""The step, model- and data-agnostic: one optimiser step on a batch (``TrainStep``: transform,
+mixing, forward pass and loss, backward pass, clipping, update) with the running sums of its
+epoch (``EpochTally``), and the forward passes that predict over batches (``predict``)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -11,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from resnetlab.engine.batches import TensorBatches, make_loader
 from resnetlab.engine.compiled import FirstCallTimed, compile_frozen, compile_static
@@ -286,39 +286,6 @@ class TrainStep:
             tally.clipped += norm > options.clip_grad
         self.scaler.step(self.optimizer)
         self.scaler.update()
-
-
-def train_one_epoch(
-    step: TrainStep,
-    loader: TensorBatches | DataLoader,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    *,
-    epoch: int,
-    tally: EpochTally,
-    max_steps: int | None = None,
-    after_step: Callable[[], None] | None = None,
-    progress: str | None = None,
-) -> EpochTally:
-    """The rest of one pass over ``loader`` (or ``max_steps`` more optimiser steps) of epoch
-    number ``epoch``, counted in ``tally``; ``after_step`` runs after each step (saving,
-    stopping)."""
-    step.model.train()
-    start, steps = time.perf_counter(), 0
-    bar = tqdm(loader, desc=progress, leave=False, disable=progress is None, unit="batch")
-    try:
-        for x, y, indices in bar:
-            if max_steps is not None and steps >= max_steps:
-                break
-            compiling = step(x, y, indices, epoch, tally)
-            scheduler.step()
-            steps += 1
-            tally.seconds += time.perf_counter() - start - compiling
-            start = time.perf_counter()
-            if after_step is not None:
-                after_step()
-    finally:
-        bar.close()
-    return tally
 
 
 class InferenceModel:

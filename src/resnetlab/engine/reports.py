@@ -1,17 +1,61 @@
-"""Figures of a run: learning curves and the confusion matrix."""
+"""What a run reports: its lines (what it trains, each epoch) and its figures (learning curves,
+accuracy against time, the confusion matrix)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+from torch import nn
+
+from resnetlab.data.bundle import DataBundle
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.files import writing
+from resnetlab.engine.precision import Precision
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from resnetlab.engine.files import writing
+MIN_TIMED_S = 1.0  # shorter epochs print no samples/s: a few steps are too few to time
+
+
+def describe_run(
+    cfg: TrainConfig, model: nn.Module, bundle: DataBundle, precision: Precision
+) -> str:
+    """One line saying what is about to be trained, on what, and how."""
+    sizes = " / ".join(
+        f"{len(split)} {name}"
+        for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+        if split is not None
+    )
+    params = sum(p.numel() for p in model.parameters())
+    task = "regression" if bundle.task == "regression" else f"{bundle.num_classes} classes"
+    return (
+        f"{cfg.model} ({params:,} params) on {bundle.name}: {sizes}, {task}, "
+        f"input {'x'.join(map(str, bundle.input_shape))} | {precision} | "
+        f"{cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}"
+    )
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The article's ``Epoch [e/N], Loss: x.xxxx`` line, then validation (accuracy, or RMSE
+    and R² for regression), lr, speed (for epochs long enough to time) and time."""
+    parts = [f"Epoch [{record['epoch']}/{epochs}], Loss: {record['train_loss']:.4f}"]
+    if record.get("val_rmse") is not None:
+        parts.append(f"Val loss: {record['val_loss']:.4f}, RMSE: {record['val_rmse']:.4g}")
+        if record["val_r2"] is not None:
+            parts.append(f"R²: {record['val_r2']:.3f}")
+    elif record["val_acc"] is not None:
+        parts.append(f"Val acc: {record['val_acc']:.2f}%")
+    parts.append(f"LR: {record['lr']:.4g}")
+    if record.get("train_s", MIN_TIMED_S) >= MIN_TIMED_S:
+        parts.append(f"{record['samples_per_s']:.0f} samples/s")
+    parts.append(str(timedelta(seconds=round(record["elapsed_s"]))))
+    return ", ".join(parts)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -1,6 +1,8 @@
-"""Fine-tuning: which parameters train in which phase, the BatchNorm policy, discriminative lrs.
+"""What trains in a phase of a run: which parameters, at which lrs, and which BatchNorm
+statistics stay fixed. A plain run is one 'all' phase; fine-tuning strategies are several.
 
-Strategies (``--strategy``), each a list of phases run by one ``Trainer.fit`` call apiece:
+Strategies (``--strategy``), each a list of phases that the run trains one after the other
+(``engine/run.py``), each with its own optimiser and lr schedule:
 
 - ``linear-probe``: only the classifier trains; the backbone is frozen, its BatchNorm layers in
   eval mode, so the features are exactly the pretrained ones.
@@ -23,22 +25,18 @@ changes). In head-only phases the backbone's BatchNorm layers always stay in eva
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from resnetlab.engine.config import TrainConfig
 from resnetlab.engine.finetune_config import Phase
-from resnetlab.engine.optim import make_optimizer, parameter_groups
+from resnetlab.engine.optim import parameter_groups
 from resnetlab.errors import ResnetlabError
-
-if TYPE_CHECKING:
-    from resnetlab.engine.trainer import Trainer
 
 # Residual stages: 'layerN.' (image and 1-D ResNets) or 'blocks.N.' (the tabular ResNet).
 _STAGE_KEY = re.compile(r"^(?:layer(\d+)|blocks\.(\d+))\.")
@@ -179,50 +177,21 @@ def _group_sizes(groups: list[dict[str, Any]]) -> list[int]:
     return [len(group["params"]) for group in groups]
 
 
-def resumes_unfrozen(trainer: Trainer, phase: Phase, bn_policy: str, stage_decay: float) -> bool:
-    """Whether ``trainer`` resumes ``phase`` from a state saved before the parameters that a
-    model freezes itself stayed frozen (every 'all' phase trained them then): its optimiser's
-    groups are those of the phase with them unfrozen, which differ from the phase's now."""
-    if trainer.pending is None:
-        return False
+def resumes_unfrozen(
+    model: nn.Module,
+    phase: Phase,
+    bn_policy: str,
+    stage_decay: float,
+    cfg: TrainConfig,
+    saved: dict[str, Any],
+) -> bool:
+    """Whether the optimiser state ``saved`` for ``phase`` comes from a run of before the
+    parameters that a model freezes itself stayed frozen (every 'all' phase trained them then):
+    its groups are those of the phase with them unfrozen, which differ from the phase's now."""
 
     def sizes(unfreeze: bool) -> list[int]:
-        with phase_mode(trainer.model, phase, bn_policy, unfreeze=unfreeze):
-            return _group_sizes(phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg))
+        with phase_mode(model, phase, bn_policy, unfreeze=unfreeze):
+            return _group_sizes(phase_param_groups(model, phase, stage_decay, cfg))
 
-    saved = _group_sizes(trainer.pending["optimizer"]["param_groups"])
-    return saved != sizes(False) and saved == sizes(True)
-
-
-def fit_phases(
-    trainer: Trainer,
-    phases: list[Phase],
-    bn_policy: str = "train",
-    stage_decay: float = 1.0,
-    *,
-    announce: bool = True,
-) -> None:
-    """Run each phase as one ``trainer.fit`` with its own optimiser and lr schedule
-    (``announce``: print a line describing each phase first). A resumed trainer skips the
-    phases that its run had finished; a run saved while it trained the parameters that the
-    model froze (``resumes_unfrozen``) goes on training them, as it was saved."""
-    end_epoch, unfreeze = 0, False
-    for index, phase in enumerate(phases):
-        end_epoch += phase.epochs
-        if index < trainer.resumed_phase:
-            continue
-        if not unfreeze and resumes_unfrozen(trainer, phase, bn_policy, stage_decay):
-            unfreeze = True
-            warnings.warn(
-                "--resume: this state comes from a run that trained the parameters its model "
-                "freezes (as resnetlab did before they stayed frozen); to resume it exactly, "
-                "they train on to the end of the run (a new run keeps them frozen)",
-                stacklevel=2,
-            )
-        with phase_mode(trainer.model, phase, bn_policy, unfreeze=unfreeze) as trainer.fixed_norms:
-            groups = phase_param_groups(trainer.model, phase, stage_decay, trainer.cfg)
-            if announce:
-                first_epoch = end_epoch - phase.epochs + 1
-                line = describe_phase(index + 1, len(phases), first_epoch, phase, groups)
-                trainer.run.print(line)
-            trainer.fit(make_optimizer(groups, trainer.cfg), index, phase.epochs, end_epoch)
+    groups = _group_sizes(saved["param_groups"])
+    return groups != sizes(False) and groups == sizes(True)
