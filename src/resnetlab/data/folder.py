@@ -43,6 +43,7 @@ from resnetlab.errors import ResnetlabError
 
 SPLIT_FOLDERS = ("train", "val", "test")
 Sample = tuple[Path, int]  # an image file (or a StoredImage of a shard, a Parquet file), label
+SampleSets = dict[str, tuple[Path, list[Sample]]]  # by split: the folder and its samples
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:

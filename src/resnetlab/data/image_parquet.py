@@ -39,7 +39,7 @@ from PIL import Image
 
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.decode import StoredImage
-from resnetlab.data.folder import ImageOptions, Sample, image_bundle
+from resnetlab.data.folder import ImageOptions, Sample, SampleSets, image_bundle
 from resnetlab.data.shard_stream import ShardStream
 from resnetlab.data.tabular import require_pyarrow, sorted_classes
 from resnetlab.errors import ResnetlabError
@@ -320,13 +320,29 @@ def load_image_parquet(
             "--val-dir/--test-dir take image folders; a folder of Parquet files brings its own "
             "splits (validation-*.parquet, test-*.parquet)"
         )
+    classes, sets, where = parquet_sets(source, target, options.image_column, options.strict)
+    bundle = image_bundle(
+        Path(source).resolve().name, sets, classes, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, image_size=image_size, in_chans=in_chans,
+        options=options, dataset_class=ParquetStream,
+    )  # fmt: skip
+    return replace(bundle, pipeline=f"{where}; {bundle.pipeline}")
+
+
+def parquet_sets(
+    source: str, target: str | None, image_column: str | None, strict: bool
+) -> tuple[list[str], SampleSets, str]:
+    """The class names of the image Parquet ``source``, each split's folder and samples
+    (``ParquetCell`` files, indexed from the label and path columns: no image is read), and
+    where they lie, in words. Rows without a label are skipped with a warning (``strict``:
+    refused)."""
     root, splits = _files(source)
-    layout = find_layout(splits["train"][0], options.image_column, target)
+    layout = find_layout(splits["train"][0], image_column, target)
     read = {split: [read_rows(file, layout) for file in files] for split, files in splits.items()}
     everything = [rows for files in read.values() for rows in files]
     classes, index = _classes(everything, layout)
     keyed = _paths_are_keys(everything)
-    sets: dict[str, tuple[Path, list[Sample]]] = {}
+    sets: SampleSets = {}
     unlabelled: list[str] = []
     for split, files in read.items():
         samples: list[Sample] = []
@@ -344,16 +360,10 @@ def load_image_parquet(
         if not samples and split == "train":
             raise ResnetlabError(f"--data {source}: no labelled row in its training files")
         sets[split] = (root, samples)
-    _report_unlabelled(unlabelled, layout.target, options.strict)
-    name = Path(source).resolve().name
-    bundle = image_bundle(
-        name, sets, classes, val_fraction=val_fraction, test_fraction=test_fraction,
-        seed=seed, image_size=image_size, in_chans=in_chans, options=options,
-        dataset_class=ParquetStream,
-    )  # fmt: skip
+    _report_unlabelled(unlabelled, layout.target, strict)
     files = sum(map(len, splits.values()))
     where = f"{files} Parquet file{'s' if files > 1 else ''} in {root} ({layout.column!r})"
-    return replace(bundle, pipeline=f"{where}; {bundle.pipeline}")
+    return classes, sets, where
 
 
 def _classes(files: list[FileRows], layout: Layout) -> tuple[list[str], dict[Any, int]]:
