@@ -21,7 +21,7 @@ Beside them, each reader warm with no workers: this process's CPU time per image
 busy machine changes little. The folder and its packs are made once in ``--root`` (default:
 ``~/.cache/resnetlab/data-scale``) and reused.
 
-    .venv/bin/python benchmarks/data_scale.py                 # about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/data_scale.py                 # some 10 minutes on 2 cores
     .venv/bin/python benchmarks/data_scale.py --images 5000   # a smaller folder
 
 Prints a Markdown table and writes benchmarks/results/data_scale.json. `--smoke` runs through
@@ -152,8 +152,8 @@ def readers(root: Path, args: argparse.Namespace) -> list[Reader]:
         Reader("shards", sorted(shards.iterdir()), lambda workers: streamed(
             ShardStream, shard_sets(str(shards), strict=False)[1]["train"][1], workers)),
         Reader("parquet", sorted(parquet.iterdir()), lambda workers: streamed(
-            ParquetStream, parquet_sets(str(parquet), None, None, False)[1]["train"][1],
-            workers)),
+            ParquetStream, parquet_sets(str(parquet), target=None, image_column=None,
+                                        strict=False)[1]["train"][1], workers)),
         Reader(USER, images, user),
     ]  # fmt: skip
 
