@@ -117,6 +117,21 @@ def test_call_trace(smoke: SmokeRun) -> None:
     assert all(lines > 0 for lines in result["orchestration"].values())
 
 
+def test_data_scale(smoke: SmokeRun, capsys: pytest.CaptureFixture[str]) -> None:
+    result = read_json(smoke("data_scale.py") / "data_scale.json")
+    assert (result["images"], result["workers"], result["repeats"]) == (64, 2, 1)
+    assert list(result["readers"]) == ["folder", "shards", "parquet", "torchvision ImageFolder"]
+    formats = result["formats"]
+    assert formats["folder"]["files"] == 64 and formats["shards"]["files"] == 2  # + shards.json
+    assert formats["parquet"]["files"] == 1 and result["cache_drop"]["possible"]
+    for states in result["readers"].values():
+        assert [len(states[state]["images_per_s"]["runs"]) for state in states] == [1, 1, 1]
+        assert states["warm"]["first_batch_s"]["median"] >= states["warm"]["open_s"]["median"]
+    assert set(result["targets"]["parquet"]) >= {"warm_vs_user_met", "cold_met"}
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 4 + 1 and table[-1].startswith("| decode ceiling")
+
+
 def test_data_throughput(smoke: SmokeRun) -> None:
     data = make_folder(Path("data"), per_class=8, size=8)
     result = read_json(smoke("data_throughput.py", "--data", str(data)) / "data_throughput.json")

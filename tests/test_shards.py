@@ -23,8 +23,8 @@ from resnetlab.data.shard_stream import SHUFFLE_BUFFER, buffer_shuffle, lane_bat
 from resnetlab.data.shards import expand_braces
 from resnetlab.engine.batches import BatchOrder
 from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.engine.run import resume_config, resume_run
 from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.training import resume_config, resume_run
 
 TRAIN = ["train", "--epochs", "2", "--batch-size", "8", "--quiet"]
 

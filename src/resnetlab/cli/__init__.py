@@ -78,13 +78,15 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _default_recipe(args: argparse.Namespace, values: dict[str, Any]) -> str | None:
-    """``tabular`` for `train` on a table file (``.csv``, ``.parquet``...), else None."""
+    """``tabular`` for `train` on a table file (``.csv``, ``.parquet``... but image Parquet),
+    else None."""
     if args.command != "train":
         return None
-    from resnetlab.data.tabular import is_table_file  # torch: `train` imports it anyway
+    from resnetlab.data.image_parquet import is_image_parquet  # torch: `train` imports it anyway
+    from resnetlab.data.tabular import is_table_file
 
     data = values.get("data") or args.data
-    return "tabular" if data and is_table_file(data) else None
+    return "tabular" if data and is_table_file(data) and not is_image_parquet(data) else None
 
 
 def _read_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Data sources: built-in sets, CSV tables, image folders and shards, all loaded by
-``load_data``."""
+"""Data sources: built-in sets, CSV and Parquet tables, image folders, shards and image
+Parquet, all loaded by ``load_data``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from resnetlab.data.builtin import (
 )
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import ImageOptions, load_image_folder, scan_image_folder
+from resnetlab.data.image_parquet import is_image_parquet, load_image_parquet
 from resnetlab.data.shards import is_shard_source, load_shards
 from resnetlab.data.splits import check_fractions, split_indices
 from resnetlab.data.tabular import TableOptions, is_table_file, load_table
@@ -46,20 +47,30 @@ def load_data(
 ) -> DataBundle:
     """Load ``source``: a built-in name, a table file (``.csv``, ``.tsv``, ``.parquet``;
     ``target`` names the label column, ``table_options`` say how to read it), an image folder,
-    shards (``data.shards``) or a clip folder (``data.video``). Data without its own split is
-    split by ``val_fraction``/``test_fraction``, seeded and stratified.
+    shards (``data.shards``), image Parquet (``data.image_parquet``; ``target`` names its label
+    column) or a clip folder (``data.video``). Data without its own split is split by
+    ``val_fraction``/``test_fraction``, seeded and stratified.
 
     For images and clips, ``image_size`` (square side) and ``in_chans`` (1 or 3) set the
     input shape (of each frame);
     for tables, ``in_chans`` (if given) is the number of features a model expects.
     ``image_options`` sets caching, bad-file handling and extra split folders for image folders
-    (and shards).
+    (and shards, image Parquet).
     """
     check_fractions(val_fraction, test_fraction)
+    image_options = image_options or ImageOptions()
     kind = data_kind(source)
     is_file = source not in BUILTIN_KINDS and kind == "tabular"
-    if target is not None and not is_file:
-        raise ResnetlabError(f"--target applies to table files only, not to {source!r}")
+    parquet = kind == "image" and is_image_parquet(source)
+    if target is not None and not (is_file or parquet):
+        raise ResnetlabError(
+            f"--target applies to table files and image Parquet only, not to {source!r}"
+        )
+    if image_options.image_column is not None and not parquet:
+        raise ResnetlabError(
+            f"--image-column applies to image Parquet only; {source!r} is {kind} data "
+            "(a Parquet file whose columns hold no image is a table)"
+        )
     if kind in ("image", "video"):
         _check_image_options(image_size, in_chans)
     elif image_size is not None:
@@ -73,14 +84,17 @@ def load_data(
         bundle = load_clip_folder(source, image_size=image_size, in_chans=in_chans, **splits)
     elif is_shard_source(source):
         bundle = load_shards(
-            source, image_size=image_size, in_chans=in_chans,
-            options=image_options or ImageOptions(), **splits,
+            source, image_size=image_size, in_chans=in_chans, options=image_options, **splits
+        )
+    elif parquet:
+        bundle = load_image_parquet(
+            source, target, image_size=image_size, in_chans=in_chans, options=image_options,
+            **splits,
         )  # fmt: skip
     else:
         bundle = load_image_folder(
-            source, image_size=image_size, in_chans=in_chans,
-            options=image_options or ImageOptions(), **splits,
-        )  # fmt: skip
+            source, image_size=image_size, in_chans=in_chans, options=image_options, **splits
+        )
     if kind == "tabular" and in_chans not in (None, bundle.input_shape[0]):
         raise ResnetlabError(
             f"--in-chans {in_chans}: {source!r} has {bundle.input_shape[0]} feature columns"
@@ -93,7 +107,7 @@ def data_kind(source: str) -> str:
     known kind."""
     if source in BUILTIN_KINDS:
         return BUILTIN_KINDS[source]
-    if is_shard_source(source):
+    if is_shard_source(source) or is_image_parquet(source):
         return "image"
     path = Path(source)
     if path.is_dir():
@@ -106,8 +120,8 @@ def data_kind(source: str) -> str:
             f"(built-in data sets: {', '.join(BUILTIN_DATASETS)})"
         )
     raise ResnetlabError(
-        f"--data: {source!r} is neither an image folder, shards (.tar) nor a table file "
-        "(.csv, .tsv, .parquet)"
+        f"--data: {source!r} is neither an image folder, shards (.tar), image Parquet nor a "
+        "table file (.csv, .tsv, .parquet)"
     )
 
 

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from resnetlab.data.decode import ArchiveMember, BadFileReport, BadImage, decode_array
+from resnetlab.data.decode import BadFileReport, BadImage, StoredImage, decode_array
 from resnetlab.data.stats import STD_FLOOR
 from resnetlab.errors import ResnetlabError
 
@@ -38,7 +38,7 @@ CACHE_FORMAT = 1  # bump whenever decoding changes the pixels it produces
 CACHE_DIR_VARIABLE = "RESNETLAB_CACHE_DIR"
 _CHUNK = 256  # files per thread-pool task: large enough to amortise the task overhead
 _warned: set[str] = set()
-Source = str | os.PathLike[str]  # an image file, or an ArchiveMember of a shard
+Source = str | os.PathLike[str]  # an image file, or a StoredImage (of a shard, a Parquet file)
 
 
 @dataclass
@@ -46,9 +46,9 @@ class CachedImages:
     """Decoded images of one split and what training needs to know about them.
 
     Rows are in the order of the files' paths relative to the root; ``files`` names the file of
-    each row (as given: a path, or an ``ArchiveMember`` of a shard). ``bad`` lists the files
-    that could not be decoded (also when loaded from the cache, so the warnings repeat); the
-    caller decides whether to warn or stop (``--strict``).
+    each row (as given: a path, or a ``StoredImage`` of a shard or a Parquet file). ``bad`` lists
+    the files that could not be decoded (also when loaded from the cache, so the warnings
+    repeat); the caller decides whether to warn or stop (``--strict``).
     """
 
     images: torch.Tensor  # uint8 (N, C, H, W)
@@ -57,7 +57,7 @@ class CachedImages:
     mean: list[float]  # per channel, of the pixels scaled to [0, 1]
     std: list[float]
     bad: BadFileReport
-    files: list[Path | ArchiveMember]
+    files: list[Path | StoredImage]
     cache_file: Path | None  # where the cache lives; None when it could not be written
 
 
@@ -146,17 +146,18 @@ def relative_paths(
 
 def _digest(entries: list[tuple[str, Source]], channels: int, size: int) -> str:
     """sha256 over sorted ``(relative path, file)`` pairs: each file's size and mtime (ns);
-    a shard's member's: its shard's, and where in it the member lies."""
+    a stored image's (a shard's member, a Parquet cell): its archive's, and where in it the
+    image lies."""
     digest = hashlib.sha256(f"resnetlab images v{CACHE_FORMAT} c={channels} s={size}\n".encode())
     for rel, file in entries:
-        inside = isinstance(file, ArchiveMember)
+        inside = isinstance(file, StoredImage)
         try:
             stat = os.stat(file.archive if inside else file)
             stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
         except OSError:
             stamp = "missing"  # decoding will report it
         if inside:
-            stamp += f":{file.offset}:{file.size}"
+            stamp += f":{file.place}"
         digest.update(f"{rel}\0{stamp}\n".encode())
     return digest.hexdigest()
 
@@ -169,9 +170,9 @@ def cache_key(
     return _digest(entries, channels, size)
 
 
-def _as_path(file: Source) -> Path | ArchiveMember:
-    """A file as a ``Path``; an archive member as it is."""
-    return file if isinstance(file, ArchiveMember) else Path(file)
+def _as_path(file: Source) -> Path | StoredImage:
+    """A file as a ``Path``; a stored image as it is."""
+    return file if isinstance(file, StoredImage) else Path(file)
 
 
 def _warn_once(message: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -38,11 +39,36 @@ _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
+class StoredImage(ABC):
+    """An image file's bytes stored inside another file, ``archive`` (a shard's member, a
+    Parquet file's cell), with the key of its sample. It stands wherever a file's path does:
+    its path, ``archive/name``, names it in reports and caches, and ``decode_array`` reads
+    it."""
+
+    archive: Path
+    name: str
+    key: str
+
+    def __fspath__(self) -> str:
+        return os.path.join(self.archive, self.name)
+
+    def __str__(self) -> str:  # as a path prints, in reports
+        return self.__fspath__()
+
+    @abstractmethod
+    def read(self) -> bytes:
+        """Its bytes."""
+
+    @property
+    @abstractmethod
+    def place(self) -> str:
+        """Where in ``archive`` it lies: with the archive's size and mtime, what the
+        decode-once cache keys it by."""
+
+
 @dataclass(frozen=True)
-class ArchiveMember:
-    """An image file inside a tar archive (a shard, ``data.shards``): where its bytes lie and
-    the key of its sample. It stands wherever a file's path does: its path, ``archive/name``,
-    names it in reports and caches, and ``decode_array`` reads it."""
+class ArchiveMember(StoredImage):
+    """An image file inside a tar archive (a shard, ``data.shards``): where its bytes lie."""
 
     archive: Path
     name: str
@@ -50,19 +76,20 @@ class ArchiveMember:
     size: int
     key: str
 
-    def __fspath__(self) -> str:
-        return os.path.join(self.archive, self.name)
-
     def read(self) -> bytes:
         """Its bytes (fewer than ``size`` where the archive was cut short)."""
         with open(self.archive, "rb") as archive:
             archive.seek(self.offset)
             return archive.read(self.size)
 
+    @property
+    def place(self) -> str:
+        return f"{self.offset}:{self.size}"
+
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Pillow's image of a file or an ``ArchiveMember``, opened but not yet decoded."""
-    if isinstance(path, ArchiveMember):
+    """Pillow's image of a file or a ``StoredImage``, opened but not yet decoded."""
+    if isinstance(path, StoredImage):
         return Image.open(io.BytesIO(path.read()))
     return Image.open(path)
 
@@ -130,12 +157,12 @@ def decode_array(
     """Decode ``path`` into a uint8 numpy array (C, H, W); raise ``BadImage`` if it is unreadable.
 
     ``channels`` is 1 or 3 (``ValueError`` otherwise); ``size`` gives a square image (see the
-    module docstring), ``None`` keeps the original size. ``path`` may be an ``ArchiveMember``.
+    module docstring), ``None`` keeps the original size. ``path`` may be a ``StoredImage``.
     """
     _check_channels(channels)  # a wrong count is a ValueError, not a bad file
     name = Path(path)
     try:
-        data = path.read() if isinstance(path, ArchiveMember) else name.read_bytes()
+        data = path.read() if isinstance(path, StoredImage) else name.read_bytes()
     except OSError as exc:
         raise _read_error(name, exc) from exc
     return decode_bytes(data, name, channels, size)

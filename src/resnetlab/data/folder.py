@@ -42,7 +42,8 @@ from resnetlab.data.streaming import ImageFileDataset, train_transforms
 from resnetlab.errors import ResnetlabError
 
 SPLIT_FOLDERS = ("train", "val", "test")
-Sample = tuple[Path, int]  # an image file (or an ArchiveMember of a shard) and its label
+Sample = tuple[Path, int]  # an image file (or a StoredImage of a shard, a Parquet file), label
+SampleSets = dict[str, tuple[Path, list[Sample]]]  # by split: the folder and its samples
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
@@ -90,6 +91,7 @@ class ImageOptions:
     auto_augment: str | None = None
     random_erasing: float = 0.0
     workers: int | None = None  # decoding threads
+    image_column: str | None = None  # image Parquet: the column of images, where several are
 
 
 def load_image_folder(

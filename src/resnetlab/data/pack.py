@@ -1,4 +1,5 @@
-"""`resnetlab pack`: an image folder written as WebDataset tar shards, with shards.json.
+"""`resnetlab pack`: an image folder written as WebDataset tar shards, with shards.json, or as
+image Parquet files.
 
 Each image keeps its bytes (nothing is decoded or encoded again) as ``key.<its extension>``
 beside ``key.cls``, its class index in ASCII; the key is the file's path in its class folders
@@ -11,10 +12,19 @@ The tar members carry no time, owner or mode of the files, so the same folder pa
 same bytes. Every shard is written to a temporary file and renamed, and shards.json (the class
 names; each shard's split, samples, bytes and sha256) last: a folder with shards.json holds a
 whole set.
+
+As Parquet (``file_format="parquet"``), the files are in the Hugging Face hub's layout: an
+``image`` column of ``{"bytes", "path"}`` structs (the path relative to the class folders) and
+a ``label`` column of class indices, whose names the ``huggingface`` schema metadata holds (the
+``datasets`` library's ``Image`` and ``ClassLabel`` features), in row groups of
+``PARQUET_ROW_GROUP`` rows, uncompressed (image files are compressed already), named
+``train-00000-of-00002.parquet`` (``validation-*``, ``test-*``), each written to a temporary
+file and renamed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -26,29 +36,37 @@ from typing import Any, BinaryIO, TypeVar
 
 from resnetlab.data.cache import relative_paths
 from resnetlab.data.folder import Sample, scan_splits, split_folders
+from resnetlab.data.image_parquet import HF_METADATA, SUFFIX
 from resnetlab.data.shards import INDEX_FILE, INDEX_FORMAT, LABEL_SUFFIX
+from resnetlab.data.tabular import require_pyarrow
 from resnetlab.engine.files import writable_folder, write_atomically
 from resnetlab.errors import ResnetlabError
 
 T = TypeVar("T")
+PARQUET_ROW_GROUP = 100  # rows: the datasets library's row groups for image sets
+PARQUET_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # the hub's names
 _BLOCK = tarfile.BLOCKSIZE
 _END = 2 * _BLOCK  # the end-of-archive marker
 
 
 @dataclass
 class Packed:
-    """What ``pack_folder`` wrote: the index (as in shards.json) and where."""
+    """What ``pack_folder`` wrote, where: the class names, each file's entry (as in
+    shards.json: file, split, samples, bytes, sha256), and the index (shards.json; None for
+    Parquet, whose files name their classes)."""
 
     out: Path
-    index: dict[str, Any]
+    classes: list[str]
+    files: list[dict[str, Any]]
+    index: Path | None
 
     @property
     def samples(self) -> int:
-        return sum(entry["samples"] for entry in self.index["shards"])
+        return sum(entry["samples"] for entry in self.files)
 
     @property
     def bytes(self) -> int:
-        return sum(entry["bytes"] for entry in self.index["shards"])
+        return sum(entry["bytes"] for entry in self.files)
 
 
 def sample_key(relative: str) -> str:
@@ -59,51 +77,89 @@ def sample_key(relative: str) -> str:
     return f"{folder}/{stem}" if folder else stem
 
 
-def pack_folder(folder: str | Path, out: str | Path, shard_bytes: int) -> Packed:
-    """Write the image folder ``folder`` as shards of at most ``shard_bytes`` (a sample never
-    spans two shards; a larger one gets a shard of its own) into ``out`` (absent or without
-    shards) with shards.json."""
+def pack_folder(
+    folder: str | Path, out: str | Path, shard_bytes: int, file_format: str = "tar"
+) -> Packed:
+    """Write the image folder ``folder`` into ``out`` (absent, or without shards or Parquet
+    files) as shards of at most ``shard_bytes`` (a sample never spans two shards; a larger one
+    gets a shard of its own) with shards.json, or as Parquet files of about ``shard_bytes`` of
+    images each (``file_format`` ``parquet``)."""
     root, out = Path(folder), Path(out)
     if not root.is_dir():
         raise ResnetlabError(f"pack: no such folder: '{folder}'")
     if out.resolve().is_relative_to(root.resolve()):
         raise ResnetlabError(f"--out {out}: inside the folder it packs ({root}); give another")
-    if out.is_dir() and ((out / INDEX_FILE).exists() or any(out.glob("*.tar"))):
-        raise ResnetlabError(f"--out {out}: already holds shards; give another --out")
+    if out.is_dir() and (
+        (out / INDEX_FILE).exists() or any(out.glob("*.tar")) or any(out.glob(f"*{SUFFIX}"))
+    ):
+        raise ResnetlabError(f"--out {out}: already holds shards or Parquet files; give another")
+    parquet = file_format == "parquet"
+    if parquet:
+        require_pyarrow(out)
     classes, sets = scan_splits(root, split_folders(root))
     writable_folder(out)
     entries = []
-    for split, (split_root, split_samples) in sets.items():
-        for number, chunk in enumerate(_chunks(split_root, split_samples, shard_bytes)):
-            path = out / f"{split}-{number:06d}.tar"
-            write_atomically(path, lambda file, chunk=chunk: _write_tar(file, chunk), "a shard")
+    for split, (split_root, samples) in sets.items():
+        chunks = _split_chunks(split_root, samples, shard_bytes, parquet)
+        for number, chunk in enumerate(chunks):
+            if parquet:
+                path = out / f"{PARQUET_SPLITS[split]}-{number:05d}-of-{len(chunks):05d}{SUFFIX}"
+                write = functools.partial(_write_parquet, members=chunk, classes=classes)
+            else:
+                path = out / f"{split}-{number:06d}.tar"
+                write = functools.partial(_write_tar, members=chunk)
+            write_atomically(path, write, "a Parquet file" if parquet else "a shard")
             with open(path, "rb") as written:
                 digest = hashlib.file_digest(written, "sha256").hexdigest()
             entry = {"file": path.name, "split": split, "samples": len(chunk)}
             entries.append({**entry, "bytes": path.stat().st_size, "sha256": digest})
+    if parquet:
+        return Packed(out, classes, entries, None)
     index = {"format": INDEX_FORMAT, "classes": classes, "shards": entries}
     text = json.dumps(index, indent=1) + "\n"
     write_atomically(out / INDEX_FILE, lambda file: file.write(text.encode()), "the index")
-    return Packed(out, index)
+    return Packed(out, classes, entries, out / INDEX_FILE)
 
 
-Member = tuple[str, Path, int]  # (key, image file, label)
+Member = tuple[str, Path, int]  # (key, image file, label); in Parquet the key is its path
 
 
-def _chunks(root: Path, samples: list[Sample], shard_bytes: int) -> list[list[Member]]:
-    """``samples`` as the members of consecutive shards of at most ``shard_bytes`` each."""
-    keys = [sample_key(rel) for rel in relative_paths(root, [path for path, _ in samples])]
+def _split_chunks(
+    root: Path, samples: list[Sample], shard_bytes: int, parquet: bool
+) -> list[list[Member]]:
+    """A split's samples (in ``root``) as the members of its files: consecutive shards of at
+    most ``shard_bytes``, or Parquet files of about ``shard_bytes`` of images."""
+    names = relative_paths(root, [path for path, _ in samples])
+    if parquet:
+        members = [(name, path, label) for name, (path, label) in zip(names, samples, strict=True)]
+        sizes = [_reading(path, path.stat).st_size for _, path, _ in members]
+        return _chunks(members, sizes, shard_bytes, lambda used: used)
+    keys = [sample_key(name) for name in names]
+    members = [(key, path, label) for key, (path, label) in zip(keys, samples, strict=True)]
+    sizes = [_tar_bytes(key, path, label) for key, path, label in members]
+    return _chunks(members, sizes, shard_bytes, lambda used: _padded(_END + used))
+
+
+def _chunks(
+    members: list[Member], sizes: list[int], limit: int, whole: Callable[[int], int]
+) -> list[list[Member]]:
+    """``members`` (of ``sizes`` bytes each) in consecutive chunks whose ``whole`` (the size
+    of a file of the members' bytes) stays within ``limit``, but for a member larger alone."""
     chunks: list[list[Member]] = [[]]
-    used = _END
-    for key, (path, label) in zip(keys, samples, strict=True):
-        image = _member_bytes(f"{key}{path.suffix.lower()}", _reading(path, path.stat).st_size)
-        size = image + _member_bytes(f"{key}.{LABEL_SUFFIX}", len(str(label)))
-        if chunks[-1] and _padded(used + size) > shard_bytes:
+    used = 0
+    for member, size in zip(members, sizes, strict=True):
+        if chunks[-1] and whole(used + size) > limit:
             chunks.append([])
-            used = _END
-        chunks[-1].append((key, path, label))
+            used = 0
+        chunks[-1].append(member)
         used += size
     return chunks
+
+
+def _tar_bytes(key: str, path: Path, label: int) -> int:
+    """What a sample takes in a shard: its image's member and its label's."""
+    image = _member_bytes(f"{key}{path.suffix.lower()}", _reading(path, path.stat).st_size)
+    return image + _member_bytes(f"{key}.{LABEL_SUFFIX}", len(str(label)))
 
 
 def _padded(size: int) -> int:
@@ -126,6 +182,26 @@ def _write_tar(file: BinaryIO, members: list[Member]) -> None:
             tar.addfile(_info(f"{key}{path.suffix.lower()}", len(image)), io.BytesIO(image))
             text = str(label).encode()
             tar.addfile(_info(f"{key}.{LABEL_SUFFIX}", len(text)), io.BytesIO(text))
+
+
+def _write_parquet(file: BinaryIO, members: list[Member], classes: list[str]) -> None:
+    """Write ``members`` as an image Parquet file in the hub's layout (the module docstring),
+    ``PARQUET_ROW_GROUP`` rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    features = {"image": {"_type": "Image"}, "label": {"names": classes, "_type": "ClassLabel"}}
+    metadata = {HF_METADATA: json.dumps({"info": {"features": features}})}
+    schema = pa.schema([("image", image), ("label", pa.int64())], metadata=metadata)
+    with pq.ParquetWriter(
+        file, schema, compression="none", use_dictionary=False, write_statistics=False
+    ) as writer:
+        for start in range(0, len(members), PARQUET_ROW_GROUP):
+            rows = members[start : start + PARQUET_ROW_GROUP]
+            images = [{"bytes": _reading(p, p.read_bytes), "path": key} for key, p, _ in rows]
+            columns = [pa.array(images, image), pa.array([label for *_, label in rows], pa.int64())]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
 def _reading(path: Path, read: Callable[[], T]) -> T:

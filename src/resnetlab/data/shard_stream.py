@@ -16,12 +16,15 @@ an epoch at batch ``k`` skips exactly the batches before it: the position in the
 epoch and the step, which the training state holds. It depends on the number of processes and
 of DataLoader workers (``--workers``) as well: unlike a shuffled image folder, the same batches
 do not come whatever the number of processes.
+
+Image Parquet streams the same way, each row group standing for a shard
+(``image_parquet.ParquetStream``).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from functools import cached_property
 from operator import itemgetter
 from pathlib import Path
@@ -138,15 +141,25 @@ class ShardStream(ImageFileDataset):
         """Each sample's key: what a split record keeps (a repacked set keeps its split)."""
         return [member.key for member in files]
 
+    @staticmethod
+    def where(member: ArchiveMember) -> tuple[Hashable, int]:
+        """The shard that ``member`` lies in, and its place there."""
+        return member.archive, member.offset
+
     @cached_property
     def shards(self) -> list[list[int]]:
-        """The indices of this dataset's samples in each of their shards, in byte order."""
-        by_archive: dict[Path, list[int]] = {}
+        """The indices of this dataset's samples in each of their shards, in the order they
+        lie there."""
+        by_shard: dict[Hashable, list[int]] = {}
         for index, member in enumerate(self.files):
-            by_archive.setdefault(member.archive, []).append(index)
-        return [
-            sorted(indices, key=lambda i: self.files[i].offset) for indices in by_archive.values()
-        ]
+            by_shard.setdefault(self.where(member)[0], []).append(index)
+        place = [self.where(member)[1] for member in self.files]
+        return [sorted(indices, key=place.__getitem__) for indices in by_shard.values()]
+
+    @staticmethod
+    def read_part(members: Sequence[ArchiveMember]) -> Iterator[bytes]:
+        """The bytes of ``members`` of one shard, in the order given (``read_in_order``)."""
+        return read_in_order(members[0].archive, members)
 
     def epoch(self, plan: BatchPlan) -> EpochBatches:
         """The batches of ``plan``'s epoch, for a DataLoader (``batch_size=None``) to iterate."""
@@ -192,7 +205,6 @@ class EpochBatches(IterableDataset):
         stream, plan = self.stream, self.plan
         for shard, run in itertools.groupby(positions, key=itemgetter(0)):
             indices = [stream.shards[shard][position] for _, position in run]
-            members = [stream.files[i] for i in indices]
-            read = read_in_order(members[0].archive, members)
+            read = stream.read_part([stream.files[i] for i in indices])
             for index, data in zip(indices, read, strict=True):
                 yield (*stream.sample(index, data, plan.epoch, plan.seed), index)

@@ -34,7 +34,7 @@ from typing import Any
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import relative_paths
 from resnetlab.data.decode import ArchiveMember
-from resnetlab.data.folder import ImageOptions, image_bundle
+from resnetlab.data.folder import ImageOptions, SampleSets, image_bundle
 from resnetlab.data.shard_stream import ShardStream
 from resnetlab.errors import ResnetlabError
 
@@ -274,14 +274,27 @@ def load_shards(
             f"--val-dir/--test-dir take image folders; shards bring their own splits "
             f"({INDEX_FILE} of resnetlab pack of a folder with train/, val/, test/)"
         )
+    classes, sets, where = shard_sets(source, options.strict)
+    bundle = image_bundle(
+        sets["train"][0].resolve().name, sets, classes, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, image_size=image_size, in_chans=in_chans,
+        options=options, dataset_class=ShardStream,
+    )  # fmt: skip
+    return replace(bundle, pipeline=f"{where}; {bundle.pipeline}")
+
+
+def shard_sets(source: str, strict: bool) -> tuple[list[str], SampleSets, str]:
+    """The class names of the shards of ``source``, each split's folder and samples (indexed
+    from the tar headers and labels: no image is read), and where they lie, in words. Damaged
+    shards are reported (``strict``: refused)."""
     shards = find_shards(source)
     classes = shards.classes
     scans = {
         split: [scan_shard(path, None if classes is None else len(classes)) for path in paths]
         for split, paths in shards.splits.items()
     }
-    _report_damage(shards, scans, options.strict)
-    sets = {}
+    _report_damage(shards, scans, strict)
+    sets: SampleSets = {}
     for split, split_scans in scans.items():
         samples = [sample for scan in split_scans for sample in scan.samples]
         if not samples and split == "train":
@@ -290,15 +303,8 @@ def load_shards(
     if classes is None:
         labels = [label for _, samples in sets.values() for _, label in samples]
         classes = [str(label) for label in range(max(labels) + 1)]
-    name = shards.root.resolve().name
-    bundle = image_bundle(
-        name, sets, classes, val_fraction=val_fraction, test_fraction=test_fraction,
-        seed=seed, image_size=image_size, in_chans=in_chans, options=options,
-        dataset_class=ShardStream,
-    )  # fmt: skip
     files = sum(map(len, shards.splits.values()))
-    where = f"{files} shard{'s' if files > 1 else ''} in {shards.root}"
-    return replace(bundle, pipeline=f"{where}; {bundle.pipeline}")
+    return classes, sets, f"{files} shard{'s' if files > 1 else ''} in {shards.root}"
 
 
 def _report_damage(shards: ShardSet, scans: dict[str, list[ShardScan]], strict: bool) -> None:

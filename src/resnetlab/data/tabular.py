@@ -71,13 +71,18 @@ def read_table(path: str | Path, delimiter: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def require_pyarrow(path: Path) -> None:
+    """An error naming ``path`` where pyarrow, which reads Parquet, is not installed."""
     try:
-        import pyarrow  # noqa: F401  (pandas' Parquet engine)
+        import pyarrow  # noqa: F401
     except ImportError:
         raise ResnetlabError(
             f"{path}: reading Parquet needs pyarrow: pip install 'resnetlab[parquet]'"
         ) from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    require_pyarrow(path)  # pandas' Parquet engine
     try:
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
@@ -263,7 +268,7 @@ def _encode_target(
             )
         return values, []
     names = category_strings(column)
-    classes = fitted.get("classes") or _sorted_classes(set(names))
+    classes = fitted.get("classes") or sorted_classes(set(names))
     if len(classes) < 2:
         raise ResnetlabError(f"--target: column {target!r} has only one class ({classes[0]!r})")
     index = {name: i for i, name in enumerate(classes)}
@@ -276,7 +281,7 @@ def _encode_target(
     return np.array([index[name] for name in names], dtype=np.int64), classes
 
 
-def _sorted_classes(names: set[str]) -> list[str]:
+def sorted_classes(names: set[str]) -> list[str]:
     """Class names sorted by name, or numerically when every one is an integer."""
     try:
         return sorted(names, key=int)

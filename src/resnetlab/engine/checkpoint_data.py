@@ -10,6 +10,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from resnetlab.data import BUILTIN_DATASETS, ImageOptions, TableOptions, load_data
 from resnetlab.data.bundle import DataBundle
+from resnetlab.data.image_parquet import is_image_parquet
 from resnetlab.engine.step import Normalizer
 from resnetlab.errors import ResnetlabError
 
@@ -36,18 +37,24 @@ def load_data_like(header: dict[str, Any], source: str | None) -> DataBundle:
     image_size = {"image": header["input_shape"][-1], "video": data.get("image_size")}.get(
         header["data_kind"]
     )
+    target = data["target"]
     if is_training_data(header, source):
         fractions = {"val_fraction": data["val_fraction"], "test_fraction": data["test_fraction"]}
         options = ImageOptions(
             val_dir=data.get("val_dir"),
             test_dir=data.get("test_dir"),
             split_record=data.get("split"),
+            image_column=data.get("image_column"),
         )
     else:
         fractions, options = {"val_fraction": 0.0, "test_fraction": 0.0}, ImageOptions()
+        if header["data_kind"] == "image":  # image Parquet's columns, for image Parquet only
+            parquet = is_image_parquet(source or "")
+            target = target if parquet else None
+            options = ImageOptions(image_column=data.get("image_column") if parquet else None)
     bundle = load_data(
         source or data["source"],
-        target=data["target"],
+        target=target,
         seed=data["seed"],
         image_size=image_size,
         in_chans=header["in_chans"],

@@ -70,10 +70,12 @@ class TrainConfig:
     data: str = setting(
         "mnist5k",
         help="built-in name (digits, mnist5k, tabular-synthetic, moving-digits, "
-        "moving-digits-shuffled), a table (.csv, .tsv, .parquet), an image folder or a clip "
-        "folder",
+        "moving-digits-shuffled), a table (.csv, .tsv, .parquet), an image folder, shards, "
+        "image Parquet or a clip folder",
     )
-    target: str | None = setting(None, help="tables: the column to predict")
+    target: str | None = setting(
+        None, help="tables: the column to predict; image Parquet: the label column (default: label)"
+    )
     model_options: dict[str, Any] = setting(
         factory=dict,
         flag="--model-option",
@@ -270,11 +272,17 @@ class TrainConfig:
     strict: bool = setting(
         False,
         group=IMAGES,
-        help="stop before training if any image file or shard is bad, or any table row lacks "
-        "a target",
+        help="stop before training if any image file or shard is bad, or any table row (or "
+        "image Parquet row) lacks a target",
     )
     val_dir: str | None = setting(None, group=IMAGES, help="a separate validation folder")
     test_dir: str | None = setting(None, group=IMAGES, help="a separate test folder")
+    image_column: str | None = setting(
+        None,
+        group=IMAGES,
+        metavar="NAME",
+        help="image Parquet: the column of encoded images, where several hold images",
+    )
     # tables: reading, preprocessing, the task, class weights, the comparison with scikit-learn
     delimiter: str | None = setting(
         None,

@@ -98,6 +98,7 @@ def image_options(cfg: TrainConfig) -> ImageOptions:
         strict=cfg.strict,
         val_dir=cfg.val_dir,
         test_dir=cfg.test_dir,
+        image_column=cfg.image_column,
         augment=cfg.flip or cfg.flip_alternate,
         auto_augment=cfg.auto_augment,
         random_erasing=cfg.random_erasing,
@@ -197,6 +198,7 @@ def data_header(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
             "image_size": cfg.image_size,
             "val_dir": cfg.val_dir,
             "test_dir": cfg.test_dir,
+            "image_column": cfg.image_column,
             "split": bundle.split_record,
         },
     }
