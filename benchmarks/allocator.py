@@ -23,7 +23,7 @@ from resnetlab.bench.hardware import machine_name
 STEP = """
 import resource, sys, time
 import torch
-from resnetlab.engine.memory import keep_freed_memory
+from resnetlab.runtime.memory import keep_freed_memory
 from resnetlab.models import create_model, get_model_spec
 name, batch, steps, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 if keep:

@@ -23,8 +23,8 @@ from helpers import make_folder
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.commands.train import train
-from resnetlab.engine.config import TrainConfig
+from resnetlab.config.train import TrainConfig
+from resnetlab.training.train import train
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CIFAR_CLASSES = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from resnetlab.engine.matmul import cpu_name
+from resnetlab.runtime.matmul import cpu_name
 
 
 def machine_name(device: torch.device) -> str:

@@ -27,8 +27,8 @@ from typing import Any, BinaryIO, TypeVar
 from resnetlab.data.cache import relative_paths
 from resnetlab.data.folder import Sample, scan_splits, split_folders
 from resnetlab.data.shards import INDEX_FILE, INDEX_FORMAT, LABEL_SUFFIX
-from resnetlab.engine.files import writable_folder, write_atomically
 from resnetlab.errors import ResnetlabError
+from resnetlab.files import writable_folder, write_atomically
 
 T = TypeVar("T")
 _BLOCK = tarfile.BLOCKSIZE

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from resnetlab.engine.config import SCHEDULES, TrainConfig
-from resnetlab.engine.recipes import recipe_defaults
+from resnetlab.config.recipes import recipe_defaults
+from resnetlab.config.train import SCHEDULES, TrainConfig
 from resnetlab.errors import ResnetlabError
 from resnetlab.settings import at_least_one, check_settings, non_negative, positive, setting, shared
 
