@@ -24,7 +24,7 @@ from resnetlab.data.splits import SplitIndices, record_split, unpack_ints
 from resnetlab.data.tabular import infer_task, load_table, read_inputs, read_table, row_names
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference.checkpoint_data import load_data_like
-from resnetlab.inference.predict import predict_inputs
+from resnetlab.inference.predictor import predict_inputs
 from resnetlab.training.reports import epoch_line
 from resnetlab.training.rundir import fingerprint
 from resnetlab.training.step import make_loss

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.inference.predict import predict_inputs
+    from resnetlab.inference.predictor import predict_inputs
 
     results = predict_inputs(
         args.checkpoint, args.inputs, topk=args.topk, device=args.device, compile=args.compile

@@ -1,5 +1,6 @@
 """``load(path)``: a trained network from a checkpoint, an exported file or a bare state dict,
-ready to answer for files, Pillow images, NumPy arrays, tensors and DataFrame rows."""
+ready to answer for files, Pillow images, NumPy arrays, tensors and DataFrame rows;
+``predict_inputs``: `resnetlab predict`'s answers."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from resnetlab.inference.checkpoint_data import input_preprocessing
 from resnetlab.inference.exported import OnnxNetwork, ProgramNetwork, is_exported, load_network
 from resnetlab.inference.image_inputs import image_batch, warn_out_of_range
 from resnetlab.models import get_model_spec
+from resnetlab.runtime.compiled import should_compile
 from resnetlab.runtime.precision import resolve_device
 from resnetlab.training.step import InferenceModel, class_logits, padded
 
@@ -294,6 +296,25 @@ def load(
         "feature_names": [],
     }
     return Predictor(network, header, dev)
+
+
+def predict_inputs(
+    checkpoint: str,
+    inputs: list[str],
+    *,
+    topk: int = 3,
+    device: str = "auto",
+    compile: str = "off",
+) -> list[dict[str, Any]]:
+    """`resnetlab predict`: for each input (an image, or each row of a table), the ``topk``
+    classes and their probabilities (regression: the predicted ``value``), using the
+    checkpoint's own preprocessing. ``checkpoint`` may also be an exported ``.onnx`` or ``.pt2``
+    file; ``compile`` as ``--compile`` (a checkpoint's network only)."""
+    predictor = load(checkpoint, device=device)
+    kind = predictor.header["data_kind"]
+    if not is_exported(checkpoint) and should_compile(compile, kind, predictor.device):
+        predictor.compile()
+    return predictor.predict(inputs, topk=topk)
 
 
 def _labelled(batch: Tensor, position: str) -> Iterator[tuple[Tensor, str]]:
