@@ -1,5 +1,5 @@
 """Training steps with glibc's default allocator settings against `keep_freed_memory`
-(engine/memory.py), each in its own process, in alternating rounds: images/s, kernel CPU
+(runtime/memory.py), each in its own process, in alternating rounds: images/s, kernel CPU
 seconds per wall second, and page faults per step. Writes benchmarks/results/allocator.json.
 
     .venv/bin/python benchmarks/allocator.py [--model speedrun --batch 512 --rounds 3]

@@ -1,4 +1,4 @@
-"""engine/memory.py: freed memory stays in the process, so large blocks are not faulted in
+"""runtime/memory.py: freed memory stays in the process, so large blocks are not faulted in
 again (the CPU speed-up measured by benchmarks/allocator.py)."""
 
 from __future__ import annotations

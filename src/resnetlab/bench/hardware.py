@@ -1,4 +1,4 @@
-"""What the machine is: its name (its matmul ceiling is measured by ``engine/matmul.py``)."""
+"""What the machine is: its name (its matmul ceiling is measured by ``runtime/matmul.py``)."""
 
 from __future__ import annotations
 

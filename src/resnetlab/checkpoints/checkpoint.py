@@ -27,7 +27,7 @@ def save_checkpoint(
     """
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     # One metadata key: safetensors keeps metadata in a hash map whose order varies from one
-    # process to the next, and the same checkpoint must be the same bytes (see engine.state).
+    # process to the next, and the same checkpoint must be the same bytes (see checkpoints.state).
     metadata = {HEADER_KEY: json.dumps({"version": FORMAT_VERSION, **header})}
     # Serialised here and written by Python, whose OSError names a full disk (safetensors'
     # own file writer reports it as a SafetensorError).

@@ -22,7 +22,7 @@ from resnetlab.files import write_atomically
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
-# What a training run writes (``save_training_state``, engine/run.py) and a resumed run reads
+# What a training run writes (``save_training_state``, training/run.py) and a resumed run reads
 # (besides "format"; "ran_as", the device and precision, is read where a state has it).
 STATE_KEYS = frozenset(
     {

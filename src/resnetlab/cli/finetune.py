@@ -1,4 +1,4 @@
-"""`resnetlab finetune`: a flag for each ``FinetuneConfig`` field (engine/finetune_config.py)
+"""`resnetlab finetune`: a flag for each ``FinetuneConfig`` field (config/finetune.py)
 but ``--time-budget``; the model, the weights and the strategy first."""
 
 from __future__ import annotations

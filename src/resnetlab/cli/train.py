@@ -1,4 +1,4 @@
-"""`resnetlab train`: a flag for each ``TrainConfig`` field (engine/config.py)."""
+"""`resnetlab train`: a flag for each ``TrainConfig`` field (config/train.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Fine-tuning's plan, free of torch: the strategies and BatchNorm policies, the phases of a
-strategy (``plan_phases``) and ``FinetuneConfig``; ``engine/phases.py`` says what trains in
-each, and ``engine/run.py`` trains them."""
+strategy (``plan_phases``) and ``FinetuneConfig``; ``training/phases.py`` says what trains in
+each, and ``training/run.py`` trains them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ BN_POLICIES = ("train", "freeze-stats", "frozen")
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of a run (``train_phase`` in ``engine/run.py``): its epochs, and the lrs of
+    """One phase of a run (``train_phase`` in ``training/run.py``): its epochs, and the lrs of
     the classifier and the backbone (``backbone_lr`` None: the backbone is frozen)."""
 
     name: str  # "head" (only the classifier trains) or "all"
@@ -38,7 +38,7 @@ def plan_phases(
     backbone_lr_mult: float,
     head_epochs: int | None = None,
 ) -> list[Phase]:
-    """The phases of ``strategy`` over ``epochs`` epochs in all (see ``engine/phases.py``)."""
+    """The phases of ``strategy`` over ``epochs`` epochs in all (see ``training/phases.py``)."""
     if strategy == "linear-probe":
         return [Phase("head", epochs, lr, None)]
     if strategy == "full":

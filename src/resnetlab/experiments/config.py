@@ -39,7 +39,7 @@ class Preset:
     augment: bool  # the paper's 4-pixel padded crops and horizontal flips
     warmup_epochs: float  # linear lr warmup
     zero_init_residual: bool  # ResNets start with each residual branch's last BN at zero
-    schedule: str  # lr schedule (engine.optim.lr_factor): "step" is the paper's
+    schedule: str  # lr schedule (training.optim.lr_factor): "step" is the paper's
 
 
 # The paper's schedule and data (sec. 4.2), on a GPU about an hour per network.

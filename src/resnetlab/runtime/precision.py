@@ -82,7 +82,7 @@ def resolve_precision(name: str, device: torch.device, data_kind: str) -> Precis
     - on a GPU, in bf16 autocast where it has bf16 natively, else in fp16 autocast (with a
       grad scaler), TF32 allowed for what stays fp32 where the GPU has it;
     - on a CPU, in bf16 autocast where the CPU has it natively and its bf16 matmuls measure
-      clearly faster than its fp32 ones (``engine/matmul.py``), else in fp32; clips always in
+      clearly faster than its fp32 ones (``runtime/matmul.py``), else in fp32; clips always in
       fp32, as a bf16 training step of ``r3d_10_small`` ran 7 times slower than an fp32 one (a
       3-D convolution's forward pass over 100 times; PyTorch 2.14, AMD EPYC).
 

@@ -27,7 +27,7 @@ from resnetlab.training.rundir import ReplicaRunDir, RunDir
 RUN_FILES = (
     # every command (RunDir)
     "log.txt", "config.yaml", "metrics.jsonl", WRITE_PROBE,
-    # train and finetune (engine/run.py)
+    # train and finetune (training/run.py)
     STATE_FILE, "last.safetensors", "best.safetensors", "curves.png", "time_to_accuracy.png",
     "confusion.png", "confusion.json", "test_metrics.json", "baselines.json", BOARD_FOLDER,
     # lr-find

@@ -2,7 +2,7 @@
 statistics stay fixed. A plain run is one 'all' phase; fine-tuning strategies are several.
 
 Strategies (``--strategy``), each a list of phases that the run trains one after the other
-(``engine/run.py``), each with its own optimiser and lr schedule:
+(``training/run.py``), each with its own optimiser and lr schedule:
 
 - ``linear-probe``: only the classifier trains; the backbone is frozen, its BatchNorm layers in
   eval mode, so the features are exactly the pretrained ones.

@@ -4,9 +4,9 @@
 
 `train`, `finetune`, `lr-find` and the experiments run through here; a plain run is one 'all'
 phase. The helpers it calls each do one job and never call back into it: the data and model of
-a config (``engine/start.py``), what trains in a phase (``engine/phases.py``), the step
-(``engine/step.py``), the loaders (``engine/batches.py``), the state file (``engine/state.py``),
-the time budget (``engine/budget.py``) and the reports (``engine/reports.py``).
+a config (``start.py``), what trains in a phase (``phases.py``), the step (``step.py``), the
+loaders (``batches.py``), the time budget (``budget.py``), the reports (``reports.py``), and the
+state file (``checkpoints/state.py``).
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ def prepare(start: Start, run: RunDir) -> Training:
         precision = resolve_precision(cfg.precision, resolve_device(cfg.device), bundle.kind)
     bundle = keep_on_device(bundle, precision.device)
     if precision.device.type == "cpu":
-        keep_freed_memory()  # about 10% faster steps (engine/memory.py)
+        keep_freed_memory()  # about 10% faster steps (runtime/memory.py)
     device = precision.device
     model = start.model
     if cfg.sync_bn:
@@ -880,7 +880,7 @@ def _score(t: Training, record: dict[str, Any]) -> float:
 
 
 def save_training_state(t: Training, tally: EpochTally | None) -> None:
-    """Write the training state (``engine.state``): at the end of an epoch (``tally``
+    """Write the training state (``checkpoints.state``): at the end of an epoch (``tally``
     None, its losses and weights checked by ``validate``) or within one. A non-finite
     loss since the last state, or non-finite weights, are never saved."""
     if tally is not None:

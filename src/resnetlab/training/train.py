@@ -14,10 +14,10 @@ from resnetlab.training.run import TrainResult, check_run, single_phase, start_r
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; write checkpoints, metrics and figures to the run.
 
-    With ``cfg.weights`` the model starts from that file (see ``engine.start``), and the
+    With ``cfg.weights`` the model starts from that file (see ``training.start``), and the
     checkpoints record its name and sha256. With ``cfg.resume`` (see ``resume_config``) it
     continues the run in that folder from its training state. A new run's ``cfg.out`` must
-    hold no earlier run (see ``engine.claim``), unless ``cfg.overwrite``, which removes it first.
+    hold no earlier run (see ``training.claim``), unless ``cfg.overwrite``, which removes it first.
     """
     began = time.perf_counter()
     weights = check_run(cfg)
