@@ -1,5 +1,5 @@
 """Training steps with glibc's default allocator settings against `keep_freed_memory`
-(engine/memory.py), each in its own process, in alternating rounds: images/s, kernel CPU
+(runtime/memory.py), each in its own process, in alternating rounds: images/s, kernel CPU
 seconds per wall second, and page faults per step. Writes benchmarks/results/allocator.json.
 
     .venv/bin/python benchmarks/allocator.py [--model speedrun --batch 512 --rounds 3]
@@ -23,7 +23,7 @@ from resnetlab.bench.hardware import machine_name
 STEP = """
 import resource, sys, time
 import torch
-from resnetlab.engine.memory import keep_freed_memory
+from resnetlab.runtime.memory import keep_freed_memory
 from resnetlab.models import create_model, get_model_spec
 name, batch, steps, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 if keep:

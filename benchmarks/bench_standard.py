@@ -14,7 +14,7 @@ from pathlib import Path
 
 import smoke
 
-from resnetlab.commands.bench import BenchConfig, bench
+from resnetlab.bench.measure import BenchConfig, bench
 
 # (model, mode) -> batch and input size; resnet50 trains at batch 16 (its memory on a laptop)
 STANDARD = {

@@ -6,7 +6,7 @@ Each run goes in a new process under ``sys.setprofile`` (every thread's): `resne
 when a function of it is called; module and class bodies (what importing runs) do not.
 
     python benchmarks/call_trace.py
-    python benchmarks/call_trace.py --orchestration commands/train.py engine/trainer.py ...
+    python benchmarks/call_trace.py --orchestration training/train.py training/run.py ...
     python benchmarks/call_trace.py --smoke    # a step of each run
 
 Prints the counts and writes benchmarks/results/call_trace.json.
@@ -34,8 +34,8 @@ import resnetlab
 PACKAGE = Path(resnetlab.__file__).resolve().parent
 # The modules that hold a run's sequence, from the command to the step (today's layout).
 ORCHESTRATION = [
-    "commands/train.py", "engine/run.py", "engine/start.py", "engine/phases.py",
-    "engine/step.py", "engine/budget.py",
+    "training/train.py", "training/run.py", "training/start.py", "training/phases.py",
+    "training/step.py", "training/budget.py",
 ]  # fmt: skip
 
 

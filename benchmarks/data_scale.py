@@ -59,9 +59,9 @@ from resnetlab.data.pack import pack_folder
 from resnetlab.data.shard_stream import ShardStream
 from resnetlab.data.shards import shard_sets
 from resnetlab.data.streaming import ImageFileDataset, train_transforms
-from resnetlab.engine.batches import BatchOrder, make_loader
-from resnetlab.engine.files import write_atomically
-from resnetlab.engine.matmul import cpu_name
+from resnetlab.files import write_atomically
+from resnetlab.runtime.matmul import cpu_name
+from resnetlab.training.batches import BatchOrder, make_loader
 
 PACK_BYTES = 256 * 10**6  # pack's default --shard-size
 USER = "torchvision ImageFolder"

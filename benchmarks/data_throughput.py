@@ -26,8 +26,8 @@ from resnetlab.data.augment import BatchAugment
 from resnetlab.data.cache import CachedImages, default_workers, load_or_build
 from resnetlab.data.decode import is_image_file
 from resnetlab.data.streaming import ImageFileDataset, train_transforms
-from resnetlab.engine.precision import Precision, bf16_supported
 from resnetlab.models import create_model
+from resnetlab.runtime.precision import Precision, bf16_supported
 
 P = ParamSpec("P")
 T = TypeVar("T")

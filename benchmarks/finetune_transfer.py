@@ -26,13 +26,13 @@ from pathlib import Path
 
 import smoke
 
-from resnetlab.commands.finetune import finetune
-from resnetlab.commands.train import train
+from resnetlab.config.finetune import STRATEGIES, FinetuneConfig
+from resnetlab.config.recipes import recipe_defaults
+from resnetlab.config.train import TrainConfig
 from resnetlab.data.decode import is_image_file
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune_config import STRATEGIES, FinetuneConfig
-from resnetlab.engine.recipes import recipe_defaults
-from resnetlab.engine.run import TrainResult
+from resnetlab.training.finetune import finetune
+from resnetlab.training.run import TrainResult
+from resnetlab.training.train import train
 
 AUGMENT = {"crop_padding": 4, "flip": True}
 PRETRAIN_CLASSES = ("airplane", "automobile", "ship", "truck", "frog", "horse")

@@ -50,10 +50,10 @@ import torch
 from PIL import Image
 
 from resnetlab.bench.hardware import machine_name
-from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.files import write_atomically
-from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.state import STATE_FILE, load_state
+from resnetlab.checkpoints.checkpoint import load_checkpoint
+from resnetlab.checkpoints.state import STATE_FILE, load_state
+from resnetlab.files import write_atomically
+from resnetlab.training.rundir import fingerprint
 
 COLOURS = {
     "red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230),

@@ -47,14 +47,14 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from resnetlab.bench.hardware import machine_name
+from resnetlab.checkpoints.checkpoint import read_header
+from resnetlab.checkpoints.state import STATE_FILE
+from resnetlab.config.recipes import RECIPES
 from resnetlab.data.cache import relative_paths
 from resnetlab.data.folder import scan_image_folder
 from resnetlab.data.splits import SplitIndices, record_split, split_indices
-from resnetlab.engine.checkpoint import read_header
-from resnetlab.engine.files import write_atomically
-from resnetlab.engine.precision import bf16_supported
-from resnetlab.engine.recipes import RECIPES
-from resnetlab.engine.state import STATE_FILE
+from resnetlab.files import write_atomically
+from resnetlab.runtime.precision import bf16_supported
 
 PAPER = RECIPES["paper"]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train"

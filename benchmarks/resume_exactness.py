@@ -24,8 +24,8 @@ from pathlib import Path
 
 import smoke
 
-from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.state import STATE_FILE
+from resnetlab.checkpoints.state import STATE_FILE
+from resnetlab.training.rundir import fingerprint
 
 PIPELINES = {"cached": [], "streaming": ["--cache-mem", "0", "--workers", "2"]}
 

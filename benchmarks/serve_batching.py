@@ -33,11 +33,11 @@ import uvicorn
 from PIL import Image
 
 from resnetlab.bench.hardware import machine_name
-from resnetlab.commands.serve import listen
-from resnetlab.engine.files import write_atomically
-from resnetlab.engine.predictor import load
+from resnetlab.files import write_atomically
+from resnetlab.inference.predictor import load
 from resnetlab.models import create_model
 from resnetlab.serve.app import create_app
+from resnetlab.serve.server import listen
 
 CLASSES = [f"class{i}" for i in range(10)]
 

@@ -35,14 +35,14 @@ import yaml
 from sklearn import datasets
 from sklearn.model_selection import StratifiedKFold
 
+from resnetlab.config.recipes import recipe_defaults
+from resnetlab.config.train import TrainConfig
 from resnetlab.data import TableOptions, make_case_study_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.splits import SplitIndices, record_split, split_indices
 from resnetlab.data.tabular import infer_task, load_table, read_table, row_names
-from resnetlab.engine.baselines import fit_baselines
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.recipes import recipe_defaults
 from resnetlab.experiments.common import train_on_bundle
+from resnetlab.training.baselines import fit_baselines
 
 MEASURED = ("breast-cancer", "wine", "penguins", "diabetes", "article")
 TUNING = ("tune-classification", "tune-friedman", "tune-digits", "tune-iris")

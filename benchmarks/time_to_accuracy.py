@@ -18,7 +18,7 @@ from pathlib import Path
 
 import smoke
 
-from resnetlab.engine.reports import plot_time_to_accuracy
+from resnetlab.training.reports import plot_time_to_accuracy
 
 THRESHOLDS = (88.0, 90.0, 92.0, 94.0)
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from helpers import make_squares
 
-from resnetlab.commands.train import train
+from resnetlab.config.train import TrainConfig
 from resnetlab.data.cache import CACHE_DIR_VARIABLE
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.matmul import keep_cpu_matmul_speeds
-from resnetlab.engine.precision import bf16_supported
-from resnetlab.engine.run import TrainResult
+from resnetlab.runtime.matmul import keep_cpu_matmul_speeds
+from resnetlab.runtime.precision import bf16_supported
+from resnetlab.training.run import TrainResult
+from resnetlab.training.train import train
 
 # two threads for one test process; one each when pytest-xdist runs two (`make test`)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

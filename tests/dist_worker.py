@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from resnetlab.cli import main
-from resnetlab.engine import run
+from resnetlab.training import run
 
 _test_best = run.test_best
 

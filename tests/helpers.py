@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from resnetlab.checkpoints.state import STATE_FILE
 from resnetlab.cli import main
-from resnetlab.engine import run
-from resnetlab.engine.state import STATE_FILE
+from resnetlab.training import run
 
 
 def make_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:

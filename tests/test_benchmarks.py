@@ -23,8 +23,8 @@ from helpers import make_folder
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.commands.train import train
-from resnetlab.engine.config import TrainConfig
+from resnetlab.config.train import TrainConfig
+from resnetlab.training.train import train
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CIFAR_CLASSES = (
@@ -110,7 +110,7 @@ def test_call_trace(smoke: SmokeRun) -> None:
     assert digits["argv"][:3] == ["train", "--data", "digits"]
     for run in (digits, folder):
         assert run["files"] == len(run["called"])
-        assert {"commands/train.py", "engine/run.py", "engine/step.py"} <= set(run["called"])
+        assert {"training/train.py", "training/run.py", "training/step.py"} <= set(run["called"])
         assert not [name for name in run["called"] if name.startswith("cli/")]
     assert "data/folder.py" in folder["called"] and "data/folder.py" not in digits["called"]
     assert list(result["orchestration"]) == result["orchestration_modules"]

@@ -17,16 +17,16 @@ from torch import nn
 
 from resnetlab.cli import main
 from resnetlab.data.augment import BatchAugment
-from resnetlab.engine.batches import BatchOrder, TensorBatches
-from resnetlab.engine.compiled import compile_static, should_compile
-from resnetlab.engine.precision import resolve_precision
-from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.step import (
+from resnetlab.models.cifar import CifarResNet
+from resnetlab.runtime.compiled import compile_static, should_compile
+from resnetlab.runtime.precision import resolve_precision
+from resnetlab.training.batches import BatchOrder, TensorBatches
+from resnetlab.training.rundir import fingerprint
+from resnetlab.training.step import (
     InferenceModel,
     Normalizer,
     predict,
 )
-from resnetlab.models.cifar import CifarResNet
 
 CPU = torch.device("cpu")
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.2, 0.2]

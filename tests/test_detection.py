@@ -13,19 +13,19 @@ import yaml
 from PIL import Image
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from resnetlab.commands.detect import check_batch_size, detect_train
+from resnetlab.checkpoints.checkpoint import save_checkpoint
 from resnetlab.detection.coco import read_coco
 from resnetlab.detection.config import DetectConfig
 from resnetlab.detection.data import hflip, training_batches, training_target
+from resnetlab.detection.detect import check_batch_size, detect_train
 from resnetlab.detection.metrics import detection_map
 from resnetlab.detection.model import DetectorSpec, build_detector
 from resnetlab.detection.shapes import ShapesSet
 from resnetlab.detection.train import read_state
-from resnetlab.engine.checkpoint import save_checkpoint
-from resnetlab.engine.claim import run_files
-from resnetlab.engine.distributed import World
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
+from resnetlab.runtime.distributed import World
+from resnetlab.training.claim import run_files
 from tests.helpers import assert_one_line_error, run_cli
 
 CLASSES = ["circle", "square", "triangle"]

@@ -19,9 +19,9 @@ import torch
 from helpers import wait_for_state, wait_into_next_save
 from safetensors.torch import load_file
 
-from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.state import STATE_FILE, load_state
+from resnetlab.checkpoints.checkpoint import load_checkpoint
+from resnetlab.checkpoints.state import STATE_FILE, load_state
+from resnetlab.training.rundir import fingerprint
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 DIGITS = ["--data", "digits", "--batch-size", "64", "--quiet"]

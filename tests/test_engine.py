@@ -12,17 +12,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from resnetlab.commands.train import train
-from resnetlab.engine import checkpoint as ckpt
-from resnetlab.engine import files
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.metrics import classification_report, confusion_matrix, topk_accuracy
-from resnetlab.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
-from resnetlab.engine.precision import resolve_precision
-from resnetlab.engine.run import TrainResult
-from resnetlab.engine.step import class_logits, make_loss
+from resnetlab import files
+from resnetlab.checkpoints import checkpoint as ckpt
+from resnetlab.config.train import TrainConfig
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
+from resnetlab.runtime.precision import resolve_precision
+from resnetlab.training.metrics import classification_report, confusion_matrix, topk_accuracy
+from resnetlab.training.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from resnetlab.training.run import TrainResult
+from resnetlab.training.step import class_logits, make_loss
+from resnetlab.training.train import train
 
 
 def test_norm_and_bias_parameters_skip_weight_decay() -> None:

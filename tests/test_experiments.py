@@ -15,7 +15,6 @@ from helpers import run_cli
 from PIL import Image
 
 from resnetlab.data import load_data
-from resnetlab.engine.step import Normalizer
 from resnetlab.experiments import degradation
 from resnetlab.experiments.case_study import (
     ARTICLE_ACCURACY,
@@ -31,6 +30,7 @@ from resnetlab.experiments.degradation import degradation_verdict, recipe_line
 from resnetlab.experiments.gradients import first_last_ratio, layer_gradient_norms
 from resnetlab.experiments.paper import compare_with_paper, format_comparison, macs_v1
 from resnetlab.models import create_model
+from resnetlab.training.step import Normalizer
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ import torch
 from helpers import assert_one_line_error, make_squares, run_cli
 from PIL import Image
 
-from resnetlab.engine.config import EXPLAIN_METHODS
-from resnetlab.engine.explain import Explainer
-from resnetlab.engine.predictor import load
+from resnetlab.config.train import EXPLAIN_METHODS
+from resnetlab.explain.cam import Explainer
+from resnetlab.inference.predictor import load
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,15 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import resnetlab
+from resnetlab.checkpoints.checkpoint import save_checkpoint
 from resnetlab.cli import main
-from resnetlab.commands import export as export_command
-from resnetlab.commands.export import ExportConfig, export, quantize
-from resnetlab.engine.checkpoint import save_checkpoint
-from resnetlab.engine.exported import OnnxNetwork, load_network
-from resnetlab.engine.int8 import int8_network
-from resnetlab.engine.run import TrainResult
 from resnetlab.errors import ResnetlabError
+from resnetlab.inference import export as export_command
+from resnetlab.inference.export import ExportConfig, export, quantize
+from resnetlab.inference.exported import OnnxNetwork, load_network
+from resnetlab.inference.int8 import int8_network
 from resnetlab.models import create_model
+from resnetlab.training.run import TrainResult
 from tests.helpers import assert_one_line_error, run_cli
 
 

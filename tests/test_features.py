@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from resnetlab.engine.weights import load_weights
+from resnetlab.checkpoints.weights import load_weights
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 from resnetlab.models.features import FeatureNet

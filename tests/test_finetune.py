@@ -20,27 +20,27 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from torchvision.ops import FrozenBatchNorm2d
 
+from resnetlab.checkpoints.checkpoint import read_header, save_checkpoint
+from resnetlab.checkpoints.state_dicts import WeightsFile, read_weights
+from resnetlab.checkpoints.weights import model_from_checkpoint
 from resnetlab.cli import main
-from resnetlab.commands.finetune import finetune
+from resnetlab.config.finetune import FinetuneConfig, Phase, plan_phases
+from resnetlab.config.train import TrainConfig
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
-from resnetlab.engine.checkpoint import read_header, save_checkpoint
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune_config import FinetuneConfig, Phase, plan_phases
-from resnetlab.engine.phases import (
+from resnetlab.errors import ResnetlabError
+from resnetlab.models import create_model
+from resnetlab.training.finetune import finetune
+from resnetlab.training.phases import (
     describe_phase,
     freeze_batchnorm,
     parameter_stages,
     phase_mode,
     phase_param_groups,
 )
-from resnetlab.engine.run import Start, Training, prepare, train_phases
-from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.start import checkpoint_header
-from resnetlab.engine.state_dicts import WeightsFile, read_weights
-from resnetlab.engine.weights import model_from_checkpoint
-from resnetlab.errors import ResnetlabError
-from resnetlab.models import create_model
+from resnetlab.training.run import Start, Training, prepare, train_phases
+from resnetlab.training.rundir import RunDir
+from resnetlab.training.start import checkpoint_header
 
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
@@ -449,7 +449,7 @@ def test_a_run_from_weights_opens_the_file_once(
         opens.extend(call for call in opened.call_args_list if Path(call.args[0]) == path)
         return weights
 
-    for module in ("engine.run", "commands.evaluate"):
+    for module in ("training.run", "inference.evaluate"):
         monkeypatch.setattr(f"resnetlab.{module}.read_weights", read_while_present)
     data = "digits" if argv[0] == "eval" else str(colours)
     flags = ["--weights", str(path), "--data", data]

@@ -19,18 +19,19 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.data import Subset, TensorDataset
 
 from resnetlab.bench.rows import MEAN, STD, load_user_loops
+from resnetlab.checkpoints.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state
 from resnetlab.cli import main
 from resnetlab.data.augment import BatchAugment
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.cache import CACHE_DIR_VARIABLE
-from resnetlab.engine import batches as batches_module
-from resnetlab.engine import matmul, run
-from resnetlab.engine.batches import BatchOrder, fits_on_device, keep_on_device, make_loader
-from resnetlab.engine.distributed import World
-from resnetlab.engine.precision import Precision, resolve_precision
-from resnetlab.engine.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
+from resnetlab.runtime import matmul
+from resnetlab.runtime.distributed import World
+from resnetlab.runtime.precision import Precision, resolve_precision
+from resnetlab.training import batches as batches_module
+from resnetlab.training import run
+from resnetlab.training.batches import BatchOrder, fits_on_device, keep_on_device, make_loader
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 # resnet_tabular on tabular-synthetic's 800 training rows: 16 steps of 50 rows per epoch

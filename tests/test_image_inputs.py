@@ -12,15 +12,15 @@ import torch
 from helpers import make_squares
 from PIL import Image
 
-from resnetlab.commands.evaluate import EvalConfig, evaluate
 from resnetlab.data import ImageOptions, folder, load_data
 from resnetlab.data.bundle import DataBundle
 from resnetlab.data.folder import scan_image_folder
-from resnetlab.engine import step
-from resnetlab.engine.image_inputs import reading
-from resnetlab.engine.predictor import Predictor, load
 from resnetlab.errors import ResnetlabError
+from resnetlab.inference.evaluate import EvalConfig, evaluate
+from resnetlab.inference.image_inputs import reading
+from resnetlab.inference.predictor import Predictor, load
 from resnetlab.models import create_model
+from resnetlab.training import step
 
 
 @pytest.fixture()

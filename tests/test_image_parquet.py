@@ -15,7 +15,7 @@ from PIL import Image
 
 from resnetlab.data import ImageOptions, data_kind, load_data
 from resnetlab.data.decode import decode_image
-from resnetlab.engine.batches import BatchOrder, make_loader
+from resnetlab.training.batches import BatchOrder, make_loader
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

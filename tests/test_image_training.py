@@ -9,9 +9,9 @@ import yaml
 from helpers import make_folder
 
 from resnetlab.cli import main
-from resnetlab.commands.train import train
+from resnetlab.config.train import TrainConfig
 from resnetlab.data import ImageOptions, load_data
-from resnetlab.engine.config import TrainConfig
+from resnetlab.training.train import train
 
 
 def add_bad_files(root: Path) -> list[Path]:

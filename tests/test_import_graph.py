@@ -1,6 +1,7 @@
-"""No import cycle in the package: every ``import resnetlab.x`` and ``from resnetlab.x import y``
-of every module, at its top, inside functions or under ``TYPE_CHECKING``, is an edge of a graph
-that must be acyclic, so that each module can be read after the ones it uses."""
+"""The package's import graph: every ``import resnetlab.x`` and ``from resnetlab.x import y`` of
+every module, at its top, inside functions or under ``TYPE_CHECKING``, is an edge. The graph
+must be acyclic, so that each module can be read after the ones it uses, and its edges must
+follow the layers of docs/design.md: a module imports its own package and the layers below."""
 
 from __future__ import annotations
 
@@ -13,9 +14,24 @@ PACKAGE = Path(resnetlab.__file__).resolve().parent
 
 Graph = dict[str, set[str]]
 
+# docs/design.md's layers, bottom first: the packages (and top-level modules) of each row may
+# import their own and those of the rows below, nothing beside or above them
+LAYERS = (
+    ("errors",),
+    ("settings", "files"),
+    ("models", "scratch", "data", "config"),
+    ("runtime", "checkpoints"),
+    ("training",),
+    ("inference",),
+    ("explain",),
+    ("bench", "detection", "experiments", "serve"),
+    ("cli", "__init__"),
+    ("__main__",),
+)
+
 
 def module_name(path: Path, root: Path) -> str:
-    """``resnetlab.engine.run`` for ``resnetlab/engine/run.py`` of the package at ``root``
+    """``resnetlab.training.run`` for ``resnetlab/training/run.py`` of the package at ``root``
     (``.../resnetlab``); a package's ``__init__.py``: the package."""
     parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -86,9 +102,33 @@ def find_cycle(graph: Graph) -> list[str] | None:
     return None
 
 
+def part(module: str) -> str:
+    """The package or top-level module under the root that ``module`` belongs to:
+    ``training`` for ``resnetlab.training.run``, ``__init__`` for ``resnetlab`` itself."""
+    names = module.split(".")
+    return names[1] if len(names) > 1 else "__init__"
+
+
+def layer_breaches(graph: Graph, layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Each import of ``graph`` that ``layers`` forbid, and each part that no layer places, as
+    a line naming the module and what it imports."""
+    level = {name: row for row, names in enumerate(layers) for name in names}
+    breaches = [
+        f"{module}: {part(module)} is in no layer" for module in graph if part(module) not in level
+    ]
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            source, used = part(module), part(target)
+            if source in level and used != source and level.get(used, len(layers)) >= level[source]:
+                below = ", ".join(sorted(name for name in level if level[name] < level[source]))
+                allowed = f"only {below}" if below else "none of the other parts"
+                breaches.append(f"{module} imports {target}: {source} may import {allowed}")
+    return breaches
+
+
 def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph(PACKAGE)
-    assert "resnetlab.engine.config" in graph["resnetlab.commands.train"]  # edges are found
+    assert "resnetlab.config.train" in graph["resnetlab.training.train"]  # edges are found
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
@@ -109,3 +149,28 @@ def test_a_cycle_is_found_under_type_checking_and_in_functions(tmp_path: Path) -
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
     (tmp_path / "pkg" / "sub" / "c.py").write_text("import json\n")
     assert find_cycle(import_graph(tmp_path / "pkg")) is None
+
+
+def test_imports_follow_the_layers() -> None:
+    graph = import_graph(PACKAGE)
+    assert "resnetlab.files" in graph["resnetlab.data.pack"]  # edges across layers are found
+    breaches = layer_breaches(graph, LAYERS)
+    assert not breaches, "imports against docs/design.md's layers:\n" + "\n".join(breaches)
+
+
+def test_an_import_beside_or_above_its_layer_is_named(tmp_path: Path) -> None:
+    """data/pack.py's old import of the training run's files, a sibling's import and a package
+    without a layer are each named; an import from a lower layer is not."""
+    for folder in ("data", "models", "training", "extra"):
+        (tmp_path / "pkg" / folder).mkdir(parents=True)
+        (tmp_path / "pkg" / folder / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "data" / "pack.py").write_text("from pkg.training.files import write\n")
+    (tmp_path / "pkg" / "models" / "net.py").write_text("def f():\n    import pkg.data.pack\n")
+    (tmp_path / "pkg" / "training" / "files.py").write_text("from pkg.models import net\n")
+    layers = (("data", "models"), ("training",), ("__init__",))
+    assert layer_breaches(import_graph(tmp_path / "pkg"), layers) == [
+        "pkg.extra: extra is in no layer",
+        "pkg.data.pack imports pkg.training.files: data may import none of the other parts",
+        "pkg.models.net imports pkg.data.pack: models may import none of the other parts",
+    ]

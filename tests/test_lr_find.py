@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from resnetlab.commands.lr_find import LrRange, _suggest, lr_find
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune_config import FinetuneConfig
+from resnetlab.config.finetune import FinetuneConfig
+from resnetlab.config.train import TrainConfig
 from resnetlab.models import create_model
+from resnetlab.training.lr_find import LrRange, _suggest, lr_find
 
 
 def test_suggestion_is_the_steepest_descent() -> None:

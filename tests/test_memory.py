@@ -1,4 +1,4 @@
-"""engine/memory.py: freed memory stays in the process, so large blocks are not faulted in
+"""runtime/memory.py: freed memory stays in the process, so large blocks are not faulted in
 again (the CPU speed-up measured by benchmarks/allocator.py)."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from resnetlab.cli import main
-from resnetlab.engine import run
+from resnetlab.training import run
 
 # a 64 MiB block written and freed: 10 times to reach a steady heap (glibc reuses a freed
 # aligned block only once a few have gathered), then 4 times counting the page faults
 FAULTS = """
 import resource, sys
 import torch
-from resnetlab.engine.memory import keep_freed_memory
+from resnetlab.runtime.memory import keep_freed_memory
 kept = sys.argv[1] == "1" and keep_freed_memory()
 for _ in range(10):
     torch.empty(2**24).fill_(1.0)

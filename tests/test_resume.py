@@ -18,10 +18,10 @@ import yaml
 from helpers import crash_after_state, make_folder, wait_for_state, wait_into_next_save
 from torch.optim.lr_scheduler import LambdaLR
 
+from resnetlab.checkpoints.state import STATE_FILE, load_state
 from resnetlab.cli import main
-from resnetlab.engine import run as run_module
-from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.state import STATE_FILE, load_state
+from resnetlab.training import run as run_module
+from resnetlab.training.rundir import fingerprint
 
 # Every random stream a run uses: batch order, crops, flips, Cutout (per sample) and MixUp
 # (torch's global generator), on the in-memory path.

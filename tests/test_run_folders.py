@@ -13,11 +13,11 @@ import pytest
 import torch
 from helpers import assert_one_line_error, crash_after_state, run_cli
 
-import resnetlab.engine.claim
+import resnetlab.training.claim
 from resnetlab.cli import main
-from resnetlab.engine.claim import claim_run_dir, default_run_dir, run_files
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
+from resnetlab.training.claim import claim_run_dir, default_run_dir, run_files
 
 TRAIN = [
     "train", "--model", "resnet_tabular", "--data", "tabular-synthetic", "--batch-size", "100",
@@ -168,7 +168,7 @@ class FrozenClock(datetime):
 def test_two_runs_started_in_one_second_get_two_default_folders(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(resnetlab.engine.claim, "datetime", FrozenClock)
+    monkeypatch.setattr(resnetlab.training.claim, "datetime", FrozenClock)
     for _ in range(2):
         assert run_cli(capsys, *TRAIN, "--epochs", "1")[0] == 0
     first = Path("runs/20260102-030405-resnet_tabular-tabular-synthetic")
@@ -181,7 +181,7 @@ def test_two_runs_started_in_one_second_get_two_default_folders(
 def test_runs_that_claim_a_default_folder_at_once_get_one_each(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(resnetlab.engine.claim, "datetime", FrozenClock)
+    monkeypatch.setattr(resnetlab.training.claim, "datetime", FrozenClock)
     with ThreadPoolExecutor(8) as pool:
         folders = list(pool.map(lambda _: default_run_dir("resnet20-digits"), range(16)))
     assert len(set(folders)) == 16 and all(folder.is_dir() for folder in folders)

@@ -25,18 +25,21 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import resnetlab.engine.files
+import resnetlab.files
+from resnetlab.checkpoints.checkpoint import load_checkpoint
+from resnetlab.checkpoints.state import STATE_FILE, STATE_KEYS, load_state
+from resnetlab.checkpoints.state_dicts import read_weights
+from resnetlab.checkpoints.weights import load_pretrained
 from resnetlab.cli import main
-from resnetlab.engine import run as run_module
-from resnetlab.engine.batches import make_loader
-from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.files import writing
-from resnetlab.engine.precision import resolve_precision
-from resnetlab.engine.run import train_one_epoch
-from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.state import STATE_FILE, STATE_KEYS, load_state
-from resnetlab.engine.state_dicts import read_weights
-from resnetlab.engine.step import (
+from resnetlab.errors import ResnetlabError
+from resnetlab.files import writing
+from resnetlab.models import create_model
+from resnetlab.runtime.precision import resolve_precision
+from resnetlab.training import run as run_module
+from resnetlab.training.batches import make_loader
+from resnetlab.training.run import train_one_epoch
+from resnetlab.training.rundir import RunDir
+from resnetlab.training.step import (
     EpochTally,
     LossFn,
     Normalizer,
@@ -44,9 +47,6 @@ from resnetlab.engine.step import (
     TrainStep,
     make_loss,
 )
-from resnetlab.engine.weights import load_pretrained
-from resnetlab.errors import ResnetlabError
-from resnetlab.models import create_model
 
 # resnet_tabular on tabular-synthetic's 800 training rows: 8 steps of 100 rows per epoch.
 STEPS_PER_EPOCH = 8
@@ -276,7 +276,7 @@ def fail_renames(monkeypatch: pytest.MonkeyPatch, name: str, after: int) -> None
                 raise OSError(errno.ENOSPC, NO_SPACE)
         real_replace(src, dst)
 
-    monkeypatch.setattr(resnetlab.engine.files.os, "replace", replace)
+    monkeypatch.setattr(resnetlab.files.os, "replace", replace)
 
 
 # The epoch a run's file is from.
@@ -357,7 +357,7 @@ def test_a_run_folder_s_file_rewritten_on_a_full_disk_keeps_its_last_version(
     def full(*_: object) -> None:
         raise OSError(errno.ENOSPC, NO_SPACE)
 
-    monkeypatch.setattr(resnetlab.engine.files.os, "replace", full)
+    monkeypatch.setattr(resnetlab.files.os, "replace", full)
     expected = rf"^run/{re.escape(name)}: cannot write .*{NO_SPACE}.*{re.escape(name)} is intact"
     with pytest.raises(ResnetlabError, match=expected), RunDir("run") as run:
         REPLACED_FILES[name](run)

@@ -22,10 +22,10 @@ from fastapi import FastAPI
 from helpers import assert_one_line_error, make_squares, run_cli
 from PIL import Image
 
-from resnetlab.commands.serve import listen
-from resnetlab.engine.predictor import load
+from resnetlab.inference.predictor import load
 from resnetlab.serve.app import STATIC, create_app
 from resnetlab.serve.batcher import Batcher
+from resnetlab.serve.server import listen
 
 LIMIT = 64 * 1024  # bytes per upload in these tests
 MAX_PIXELS = 1_000_000

@@ -16,9 +16,9 @@ from helpers import assert_one_line_error, run_cli
 from resnetlab.bench.config import BenchConfig
 from resnetlab.cli import build_parser, main
 from resnetlab.cli.pack import PackConfig
+from resnetlab.config.finetune import FinetuneConfig
+from resnetlab.config.train import LrRange, TrainConfig
 from resnetlab.detection.config import DetectConfig
-from resnetlab.engine.config import LrRange, TrainConfig
-from resnetlab.engine.finetune_config import FinetuneConfig
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.config import (
     CaseStudyConfig,

@@ -16,15 +16,15 @@ from helpers import assert_one_line_error, crash_after_state, make_folder, run_c
 from PIL import Image
 from test_distributed import two_processes
 
+from resnetlab.checkpoints.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.data import DataBundle, ImageOptions, load_data
 from resnetlab.data.pack import pack_folder
 from resnetlab.data.shard_stream import SHUFFLE_BUFFER, buffer_shuffle, lane_batches
 from resnetlab.data.shards import expand_braces
-from resnetlab.engine.batches import BatchOrder
-from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.run import resume_config, resume_run
-from resnetlab.engine.rundir import fingerprint
+from resnetlab.training.batches import BatchOrder
+from resnetlab.training.run import resume_config, resume_run
+from resnetlab.training.rundir import fingerprint
 
 TRAIN = ["train", "--epochs", "2", "--batch-size", "8", "--quiet"]
 

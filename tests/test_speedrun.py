@@ -12,13 +12,21 @@ import yaml
 from helpers import assert_one_line_error, crash_after_state, make_folder, run_cli
 from safetensors.torch import load_file
 
+from resnetlab.checkpoints.state import STATE_FILE, load_state
 from resnetlab.cli import main
-from resnetlab.engine import run
-from resnetlab.engine.budget import MARGIN_S, MARGIN_SHARE, Length, Pace, Speed, fit_length, pace_of
-from resnetlab.engine.optim import lr_factor
-from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.state import STATE_FILE, load_state
 from resnetlab.models import create_model
+from resnetlab.training import run
+from resnetlab.training.budget import (
+    MARGIN_S,
+    MARGIN_SHARE,
+    Length,
+    Pace,
+    Speed,
+    fit_length,
+    pace_of,
+)
+from resnetlab.training.optim import lr_factor
+from resnetlab.training.rundir import fingerprint
 
 # 40 training images in 5 batches of 8, 10 validation images
 RECIPE = [

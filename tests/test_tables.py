@@ -16,18 +16,18 @@ from helpers import assert_one_line_error, run_cli
 from sklearn.preprocessing import QuantileTransformer
 from test_resume import crash_after_state
 
+from resnetlab.checkpoints.checkpoint import load_checkpoint
 from resnetlab.cli import main
-from resnetlab.commands.predict import predict_inputs
 from resnetlab.data import TableOptions, load_data
 from resnetlab.data.preprocess import quantile_normal
 from resnetlab.data.splits import SplitIndices, record_split, unpack_ints
 from resnetlab.data.tabular import infer_task, load_table, read_inputs, read_table, row_names
-from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.checkpoint_data import load_data_like
-from resnetlab.engine.reports import epoch_line
-from resnetlab.engine.rundir import fingerprint
-from resnetlab.engine.step import make_loss
 from resnetlab.errors import ResnetlabError
+from resnetlab.inference.checkpoint_data import load_data_like
+from resnetlab.inference.predictor import predict_inputs
+from resnetlab.training.reports import epoch_line
+from resnetlab.training.rundir import fingerprint
+from resnetlab.training.step import make_loss
 
 
 @pytest.fixture(autouse=True)

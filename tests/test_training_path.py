@@ -16,17 +16,17 @@ from helpers import make_folder
 from safetensors.torch import load_file
 from torch import nn
 
+from resnetlab.checkpoints.checkpoint import read_header
 from resnetlab.cli import main
-from resnetlab.commands.evaluate import EvalConfig, evaluate
-from resnetlab.commands.train import train
+from resnetlab.config.train import TrainConfig
 from resnetlab.data.augment import BatchAugment, normalize_batch
 from resnetlab.data.cache import relative_paths
 from resnetlab.data.folder import scan_image_folder
 from resnetlab.data.splits import unpack_ints
-from resnetlab.engine.checkpoint import read_header
-from resnetlab.engine.config import TrainConfig
+from resnetlab.inference.evaluate import EvalConfig, evaluate
 from resnetlab.models import create_model, registry
 from resnetlab.models.registry import ModelSpec
+from resnetlab.training.train import train
 
 
 def test_alternating_flips_get_each_samples_index(

@@ -12,9 +12,9 @@ import torchvision
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from resnetlab.engine.checkpoint import read_header, save_checkpoint
-from resnetlab.engine.state_dicts import infer_model, read_weights
-from resnetlab.engine.weights import adapt_input_channels, load_pretrained, load_weights
+from resnetlab.checkpoints.checkpoint import read_header, save_checkpoint
+from resnetlab.checkpoints.state_dicts import infer_model, read_weights
+from resnetlab.checkpoints.weights import adapt_input_channels, load_pretrained, load_weights
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 

@@ -17,10 +17,10 @@ from typing import Any as _Any
 _API = {
     "create_model": "resnetlab.models.registry",
     "list_models": "resnetlab.models.registry",
-    "TrainConfig": "resnetlab.engine.config",
-    "train": "resnetlab.commands.train",
-    "load": "resnetlab.engine.predictor",
-    "Predictor": "resnetlab.engine.predictor",
+    "TrainConfig": "resnetlab.config.train",
+    "train": "resnetlab.training.train",
+    "load": "resnetlab.inference.predictor",
+    "Predictor": "resnetlab.inference.predictor",
 }
 __all__ = sorted(_API)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from resnetlab.engine.config import TrainConfig
+from resnetlab.config.train import TrainConfig
 from resnetlab.settings import at_least_one, check_settings, setting, shared
 
 MODES = ("train", "infer")

@@ -1,10 +1,10 @@
-"""What the machine is: its name (its matmul ceiling is measured by ``engine/matmul.py``)."""
+"""What the machine is: its name (its matmul ceiling is measured by ``runtime/matmul.py``)."""
 
 from __future__ import annotations
 
 import torch
 
-from resnetlab.engine.matmul import cpu_name
+from resnetlab.runtime.matmul import cpu_name
 
 
 def machine_name(device: torch.device) -> str:

@@ -13,13 +13,15 @@ import torch
 import torchvision
 from torch import nn
 
+from resnetlab.config.train import TrainConfig
 from resnetlab.data.augment import BatchAugment
-from resnetlab.engine.batches import BatchOrder, TensorBatches
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.optim import build_optimizer, build_scheduler
-from resnetlab.engine.precision import Precision, bf16_supported, resolve_precision
-from resnetlab.engine.run import train_one_epoch
-from resnetlab.engine.step import (
+from resnetlab.errors import ResnetlabError
+from resnetlab.models import create_model, get_model_spec
+from resnetlab.runtime.precision import Precision, bf16_supported, resolve_precision
+from resnetlab.training.batches import BatchOrder, TensorBatches
+from resnetlab.training.optim import build_optimizer, build_scheduler
+from resnetlab.training.run import train_one_epoch
+from resnetlab.training.step import (
     EpochTally,
     InferenceModel,
     Normalizer,
@@ -27,8 +29,6 @@ from resnetlab.engine.step import (
     make_loss,
     predict,
 )
-from resnetlab.errors import ResnetlabError
-from resnetlab.models import create_model, get_model_spec
 
 # the user's loops, in a resnetlab checkout (src/resnetlab/bench/rows.py -> benchmarks/)
 USER_LOOP = Path(__file__).resolve().parents[3] / "benchmarks" / "user_loop.py"
@@ -217,7 +217,7 @@ def inference_rows(
 def _int8_row(work: Workload) -> Row:
     """`resnetlab quantize`'s network (onnxruntime, static int8, per-channel weights),
     calibrated on random inputs (speed only), fed through the same ``predict``."""
-    from resnetlab.engine.int8 import int8_network
+    from resnetlab.inference.int8 import int8_network
 
     network = int8_network(work.resnetlab_model().eval(), work.input_shape, batch_size=work.batch)
     x, y = work.images(work.steps)

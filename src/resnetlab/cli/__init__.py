@@ -32,7 +32,7 @@ from resnetlab.cli import (
     serve,
     train,
 )
-from resnetlab.engine.recipes import recipe_defaults
+from resnetlab.config.recipes import recipe_defaults
 from resnetlab.errors import ResnetlabError, RunStopped
 
 COMMANDS = (
@@ -114,7 +114,7 @@ def _read_config(args: argparse.Namespace) -> dict[str, Any]:
 def _resumed_run_values(run_dir: str, command: str) -> dict[str, Any]:
     """The settings of the run to resume, as flag defaults (flags given override them, and
     the engine refuses any that would change what the run learns)."""
-    from resnetlab.engine.run import resume_config  # torch: only when resuming
+    from resnetlab.training.run import resume_config  # torch: only when resuming
 
     return _as_flag_values(resume_config(run_dir, command).to_dict())
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parse(sys.argv[1:] if argv is None else argv)
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
-        distributed = sys.modules.get("resnetlab.engine.distributed")  # imported if it ran
+        distributed = sys.modules.get("resnetlab.runtime.distributed")  # imported if it ran
         if distributed is not None and distributed.left_cleanly():
             _exit_now()
     except RunStopped as stop:

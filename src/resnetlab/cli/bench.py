@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.bench import bench
+    from resnetlab.bench.measure import bench
 
     print(format_table(bench(config_from_args(BenchConfig, args))))
 

@@ -9,8 +9,8 @@ from functools import partial
 
 from resnetlab.cli.common import NestedParser
 from resnetlab.cli.flags import add_settings, config_from_args
+from resnetlab.config.train import DEVICE_HELP
 from resnetlab.detection.config import DetectConfig
-from resnetlab.engine.config import DEVICE_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,13 +58,13 @@ def _register_predict(actions: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from resnetlab.commands.detect import detect_train
+    from resnetlab.detection.detect import detect_train
 
     detect_train(config_from_args(DetectConfig, args))
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from resnetlab.commands.detect import detect_eval
+    from resnetlab.detection.detect import detect_eval
 
     result = detect_eval(args.checkpoint, args.data, args.split, args.batch_size, args.device)
     if args.json:
@@ -77,7 +77,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from resnetlab.commands.detect import detect_predict
+    from resnetlab.detection.detect import detect_predict
 
     results = detect_predict(args.checkpoint, args.inputs, args.out, args.threshold, args.device)
     if args.json:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from resnetlab.cli.flags import add_settings, config_from_args
-from resnetlab.engine.config import TTAS, TrainConfig
+from resnetlab.config.train import TTAS, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.evaluate import EvalConfig, evaluate
+    from resnetlab.inference.evaluate import EvalConfig, evaluate
 
     report = evaluate(config_from_args(EvalConfig, args))
     if args.json:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
     if "loaded" in report:
         print(report["loaded"])
     if "rmse" in report:
-        from resnetlab.engine.metrics import headline
+        from resnetlab.training.metrics import headline
 
         print(
             f"{report['model']} on {report['samples']} {report['split']} rows: {headline(report)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from resnetlab.engine.config import DEVICE_HELP, EXPLAIN_METHODS
+from resnetlab.config.train import DEVICE_HELP, EXPLAIN_METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.explain import explain_images
+    from resnetlab.explain.pictures import explain_images
 
     entries = explain_images(
         args.checkpoint,

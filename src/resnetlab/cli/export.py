@@ -52,7 +52,7 @@ def add_export_flags(p: argparse.ArgumentParser) -> None:
 
 def export_config(args: argparse.Namespace) -> Any:
     """The ``ExportConfig`` of parsed ``args``."""
-    from resnetlab.commands.export import ExportConfig
+    from resnetlab.inference.export import ExportConfig
 
     return ExportConfig(**{f.name: getattr(args, f.name) for f in fields(ExportConfig)})
 
@@ -67,7 +67,7 @@ def print_export(result: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.export import export
+    from resnetlab.inference.export import export
 
     result = export(export_config(args))
     if args.json:

@@ -1,4 +1,4 @@
-"""`resnetlab finetune`: a flag for each ``FinetuneConfig`` field (engine/finetune_config.py)
+"""`resnetlab finetune`: a flag for each ``FinetuneConfig`` field (config/finetune.py)
 but ``--time-budget``; the model, the weights and the strategy first."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import argparse
 from dataclasses import fields
 
 from resnetlab.cli.flags import add_settings, config_from_args
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.finetune_config import FinetuneConfig
+from resnetlab.config.finetune import FinetuneConfig
+from resnetlab.config.train import TrainConfig
 
 # the settings that fine-tuning adds to training's (--strategy, --bn, ...)
 STRATEGY = tuple(
@@ -33,6 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.finetune import finetune
+    from resnetlab.training.finetune import finetune
 
     finetune(config_from_args(FinetuneConfig, args))

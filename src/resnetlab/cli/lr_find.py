@@ -6,8 +6,8 @@ import argparse
 
 from resnetlab.cli.finetune import FIRST, STRATEGY
 from resnetlab.cli.flags import add_settings, config_from_args, in_group
-from resnetlab.engine.config import LONG_RUNS, LrRange, TrainConfig
-from resnetlab.engine.finetune_config import FinetuneConfig
+from resnetlab.config.finetune import FinetuneConfig
+from resnetlab.config.train import LONG_RUNS, LrRange, TrainConfig
 from resnetlab.errors import ResnetlabError
 
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.lr_find import lr_find
+    from resnetlab.training.lr_find import lr_find
 
     if args.weights is None:
         given = [name for name in STRATEGY if getattr(args, name) is not None]

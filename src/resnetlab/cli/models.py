@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> None:
     if args.compare_paper:
         _compare_paper(args)
         return
-    from resnetlab.commands.models import model_table
+    from resnetlab.models.complexity import model_table
 
     rows = model_table(args.family)
     if args.json:

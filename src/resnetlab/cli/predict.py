@@ -6,7 +6,7 @@ import argparse
 import json
 
 from resnetlab.cli.flags import add_settings
-from resnetlab.engine.config import DEVICE_HELP, TrainConfig
+from resnetlab.config.train import DEVICE_HELP, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.predict import predict_inputs
+    from resnetlab.inference.predictor import predict_inputs
 
     results = predict_inputs(
         args.checkpoint, args.inputs, topk=args.topk, device=args.device, compile=args.compile

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.export import quantize
+    from resnetlab.inference.export import quantize
 
     result = quantize(export_config(args))
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from resnetlab.engine.config import DEVICE_HELP, EXPLAIN_METHODS
+from resnetlab.config.train import DEVICE_HELP, EXPLAIN_METHODS
 from resnetlab.serve.batcher import MAX_BATCH
 
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.serve import serve
+    from resnetlab.serve.server import serve
 
     serve(
         args.checkpoint,

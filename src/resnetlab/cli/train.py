@@ -1,11 +1,11 @@
-"""`resnetlab train`: a flag for each ``TrainConfig`` field (engine/config.py)."""
+"""`resnetlab train`: a flag for each ``TrainConfig`` field (config/train.py)."""
 
 from __future__ import annotations
 
 import argparse
 
 from resnetlab.cli.flags import add_settings, config_from_args
-from resnetlab.engine.config import TrainConfig
+from resnetlab.config.train import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the subcommand with parsed ``args``."""
-    from resnetlab.commands.train import train
-    from resnetlab.engine.config import AUTO_MODEL
+    from resnetlab.config.train import AUTO_MODEL
+    from resnetlab.training.train import train
 
     cfg = config_from_args(TrainConfig, args)
     if args.model is None and args.weights:

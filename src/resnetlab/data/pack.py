@@ -39,8 +39,8 @@ from resnetlab.data.folder import Sample, scan_splits, split_folders
 from resnetlab.data.image_parquet import HF_METADATA, SUFFIX
 from resnetlab.data.shards import INDEX_FILE, INDEX_FORMAT, LABEL_SUFFIX
 from resnetlab.data.tabular import require_pyarrow
-from resnetlab.engine.files import writable_folder, write_atomically
 from resnetlab.errors import ResnetlabError
+from resnetlab.files import writable_folder, write_atomically
 
 T = TypeVar("T")
 PARQUET_ROW_GROUP = 100  # rows: the datasets library's row groups for image sets

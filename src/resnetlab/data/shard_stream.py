@@ -44,7 +44,7 @@ Position = tuple[int, int]  # (shard, sample number within the shard, in byte or
 
 
 class BatchPlan(Protocol):
-    """Which batches an epoch has (``engine.batches.BatchOrder``): ``batch_size`` is the global
+    """Which batches an epoch has (``training.batches.BatchOrder``): ``batch_size`` is the global
     batch, shared by ``world`` processes; the loader starts at batch ``start`` of ``epoch``."""
 
     batch_size: int

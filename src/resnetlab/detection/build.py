@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from resnetlab.checkpoints.state_dicts import WeightsFile
+from resnetlab.checkpoints.weights import load_pretrained, source_preprocessing
 from resnetlab.detection.config import DetectConfig
 from resnetlab.detection.model import IMAGENET_MEAN, IMAGENET_STD, DetectorSpec, build_detector
-from resnetlab.engine.state_dicts import WeightsFile
-from resnetlab.engine.weights import load_pretrained, source_preprocessing
 
 
 def start_detector(

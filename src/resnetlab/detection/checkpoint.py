@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from resnetlab.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.detection.model import DetectorSpec, build_detector
-from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.errors import ResnetlabError
 
 KIND = "detector"

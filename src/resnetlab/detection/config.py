@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from resnetlab.engine.config import TrainConfig
+from resnetlab.config.train import TrainConfig
 from resnetlab.errors import ResnetlabError
 from resnetlab.settings import at_least_one, check_settings, non_negative, positive, setting, shared
 

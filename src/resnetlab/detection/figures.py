@@ -12,8 +12,8 @@ from torch import nn
 from torchvision.utils import draw_bounding_boxes
 
 from resnetlab.detection.data import DetectionSet, Target, detections
-from resnetlab.engine.files import unique_name, write_atomically, writing
-from resnetlab.engine.reports import plt
+from resnetlab.files import unique_name, write_atomically, writing
+from resnetlab.training.reports import plt
 
 SCORE_THRESHOLD = 0.5  # boxes drawn: at least this score
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnetlab.checkpoints.state import capture_rng, load_state, restore_rng, save_state
 from resnetlab.detection.checkpoint import save_detector
 from resnetlab.detection.config import DetectConfig
 from resnetlab.detection.data import (
@@ -28,11 +29,10 @@ from resnetlab.detection.data import (
 )
 from resnetlab.detection.figures import draw_samples, plot_detection_curves
 from resnetlab.detection.metrics import evaluate_detector
-from resnetlab.engine.distributed import World
-from resnetlab.engine.optim import lr_factor
-from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.state import capture_rng, load_state, restore_rng, save_state
 from resnetlab.errors import ResnetlabError
+from resnetlab.runtime.distributed import World
+from resnetlab.training.optim import lr_factor
+from resnetlab.training.rundir import RunDir
 
 STATE_KEYS = frozenset(
     {"config", "spec", "model", "optimizer", "scheduler", "epoch", "step", "loss_sum",

@@ -22,18 +22,18 @@ import numpy as np
 import torch
 
 from resnetlab import scratch
+from resnetlab.config.train import TrainConfig
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
-from resnetlab.engine.baselines import LOGISTIC as LINEAR_BASELINE
-from resnetlab.engine.baselines import fit_baselines, standardised_arrays
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.rundir import RunDir
 from resnetlab.experiments.common import (
     experiment_dir,
     markdown_table,
     train_on_bundle,
 )
 from resnetlab.experiments.config import CaseStudyConfig
+from resnetlab.training.baselines import LOGISTIC as LINEAR_BASELINE
+from resnetlab.training.baselines import fit_baselines, standardised_arrays
+from resnetlab.training.rundir import RunDir
 
 ARTICLE_ACCURACY = 92.5  # the article's sec. 5.4
 DATA = "tabular-synthetic"

@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
+from resnetlab.config.train import TrainConfig
 from resnetlab.data.bundle import DataBundle
-from resnetlab.engine.claim import open_run_dir
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.run import Start, TrainResult, single_phase, train_in_run
-from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.start import build_for_data, checkpoint_header, resolve_for_data
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import get_model_spec
+from resnetlab.training.claim import open_run_dir
+from resnetlab.training.run import Start, TrainResult, single_phase, train_in_run
+from resnetlab.training.rundir import RunDir
+from resnetlab.training.start import build_for_data, checkpoint_header, resolve_for_data
 
 FAMILIES = {"plain": "plain", "cifar": "residual"}  # registry family -> experiment family
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from resnetlab.engine.config import SCHEDULES, TrainConfig
-from resnetlab.engine.recipes import recipe_defaults
+from resnetlab.config.recipes import recipe_defaults
+from resnetlab.config.train import SCHEDULES, TrainConfig
 from resnetlab.errors import ResnetlabError
 from resnetlab.settings import at_least_one, check_settings, non_negative, positive, setting, shared
 
@@ -39,7 +39,7 @@ class Preset:
     augment: bool  # the paper's 4-pixel padded crops and horizontal flips
     warmup_epochs: float  # linear lr warmup
     zero_init_residual: bool  # ResNets start with each residual branch's last BN at zero
-    schedule: str  # lr schedule (engine.optim.lr_factor): "step" is the paper's
+    schedule: str  # lr schedule (training.optim.lr_factor): "step" is the paper's
 
 
 # The paper's schedule and data (sec. 4.2), on a GPU about an hour per network.

@@ -20,11 +20,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
+from resnetlab.config.train import TrainConfig
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle, dataset_tensors
-from resnetlab.engine.batches import BatchOrder
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.rundir import RunDir
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.common import (
     describe_network,
@@ -43,6 +41,8 @@ from resnetlab.experiments.report import (
     final_train_error,
     write_degradation_report,
 )
+from resnetlab.training.batches import BatchOrder
+from resnetlab.training.rundir import RunDir
 
 
 def degradation_verdict(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Verdict:

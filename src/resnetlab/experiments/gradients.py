@@ -17,19 +17,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from resnetlab.config.train import TrainConfig
 from resnetlab.data import load_data
-from resnetlab.engine.batches import BatchOrder, make_loader
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.optim import build_optimizer, build_scheduler
-from resnetlab.engine.precision import Precision, resolve_device, resolve_precision
-from resnetlab.engine.run import train_one_epoch
-from resnetlab.engine.rundir import RunDir
-from resnetlab.engine.step import EpochTally, LossFn, Normalizer, TrainStep, make_loss
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.common import describe_network, experiment_dir, markdown_table
 from resnetlab.experiments.config import GradientConfig
 from resnetlab.experiments.figures import plot_gradients
 from resnetlab.models import create_model
+from resnetlab.runtime.precision import Precision, resolve_device, resolve_precision
+from resnetlab.training.batches import BatchOrder, make_loader
+from resnetlab.training.optim import build_optimizer, build_scheduler
+from resnetlab.training.run import train_one_epoch
+from resnetlab.training.rundir import RunDir
+from resnetlab.training.step import EpochTally, LossFn, Normalizer, TrainStep, make_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

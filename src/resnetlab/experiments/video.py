@@ -23,10 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from resnetlab.config.train import TrainConfig
 from resnetlab.data import load_data
 from resnetlab.data.bundle import DataBundle
-from resnetlab.engine.config import TrainConfig
-from resnetlab.engine.rundir import RunDir
 from resnetlab.errors import ResnetlabError
 from resnetlab.experiments.common import (
     duration,
@@ -38,6 +37,7 @@ from resnetlab.experiments.common import (
 from resnetlab.experiments.config import VideoConfig
 from resnetlab.models import get_model_spec
 from resnetlab.models.complexity import format_count
+from resnetlab.training.rundir import RunDir
 
 TARGET, CONTROL_MARGIN = 90.0, 10.0  # the 3-D network's test accuracy; controls' distance
 

@@ -1,14 +1,17 @@
-"""Model complexity: parameter and multiply-add counts, and a per-name summary."""
+"""Model complexity: parameter and multiply-add counts, a per-name summary and the table of
+every model (`resnetlab models`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from resnetlab.models.registry import create_model, get_model_spec
+from resnetlab.errors import ResnetlabError
+from resnetlab.models.registry import create_model, get_model_spec, list_models
 
 _UNITS = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3))
 
@@ -73,3 +76,28 @@ def format_count(n: float) -> str:
         if abs(rounded) >= scale:
             return f"{rounded / scale:.3g}{unit}"
     return f"{rounded:.3g}"
+
+
+def model_table(family: str | None = None) -> list[dict[str, Any]]:
+    """Name, family, parameters and multiply-adds at the default input, for each model."""
+    names = list_models(family)
+    if not names:
+        families = sorted({get_model_spec(n).family for n in list_models()})
+        raise ResnetlabError(
+            f"--family: unknown family {family!r} (choose from {', '.join(families)})"
+        )
+    rows = []
+    for name in names:
+        s = summarize(name)
+        rows.append(
+            {
+                "name": s.name,
+                "family": s.family,
+                "params": s.params,
+                "macs": s.macs,
+                "params_human": format_count(s.params),
+                "macs_human": format_count(s.macs),
+                "input_shape": list(s.input_shape),
+            }
+        )
+    return rows

@@ -15,9 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from resnetlab.engine.explain import Explainer
-from resnetlab.engine.overlay import caption, overlay, png_bytes
-from resnetlab.engine.predictor import Predictor
+from resnetlab.explain.cam import Explainer
+from resnetlab.explain.overlay import caption, overlay, png_bytes
+from resnetlab.inference.predictor import Predictor
 from resnetlab.serve.batcher import MAX_BATCH, Batcher
 from resnetlab.serve.upload import UploadRefused, read_upload
 

@@ -1,0 +1,1 @@
+"""Where a network looks: class activation maps (cam.py), their overlays and pictures."""
