@@ -170,10 +170,12 @@ def joined(device: str, timeout: float = DIST_TIMEOUT) -> Iterator[World]:
     succeeds, every process waits for the others and shuts the group down (``left_cleanly``
     then holds). When it fails, the error goes on at once: torchrun stops the other processes,
     and a barrier or a shutdown here could wait for a process that never comes. A process
-    that loses another (gone, or silent for ``timeout`` seconds) stops with ``LostProcess``."""
+    that loses another (gone, or silent for ``timeout`` seconds), or that another never
+    joins (e.g. rank 0 stopped at its command line), stops with ``LostProcess``."""
     global _left_cleanly
-    world = start_world(resolve_device(device), timeout)
+    world = launched_world()
     try:
+        start_world(resolve_device(device), timeout)
         yield world
         if world.distributed:
             dist.barrier()
@@ -204,7 +206,7 @@ def lost_process(world: World, exc: Exception, timeout: float) -> LostProcess:
     other one, in a world of two) or the peer that the backend names, why, and how to go on
     (states are only ever written whole, on rank 0's machine)."""
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    reason = re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0]  # no source location
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0].rstrip(".")  # no source path
     others = [rank for rank in range(world.size) if rank != world.rank]
     who = f"rank {others[0]}" if len(others) == 1 else "a process"
     return LostProcess(
