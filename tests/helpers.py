@@ -3,7 +3,10 @@ simulated crash, and comparing networks."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -129,3 +132,24 @@ def wait_into_next_save(
         return False
     time.sleep(rng.uniform(0.0, time.time() - seen))
     return True
+
+
+def signal_torchrun(launcher: subprocess.Popen[bytes], number: signal.Signals) -> None:
+    """Send signal ``number`` to a torchrun launcher started in a session of its own, and to
+    its workers, which torchrun starts each in a session of its own too."""
+    workers = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _parent(entry) == launcher.pid
+    ]
+    for pid in (launcher.pid, *workers):
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.killpg(pid, number)
+
+
+def _parent(process: Path) -> int | None:
+    """The parent's pid of the process in /proc/<pid> (None: it ended meanwhile)."""
+    try:
+        return int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

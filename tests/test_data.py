@@ -266,7 +266,7 @@ def test_missing_source_and_misplaced_flags() -> None:
     missing = "--data: no such file or directory: 'nowhere/x.csv'"
     with pytest.raises(ResnetlabError, match=re.escape(missing)):
         load_data("nowhere/x.csv", target="t")
-    with pytest.raises(ResnetlabError, match="--target applies to table files and image Parquet only"):
+    with pytest.raises(ResnetlabError, match="--target applies to table files and image Parquet"):
         load_data("digits", target="label")
     with pytest.raises(ResnetlabError, match="--in-chans must be 1 or 3"):
         load_data("digits", in_chans=2)

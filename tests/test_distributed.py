@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import wait_for_state, wait_into_next_save
+from helpers import signal_torchrun, wait_for_state, wait_into_next_save
 from safetensors.torch import load_file
 
 from resnetlab.checkpoints.checkpoint import load_checkpoint
@@ -75,26 +75,30 @@ def two_processes(argv: list[str], where: Path) -> tuple[list[int], str]:
 
 
 def start_two(
-    argv: list[str], where: Path, env: dict[str, str] | None = None
+    argv: list[str], where: Path, env: dict[str, str] | None = None, where_1: Path | None = None
 ) -> list[subprocess.Popen[bytes]]:
     """``resnetlab ARGV`` (tests/dist_worker.py, with ``env`` added) in 2 processes started as
     torchrun would start them (without its launcher, whose start-up costs seconds), meeting
-    over gloo on a free local port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    over gloo on a free local port; rank 1 in ``where_1`` if given (another machine's files)."""
     env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}  # fmt: skip
+           "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}  # fmt: skip
     return [
         subprocess.Popen(
             [sys.executable, str(WORKER), *argv],
-            cwd=where,
+            cwd=where_1 if rank == 1 and where_1 is not None else where,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
         )
         for rank in range(2)
     ]
+
+
+def free_port() -> int:
+    """A local TCP port that no process listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_a_used_run_folder_stops_every_process_and_overwrite_replaces_it_once(
@@ -148,7 +152,7 @@ def test_a_killed_two_process_run_resumes_exactly(tmp_path: Path) -> None:
     state = where / "run" / STATE_FILE
     assert wait_for_state(where / "run", process, newer_than=0)
     assert wait_into_next_save(where / "run", process, random.Random(0))  # within steps 8 to 12
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both processes
+    signal_torchrun(process, signal.SIGKILL)  # the launcher and both processes
     process.wait()
     killed_at = load_state(state)["steps_done"]
     assert 0 < killed_at < 44 and load_state(state)["world"] == 2

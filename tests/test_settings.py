@@ -30,7 +30,7 @@ from resnetlab.settings import resumable
 
 LONG_RUNS = {
     "resume", "save_every", "save_every_minutes", "on_nan", "max_nan_steps", "clip_grad",
-    "resume_any_world", "sync_bn", "tensorboard",
+    "resume_any_world", "dist_timeout", "sync_bn", "tensorboard",
 }  # fmt: skip
 # each generated parser: the configs whose fields are its flags, and the fields with no flag
 GENERATED = {
@@ -100,6 +100,7 @@ def test_what_a_resume_may_change() -> None:
     expected = {
         "epochs", "limit_steps", "quiet", "workers", "out", "resume", "cache_dir",
         "save_every", "save_every_minutes", "tensorboard", "resume_any_world", "overwrite",
+        "dist_timeout",
     }  # fmt: skip
     assert resumable(TrainConfig) == resumable(FinetuneConfig) == expected
 

@@ -15,3 +15,9 @@ class RunStopped(ResnetlabError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class LostProcess(ResnetlabError):
+    """Under torchrun, a collective failed: another process is gone (its machine killed or
+    cut off) or did not answer within --dist-timeout. Every process that remains says so,
+    not rank 0 alone, which may be the one lost."""

@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -33,7 +33,7 @@ from resnetlab.cli import (
     train,
 )
 from resnetlab.config.recipes import recipe_defaults
-from resnetlab.errors import ResnetlabError, RunStopped
+from resnetlab.errors import LostProcess, ResnetlabError, RunStopped
 
 COMMANDS = (
     train, finetune, lr_find, evaluate, predict, explain, export, quantize, serve, models,
@@ -66,7 +66,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
     values = _read_config(args) if args.config else {}
-    if args.command in ("train", "finetune") and args.resume:  # `detect train` has its own
+    # `detect train` has its own; under torchrun rank 0 alone reads the run's state and gives
+    # the other processes its config (commands: ``check_on_main``)
+    if args.command in ("train", "finetune") and args.resume and _on_rank_0():
         values = {**_resumed_run_values(args.resume, args.command), **values}
     recipe = values.get("recipe") or getattr(args, "recipe", None) or _default_recipe(args, values)
     if recipe:
@@ -143,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as stop:
         _say(f"resnetlab: {stop}")
         return stop.exit_code
+    except LostProcess as lost:  # every process that remains says it: rank 0 may be lost
+        print(f"resnetlab: error: {lost}", file=sys.stderr)
+        _exit_now(2)  # its process group is broken: tearing it down could wait or abort
     except ResnetlabError as exc:
         _say(f"resnetlab: error: {exc}")
         return 2
@@ -154,20 +159,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _exit_now() -> None:
+def _exit_now(status: int = 0) -> NoReturn:
     """End a distributed run that succeeded (all processes met, its process group is shut
-    down, its files are closed) with status 0, skipping the interpreter's finalisation: there,
-    gloo's threads can still abort the process ("terminate called without an active
-    exception"), and torchrun would report the whole job as failed."""
+    down, its files are closed) with status 0, or one that lost a process with ``status``,
+    skipping the interpreter's finalisation: there, gloo's threads can still abort the process
+    ("terminate called without an active exception"), and torchrun would report the whole job
+    as failed."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def _say(line: str) -> None:
     """Print a line to stderr; under torchrun, from rank 0 only (every rank fails alike)."""
-    if os.environ.get("RANK", "0") == "0":
+    if _on_rank_0():
         print(line, file=sys.stderr)
+
+
+def _on_rank_0() -> bool:
+    """Whether this process is rank 0 under torchrun, or runs alone."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _reader_went_away() -> int:

@@ -41,6 +41,10 @@ DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: auto, a GPU where there is one)"
 IMAGES = "images: recipes, augmentation and folders"
 TABLES = "tables: reading, preprocessing, task, comparison"
 LONG_RUNS = "long runs: resume, stops, non-finite losses"
+# --dist-timeout's default, in seconds: a lost machine stops the others within it (torch's own
+# default is 30 minutes for gloo); it also bounds how long a machine's processes wait for its
+# first one to build the decode cache
+DIST_TIMEOUT = 300.0
 
 
 def _column_list(text: str) -> list[str]:
@@ -415,6 +419,17 @@ class TrainConfig:
         False,
         group=LONG_RUNS,
         help="resume with another number of torchrun processes (the run is no longer exact)",
+        resumable=True,
+    )
+    dist_timeout: float = setting(
+        DIST_TIMEOUT,
+        group=LONG_RUNS,
+        metavar="SECONDS",
+        help="torchrun: a process that waits this long in a collective (another machine "
+        "killed or cut off) stops the run with a line naming the lost rank; the last state "
+        "stays on rank 0's disk for --resume (default: %(default)s)",
+        check=positive,
+        error="{flag} must be a positive number of seconds (got {value})",
         resumable=True,
     )
     sync_bn: bool = setting(

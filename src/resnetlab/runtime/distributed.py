@@ -2,23 +2,31 @@
 launched by ``torchrun``, which sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE.
 
 Without those variables (or with a world of one) everything here is a no-op, so the same code
-runs in one process.
+runs in one process. Across machines, rank 0 alone reads the run's files (``World.on_main``),
+each machine builds its own caches (``World.main_first``), and a process that loses another
+stops with one line naming it (``joined``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from resnetlab.errors import ResnetlabError
+from resnetlab.config.train import DIST_TIMEOUT
+from resnetlab.data.cache import default_workers
+from resnetlab.errors import LostProcess, ResnetlabError
 from resnetlab.runtime.precision import resolve_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,12 +54,31 @@ class World:
 
     @contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (e.g. builds a cache), then the others do."""
-        if not self.is_main:
+        """Each machine's first process (LOCAL_RANK 0) runs the block first (e.g. builds the
+        machine's cache), then the machine's other processes do."""
+        first = self.local_rank == 0
+        if not first:
             self.barrier()
         yield
-        if self.is_main:
+        if first:
             self.barrier()
+
+    def on_main(self, read: Callable[[], T]) -> T:
+        """``read()``'s result on every process, rank 0 alone calling it (it reads what only
+        rank 0's machine may have: the run folder, a --weights file). A ``ResnetlabError``
+        that it raises stops every process with the same line."""
+        if not self.distributed:
+            return read()
+        answer: tuple[Any, str | None] | None = None
+        if self.is_main:
+            try:
+                answer = (read(), None)
+            except ResnetlabError as exc:
+                answer = (None, str(exc))
+        value, error = self.broadcast(answer)
+        if error is not None:
+            raise ResnetlabError(error)
+        return value
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value``, on every process."""
@@ -138,18 +165,55 @@ _left_cleanly = False  # set once a distributed run has shut its process group d
 
 
 @contextmanager
-def joined(device: str) -> Iterator[World]:
+def joined(device: str, timeout: float = DIST_TIMEOUT) -> Iterator[World]:
     """This process in the run's process group (``start_world``) for the block. When the block
     succeeds, every process waits for the others and shuts the group down (``left_cleanly``
     then holds). When it fails, the error goes on at once: torchrun stops the other processes,
-    and a barrier or a shutdown here could wait for a process that never comes."""
+    and a barrier or a shutdown here could wait for a process that never comes. A process
+    that loses another (gone, or silent for ``timeout`` seconds), or that another never
+    joins (e.g. rank 0 stopped at its command line), stops with ``LostProcess``."""
     global _left_cleanly
-    world = start_world(resolve_device(device))
-    yield world
+    world = launched_world()
+    try:
+        start_world(resolve_device(device), timeout)
+        yield world
+        if world.distributed:
+            dist.barrier()
+    except Exception as exc:
+        if world.distributed and _from_the_backend(exc):
+            raise lost_process(world, exc, timeout) from None
+        raise
     if world.distributed:
-        dist.barrier()
         dist.destroy_process_group()
         _left_cleanly = True
+
+
+# How gloo's transport words a lost peer in the RuntimeErrors that reach Python from DDP's
+# reducer (its own source path, or a message without it once a timeout closed the pair)
+_GLOO_FAILURES = ("/gloo/", "pair closure", "closed by peer", "reset by peer", "Timed out waiting")
+
+
+def _from_the_backend(exc: Exception) -> bool:
+    """Whether ``exc`` is a collective's failure (NCCL and the store raise ``DistError``s,
+    gloo also plain RuntimeErrors), not the run's own error."""
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(words in str(exc) for words in _GLOO_FAILURES)
+    )
+
+
+def lost_process(world: World, exc: Exception, timeout: float) -> LostProcess:
+    """The one line for a collective that failed on this process: the rank it lost (the
+    other one, in a world of two) or the peer that the backend names, why, and how to go on
+    (states are only ever written whole, on rank 0's machine)."""
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0].rstrip(".")  # no source path
+    others = [rank for rank in range(world.size) if rank != world.rank]
+    who = f"rank {others[0]}" if len(others) == 1 else "a process"
+    return LostProcess(
+        f"lost {who} of the run, rank {world.rank} stops ({reason}; --dist-timeout "
+        f"{timeout:g} s); the last state saved is in rank 0's run folder: continue with the "
+        "same torchrun commands and --resume RUN_DIR"
+    )
 
 
 def left_cleanly() -> bool:
@@ -158,9 +222,11 @@ def left_cleanly() -> bool:
     return _left_cleanly
 
 
-def start_world(device: torch.device) -> World:
-    """Join the run's process group: NCCL for GPUs, gloo for CPUs. On CPUs, each process gets
-    an equal share of this machine's cores, so that the processes do not oversubscribe them."""
+def start_world(device: torch.device, timeout: float = DIST_TIMEOUT) -> World:
+    """Join the run's process group: NCCL for GPUs, gloo for CPUs, its collectives failing
+    after ``timeout`` seconds. On CPUs, each process gets an equal share of the cores that
+    this machine gives the run (its CPU affinity: a container's or ``taskset``'s), so that
+    the machine's processes (LOCAL_WORLD_SIZE) do not oversubscribe them."""
     world = launched_world()
     if not world.distributed or dist.is_initialized():
         return world
@@ -173,9 +239,10 @@ def start_world(device: torch.device) -> World:
         torch.cuda.set_device(world.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     gpu = torch.device("cuda", world.local_rank) if backend == "nccl" else None
-    dist.init_process_group(backend, device_id=gpu)  # a barrier then knows each rank's GPU
+    # device_id: a barrier then knows each rank's GPU
+    dist.init_process_group(backend, device_id=gpu, timeout=timedelta(seconds=timeout))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
-    threads = max(1, (os.cpu_count() or 1) // local)
+    threads = max(1, default_workers() // local)
     torch.set_num_threads(threads)
     if world.is_main:
         print(

@@ -71,17 +71,14 @@ def open_run_dir(
         raise ResnetlabError(
             f"--overwrite starts a new run and --resume {resume} continues one: give one of them"
         )
-    claimed: tuple[str, str | None] | str = (resume or "", None)
-    if not resume and world.is_main:
-        try:
-            path, note = claim_run_dir(out, name, overwrite=overwrite, nested=nested)
-            claimed = (str(path), note)
-        except ResnetlabError as exc:
-            claimed = str(exc)
-    claimed = world.broadcast(claimed)
-    if isinstance(claimed, str):
-        raise ResnetlabError(claimed)
-    path, note = claimed
+
+    def claim() -> tuple[str, str | None]:
+        if resume:
+            return resume, None
+        path, note = claim_run_dir(out, name, overwrite=overwrite, nested=nested)
+        return str(path), note
+
+    path, note = world.on_main(claim)
     if not world.is_main:
         return ReplicaRunDir(path)
     run = RunDir(path)

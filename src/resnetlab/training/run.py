@@ -75,6 +75,7 @@ from resnetlab.training.reports import (
 )
 from resnetlab.training.rundir import TIMINGS, RunDir, progress_enabled
 from resnetlab.training.start import (
+    Config,
     build_for_data,
     check_data_kind,
     checkpoint_header,
@@ -143,6 +144,13 @@ def check_run(cfg: TrainConfig) -> WeightsFile | None:
     return read_weights(cfg.weights) if cfg.weights and not cfg.resume else None
 
 
+def check_on_main(cfg: Config, world: World) -> tuple[Config, WeightsFile | None]:
+    """``check_run`` on rank 0 alone, whose machine has the run folder and the --weights
+    file: every process gets rank 0's config (a resumed run's, which rank 0 alone read) and
+    the weights, or its error."""
+    return world.on_main(lambda: (cfg, check_run(cfg)))
+
+
 @dataclass
 class Start:
     """What a run starts from: its resolved config, the loaded data, the built model, the
@@ -204,7 +212,7 @@ def resume_run(cfg: TrainConfig) -> Start:
     data must be the same files. More epochs, another step limit or another
     number of threads are allowed, with a warning that the run is no longer exact.
     """
-    state = load_state(Path(cfg.resume) / STATE_FILE)
+    state = launched_world().on_main(partial(load_state, Path(cfg.resume) / STATE_FILE))
     _check_command(state, cfg.command, cfg.resume)
     given, saved, may_change = cfg.to_dict(), state["config"], resumable(type(cfg))
     differ = [key for key in given if key not in may_change and given[key] != saved.get(key)]

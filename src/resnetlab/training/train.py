@@ -8,7 +8,7 @@ from pathlib import Path
 from resnetlab.config.train import AUTO_MODEL, TrainConfig
 from resnetlab.runtime.distributed import joined
 from resnetlab.training.claim import open_run_dir, run_name
-from resnetlab.training.run import TrainResult, check_run, single_phase, start_run, train_in_run
+from resnetlab.training.run import TrainResult, check_on_main, single_phase, start_run, train_in_run
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -20,16 +20,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     hold no earlier run (see ``training.claim``), unless ``cfg.overwrite``, which removes it first.
     """
     began = time.perf_counter()
-    weights = check_run(cfg)
-    name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
-    with (
-        joined(cfg.device) as world,
-        open_run_dir(
+    with joined(cfg.device, cfg.dist_timeout) as world:
+        cfg, weights = check_on_main(cfg, world)
+        name = Path(cfg.weights).stem if cfg.weights and cfg.model == AUTO_MODEL else cfg.model
+        with open_run_dir(
             cfg.out,
             run_name(name, cfg.data),
             world=world,
             resume=cfg.resume,
             overwrite=cfg.overwrite,
-        ) as run,
-    ):
-        return train_in_run(start_run(cfg, weights), run, single_phase(cfg), began=began)
+        ) as run:
+            return train_in_run(start_run(cfg, weights), run, single_phase(cfg), began=began)
