@@ -15,7 +15,8 @@ batches at 224 px (RandomResizedCrop and flip) by DataLoaders with 2 workers:
 Each figure is the median of ``--repeats`` runs, with the lowest and highest: images/s after
 the first batch over ``--batches`` batches, the seconds to list and open the data, and to the
 first batch. Cold runs come after ``posix_fadvise(POSIX_FADV_DONTNEED)`` on every file of the
-data (their pages only: the directory and inode caches stay warm; util-linux's ``fincore``,
+data (their pages only: the directory and inode caches stay warm; ``--drop-caches``, as root,
+drops the whole machine's page, directory and inode caches instead; util-linux's ``fincore``,
 where present, measures what is left in the cache); warm runs after every file was read once.
 Beside them, each reader warm with no workers: this process's CPU time per image, which a
 busy machine changes little. The folder and its packs are made once in ``--root`` (default:
@@ -67,6 +68,7 @@ PACK_BYTES = 256 * 10**6  # pack's default --shard-size
 USER = "torchvision ImageFolder"
 READERS = ("folder", "shards", "parquet", USER)
 RECIPE_FILE = ".made"
+SYSTEM_DROP = Path("/proc/sys/vm/drop_caches")
 
 
 def generate(folder: Path, images: int, classes: int, side: int) -> bool:
@@ -158,9 +160,17 @@ def readers(root: Path, args: argparse.Namespace) -> list[Reader]:
     ]  # fmt: skip
 
 
-def drop_from_cache(files: list[Path]) -> bool:
-    """``posix_fadvise(POSIX_FADV_DONTNEED)`` on every one of ``files``: whether it could be
-    done."""
+def drop_from_cache(files: list[Path], everything: bool) -> bool:
+    """``posix_fadvise(POSIX_FADV_DONTNEED)`` on every one of ``files`` or, with
+    ``everything``, the whole machine's page, directory and inode caches (``sync``, then 3 into
+    ``SYSTEM_DROP``: root only): whether it could be done."""
+    if everything:
+        os.sync()
+        try:
+            SYSTEM_DROP.write_text("3\n")
+        except OSError:
+            return False
+        return True
     if not hasattr(os, "posix_fadvise"):
         return False
     try:
@@ -258,7 +268,7 @@ def measure(
     for _ in range(args.repeats):
         for reader in all_readers:
             done = runs[reader.name]
-            dropped = dropped and drop_from_cache(reader.files)
+            dropped = dropped and drop_from_cache(reader.files, args.drop_caches)
             if dropped:
                 left[reader.name] = resident(reader.files)
                 done["cold"].append(one_run(reader, args.workers, args.batches, args.batch))
@@ -349,6 +359,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=50, help="batches read by each run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ceiling-images", type=int, default=500)
+    parser.add_argument(
+        "--drop-caches", action="store_true",
+        help=f"cold runs after dropping the whole machine's caches ({SYSTEM_DROP}: root only) "
+        "instead of the data files' pages",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/data_scale.json")
     args = smoke.parse_args(
         parser,
@@ -398,7 +413,9 @@ def main() -> None:
         "batches_per_run": args.batches,
         "repeats": args.repeats,
         "cache_drop": {
-            "how": "posix_fadvise(POSIX_FADV_DONTNEED) on every data file before each cold run "
+            "how": f"{SYSTEM_DROP} (the machine's page, directory and inode caches)"
+            if args.drop_caches
+            else "posix_fadvise(POSIX_FADV_DONTNEED) on every data file before each cold run "
             "(their pages only: the directory and inode caches stay warm)",
             "possible": dropped,
             "resident_after_drop": left,
