@@ -1,9 +1,10 @@
 """How far a reader must go to follow one training run: the source files of resnetlab outside
 cli/ whose functions `resnetlab train` calls, and the lines of the modules that orchestrate it.
 
-Each run goes in a new process under ``sys.setprofile`` (every thread's): `resnetlab train
---data digits --epochs 1`, and a one-epoch run on a small generated image folder. A file counts
-when a function of it is called; module and class bodies (what importing runs) do not.
+Each run goes in a new process under ``sys.settrace`` (every thread's, call events only):
+`resnetlab train --data digits --epochs 1`, and a one-epoch run on a small generated image
+folder. A file counts when a function of it is called; module and class bodies (what
+importing runs) do not.
 
     python benchmarks/call_trace.py
     python benchmarks/call_trace.py --orchestration training/train.py training/run.py ...
@@ -46,18 +47,19 @@ def called_files(argv: list[str]) -> list[str]:
 
     seen: set[str] = set()
 
-    def profile(frame: FrameType, event: str, _: Any) -> None:
+    def on_call(frame: FrameType, event: str, _: Any) -> None:
         code = frame.f_code
-        if event == "call" and code.co_flags & inspect.CO_OPTIMIZED:  # a function's body
+        if code.co_flags & inspect.CO_OPTIMIZED:  # a function's body
             seen.add(code.co_filename)
+        # None: no tracing inside the frame (only "call" events reach a global trace function)
 
-    threading.setprofile(profile)
-    sys.setprofile(profile)
+    threading.settrace(on_call)
+    sys.settrace(on_call)
     try:
         status = main(argv)
     finally:
-        sys.setprofile(None)
-        threading.setprofile(None)  # type: ignore[arg-type]
+        sys.settrace(None)
+        threading.settrace(None)  # type: ignore[arg-type]
     if status != 0:
         raise SystemExit(f"resnetlab {' '.join(argv)} failed ({status})")
     inside = (Path(name).resolve() for name in seen if name.endswith(".py"))
