@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from resnetlab.data.decode import ArchiveMember, BadImage, decode_bytes
-from resnetlab.data.seeds import derive_seed, epoch_order
+from resnetlab.data.seeds import derive_seed, epoch_order, seeded_draws
 from resnetlab.data.streaming import ImageFileDataset
 
 SHUFFLE_BUFFER = 1000  # samples: as webdataset's default; the raw bytes a lane holds at most
@@ -169,8 +169,7 @@ class ShardStream(ImageFileDataset):
         """Sample ``index`` from its bytes ``data``, its random transforms drawn from torch's
         generator seeded by (seed, epoch, index) as for an image folder's; one that does not
         decode is reported and replaced as ``__getitem__`` replaces it."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, epoch, index))
+        with seeded_draws(seed, epoch, index):
             try:
                 pixels = decode_bytes(data, self.files[index], self.channels, self.size)
             except BadImage:

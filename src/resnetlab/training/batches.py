@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from resnetlab.data.bundle import DataBundle
-from resnetlab.data.seeds import derive_seed, epoch_order
+from resnetlab.data.seeds import epoch_order, seeded_draws
 from resnetlab.data.shard_stream import ShardStream
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, sample indices
@@ -137,8 +137,7 @@ class _SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, epoch, index))
+        with seeded_draws(self.seed, epoch, index):
             x, y = self.dataset[index]
         return x, y, index
 
