@@ -83,6 +83,7 @@ class DetectConfig:
     )
     overwrite: bool = shared(TrainConfig, "overwrite")
     resume: str | None = setting(None, metavar="RUN_DIR", help="continue this run")
+    dist_timeout: float = shared(TrainConfig, "dist_timeout")
 
     def validate(self) -> None:
         """A one-line error naming the flag of an impossible value."""

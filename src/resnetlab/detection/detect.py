@@ -17,58 +17,71 @@ def detect_train(cfg: DetectConfig, limit_steps: int | None = None) -> dict[str,
     """Train a detector on ``cfg.data`` in a run folder (or continue ``cfg.resume``'s); return
     the best epoch's test mAP. ``limit_steps``: stop after that many steps (tests).
     ``cfg.overwrite``: as `train`'s."""
-    from resnetlab.checkpoints.state_dicts import read_weights
     from resnetlab.detection.build import start_detector
     from resnetlab.detection.model import DetectorSpec, build_detector
     from resnetlab.detection.sources import load_splits
-    from resnetlab.detection.train import fit, read_state
+    from resnetlab.detection.train import fit
     from resnetlab.runtime.distributed import joined
     from resnetlab.runtime.precision import resolve_device
     from resnetlab.training.claim import open_run_dir, run_name
 
+    with joined(cfg.device, cfg.dist_timeout) as world:
+        cfg, state, weights = world.on_main(lambda: _read_run(cfg))
+        device = resolve_device(cfg.device)
+        splits = load_splits(
+            cfg.data,
+            seed=cfg.seed,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            limit=cfg.limit,
+        )
+        classes = splits["train"].classes
+        if state is None:
+            model, spec, loaded = start_detector(cfg, classes, weights)
+        else:
+            spec, loaded = DetectorSpec(**state["spec"]), None
+            model = build_detector(spec)
+        name = run_name(f"{cfg.detector}-{cfg.model}", cfg.data)
+        with open_run_dir(
+            cfg.out, name, world=world, resume=cfg.resume, overwrite=cfg.overwrite
+        ) as run:
+            model.to(device)  # under torchrun, "cuda" is this process's GPU (joined set it)
+            check_batch_size(cfg.batch_size, len(splits["train"]), world)
+            if state is None:
+                run.write_config(cfg.as_dict())
+            sizes = ", ".join(f"{len(data)} {name}" for name, data in splits.items())
+            run.print(
+                f"{spec.detector} on {cfg.model}-FPN ({spec.norm} norm, trainable stages "
+                f"{spec.trainable_stages or 'all'}) | {cfg.data}: {sizes} images, "
+                f"{len(classes)} classes | input {cfg.image_size} px | {device} | "
+                f"{cfg.optimizer} lr {cfg.lr}, {cfg.epochs} epochs, batch {cfg.batch_size}"
+            )
+            if loaded:
+                run.print(loaded)
+            if state is not None:
+                run.print(f"resuming from epoch {state['epoch'] + 1}, step {state['step']}")
+            return fit(cfg, model, spec.as_dict(), splits, run, world, state, limit_steps)
+
+
+def _read_run(cfg: DetectConfig) -> tuple[DetectConfig, dict[str, Any] | None, Any]:
+    """What rank 0 alone reads, so that other machines need no copy of the run folder or of
+    the weights: with ``--resume``, the run's config and training state; else ``cfg``,
+    checked, and its ``--weights`` file (a ``WeightsFile``, or None)."""
+    from resnetlab.checkpoints.state_dicts import read_weights
+    from resnetlab.detection.train import read_state
+
     state = None
     if cfg.resume:
         state = read_state(cfg.resume)
-        cfg = replace(DetectConfig(**state["config"]), resume=cfg.resume, overwrite=cfg.overwrite)
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    weights = read_weights(cfg.weights) if cfg.weights and state is None else None
-    splits = load_splits(
-        cfg.data,
-        seed=cfg.seed,
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-        limit=cfg.limit,
-    )
-    classes = splits["train"].classes
-    if state is None:
-        model, spec, loaded = start_detector(cfg, classes, weights)
-    else:
-        spec, loaded = DetectorSpec(**state["spec"]), None
-        model = build_detector(spec)
-    name = run_name(f"{cfg.detector}-{cfg.model}", cfg.data)
-    with (
-        joined(cfg.device) as world,
-        open_run_dir(
-            cfg.out, name, world=world, resume=cfg.resume, overwrite=cfg.overwrite
-        ) as run,
-    ):
-        model.to(device)  # under torchrun, "cuda" is this process's GPU (joined set it)
-        check_batch_size(cfg.batch_size, len(splits["train"]), world)
-        if state is None:
-            run.write_config(cfg.as_dict())
-        sizes = ", ".join(f"{len(data)} {name}" for name, data in splits.items())
-        run.print(
-            f"{spec.detector} on {cfg.model}-FPN ({spec.norm} norm, trainable stages "
-            f"{spec.trainable_stages or 'all'}) | {cfg.data}: {sizes} images, "
-            f"{len(classes)} classes | input {cfg.image_size} px | {device} | {cfg.optimizer} "
-            f"lr {cfg.lr}, {cfg.epochs} epochs, batch {cfg.batch_size}"
+        cfg = replace(
+            DetectConfig(**state["config"]),
+            resume=cfg.resume,
+            overwrite=cfg.overwrite,
+            dist_timeout=cfg.dist_timeout,
         )
-        if loaded:
-            run.print(loaded)
-        if state is not None:
-            run.print(f"resuming from epoch {state['epoch'] + 1}, step {state['step']}")
-        return fit(cfg, model, spec.as_dict(), splits, run, world, state, limit_steps)
+    cfg.validate()
+    weights = read_weights(cfg.weights) if cfg.weights and state is None else None
+    return cfg, state, weights
 
 
 def check_batch_size(batch_size: int, images: int, world: World) -> None:
