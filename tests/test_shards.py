@@ -19,9 +19,10 @@ from test_distributed import two_processes
 from resnetlab.checkpoints.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.data import DataBundle, ImageOptions, load_data
+from resnetlab.data import shards as shards_module
 from resnetlab.data.pack import pack_folder
 from resnetlab.data.shard_stream import SHUFFLE_BUFFER, buffer_shuffle, lane_batches
-from resnetlab.data.shards import expand_braces
+from resnetlab.data.shards import expand_braces, scan_shard, shard_sets
 from resnetlab.training.batches import BatchOrder
 from resnetlab.training.run import resume_config, resume_run
 from resnetlab.training.rundir import fingerprint
@@ -209,6 +210,24 @@ def test_uneven_shards_keep_two_gloo_processes_in_step(tmp_path: Path) -> None:
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
     assert steps == [4, 8]  # 32 training samples, global batch 8
     assert (run / "rank0.sha256").read_text() == (run / "rank1.sha256").read_text()
+
+
+def test_a_packed_set_is_listed_from_shards_json_without_reading_a_tar_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = packed(tmp_path)
+    scanned = {sample for tar in shards.glob("*.tar") for sample in scan_shard(tar, 2).samples}
+
+    def no_headers(path: Path, size: int) -> None:
+        raise AssertionError(f"{path}: tar headers read")
+
+    monkeypatch.setattr(shards_module, "_tar_members", no_headers)
+    listed = shard_sets(str(shards), strict=False)[1]["train"][1]
+    assert len(listed) == 40 and set(listed) == scanned
+    first = shards / "train-000000.tar"
+    first.write_bytes(first.read_bytes()[:-1024])  # another size: its headers are read again
+    with pytest.raises(AssertionError, match="tar headers read"):
+        shard_sets(str(shards), strict=False)
 
 
 @pytest.mark.parametrize("cache", ["4", "0"])

@@ -9,9 +9,10 @@ the member's path up to the first dot of its file name (WebDataset's rule): an i
 sha256. Shards without one (made by the ``webdataset`` library, say) are one training set
 whose classes are named by their indices.
 
-A shard set is indexed first, from its tar headers and labels: each sample becomes an
-``ArchiveMember`` (where its image's bytes lie) with its label. From there it is loaded as an
-image folder is (``folder.image_bundle``): decoded once into the cache if it fits, else
+A shard set is indexed first, from shards.json's list of each shard's members where ``pack``
+wrote one (and the shard kept its size), else from its tar headers and labels: each sample
+becomes an ``ArchiveMember`` (where its image's bytes lie) with its label. From there it is
+loaded as an image folder is (``folder.image_bundle``): decoded once into the cache if it fits, else
 streamed by ``shard_stream.ShardStream``. A damaged shard (cut short, an unreadable header,
 missing, other samples than shards.json lists, samples without an image or a label) is named
 in one warning line with the samples it loses, and its readable samples are used; ``--strict``
@@ -185,6 +186,23 @@ def scan_shard(path: Path, num_classes: int | None = None) -> ShardScan:
     return ShardScan(samples, unusable, damage)
 
 
+def listed_scan(path: Path, entry: dict[str, Any] | None) -> ShardScan | None:
+    """The shard at ``path`` as its shards.json entry lists it (``pack`` records each image
+    member's name, offset, size and label: no tar header is read), where it does and the shard
+    still has the size it was written with; else None (``scan_shard`` reads its headers)."""
+    members = None if entry is None else entry.get("members")
+    try:
+        if not isinstance(members, list) or path.stat().st_size != entry["bytes"]:
+            return None
+        samples = [
+            (ArchiveMember(path, name, offset, size, _KEY.match(name).group(1)), label)
+            for name, offset, size, label in members
+        ]
+    except (OSError, TypeError, ValueError, AttributeError):  # missing, or not such a list
+        return None
+    return ShardScan(samples, [], None)
+
+
 def shard_images(path: Path) -> tuple[list[ArchiveMember], str | None]:
     """Every sample's image in the shard at ``path``, labelled or not, in name order, and the
     damage that cut the listing short (as ``scan_shard``)."""
@@ -290,7 +308,11 @@ def shard_sets(source: str, strict: bool) -> tuple[list[str], SampleSets, str]:
     shards = find_shards(source)
     classes = shards.classes
     scans = {
-        split: [scan_shard(path, None if classes is None else len(classes)) for path in paths]
+        split: [
+            listed_scan(path, shards.listed.get(relative_paths(shards.root, [path])[0]))
+            or scan_shard(path, None if classes is None else len(classes))
+            for path in paths
+        ]
         for split, paths in shards.splits.items()
     }
     _report_damage(shards, scans, strict)
