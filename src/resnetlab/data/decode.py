@@ -96,7 +96,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` has one of the image extensions (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def is_hidden(path: Path, root: Path) -> bool:
