@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exit_now()
     except RunStopped as stop:
         _say(f"resnetlab: {stop}")
+        if _in_a_process_group():  # every process stopped at the same step, its state saved
+            _exit_now(stop.exit_code)
         return stop.exit_code
     except LostProcess as lost:  # every process that remains says it: rank 0 may be lost
         print(f"resnetlab: error: {lost}", file=sys.stderr)
@@ -159,12 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _in_a_process_group() -> bool:
+    """Whether this process is still in a torchrun process group (one that stopped early)."""
+    distributed = sys.modules.get("torch.distributed")
+    return distributed is not None and distributed.is_available() and distributed.is_initialized()
+
+
 def _exit_now(status: int = 0) -> NoReturn:
     """End a distributed run that succeeded (all processes met, its process group is shut
-    down, its files are closed) with status 0, or one that lost a process with ``status``,
-    skipping the interpreter's finalisation: there, gloo's threads can still abort the process
-    ("terminate called without an active exception"), and torchrun would report the whole job
-    as failed."""
+    down, its files are closed) with status 0, or one that stopped or lost a process with
+    ``status``, skipping the interpreter's finalisation: there, gloo's threads can still
+    abort the process ("terminate called without an active exception"), and torchrun would
+    report the whole job as failed."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
