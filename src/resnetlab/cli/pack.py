@@ -60,9 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write an image folder as WebDataset tar shards or image Parquet for --data",
         description="Write an image folder as WebDataset tar shards (key.jpg beside key.cls, "
         "the images' bytes unchanged) with shards.json: the class names, and each shard's "
-        "split, samples, bytes and sha256; or, with --format parquet, as image Parquet files "
-        "in the Hugging Face layout (an image column of {bytes, path} structs, a label column, "
-        "the class names in the schema's metadata).",
+        "split, samples, bytes, sha256 and members; or, with --format parquet, as image "
+        "Parquet files in the Hugging Face layout (an image column of {bytes, path} structs, a "
+        "label column, the class names in the schema's metadata).",
     )
     add_settings(p, PackConfig)
     p.set_defaults(func=run)

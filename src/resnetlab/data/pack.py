@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, TypeVar
 from resnetlab.data.cache import relative_paths
 from resnetlab.data.folder import Sample, scan_splits, split_folders
 from resnetlab.data.image_parquet import HF_METADATA, SUFFIX
-from resnetlab.data.shards import INDEX_FILE, INDEX_FORMAT, LABEL_SUFFIX, scan_shard
+from resnetlab.data.shards import INDEX_FILE, INDEX_FORMAT, LABEL_SUFFIX
 from resnetlab.data.tabular import require_pyarrow
 from resnetlab.errors import ResnetlabError
 from resnetlab.files import writable_folder, write_atomically
@@ -108,15 +108,15 @@ def pack_folder(
                 write = functools.partial(_write_parquet, members=chunk, classes=classes)
             else:
                 path = out / f"{split}-{number:06d}.tar"
-                write = functools.partial(_write_tar, members=chunk)
+                listed: list[list[Any]] = []
+                write = functools.partial(_write_tar, members=chunk, listed=listed)
             write_atomically(path, write, "a Parquet file" if parquet else "a shard")
             with open(path, "rb") as written:
                 digest = hashlib.file_digest(written, "sha256").hexdigest()
             entry = {"file": path.name, "split": split, "samples": len(chunk)}
             entry |= {"bytes": path.stat().st_size, "sha256": digest}
             if not parquet:  # where each image lies: a run lists the shard without its headers
-                samples = scan_shard(path, len(classes)).samples
-                entry["members"] = [[m.name, m.offset, m.size, label] for m, label in samples]
+                entry["members"] = sorted(listed)
             entries.append(entry)
     if parquet:
         return Packed(out, classes, entries, None)
@@ -176,15 +176,24 @@ def _member_bytes(name: str, size: int) -> int:
     """What a member of ``size`` bytes named ``name`` takes in a tar file: its header (and a
     PAX header for a name too long for one), its data in whole blocks."""
     header = _BLOCK if len(name.encode()) <= 100 else 3 * _BLOCK
-    return header + -(-size // _BLOCK) * _BLOCK
+    return header + _in_blocks(size)
 
 
-def _write_tar(file: BinaryIO, members: list[Member]) -> None:
-    """Write ``members`` as a tar file: ``key.ext`` with the image's bytes, ``key.cls``."""
+def _in_blocks(size: int) -> int:
+    """What ``size`` bytes of a member's data take in a tar file: whole 512-byte blocks."""
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def _write_tar(file: BinaryIO, members: list[Member], listed: list[list[Any]]) -> None:
+    """Write ``members`` as a tar file: ``key.ext`` with the image's bytes, ``key.cls``; add
+    ``[name, offset, size, label]`` of each image member to ``listed``."""
     with tarfile.open(fileobj=file, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for key, path, label in members:
             image = _reading(path, path.read_bytes)
-            tar.addfile(_info(f"{key}{path.suffix.lower()}", len(image)), io.BytesIO(image))
+            name = f"{key}{path.suffix.lower()}"
+            tar.addfile(_info(name, len(image)), io.BytesIO(image))
+            # the image's data ends, padded to whole blocks, where the tar file now ends
+            listed.append([name, tar.offset - _in_blocks(len(image)), len(image), label])
             text = str(label).encode()
             tar.addfile(_info(f"{key}.{LABEL_SUFFIX}", len(text)), io.BytesIO(text))
 
